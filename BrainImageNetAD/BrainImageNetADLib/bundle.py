@@ -1,0 +1,203 @@
+"""Model bundles: a folder with one safetensors file per fold and a ``model_card.json``.
+
+Loading never unpickles anything: weights are read with safetensors only, every file's sha256 is
+checked against the card, and the tensors must match the architecture the card names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import grid
+from .atomic import write_json_atomic
+from .errors import BundleError
+from .networks import ARCHITECTURES, build_network
+
+CARD_NAME = "model_card.json"
+SCHEMA_VERSION = 1
+#: Suffixes of files that hold pickled Python objects: never loaded.
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".h5", ".npy", ".npz", ".joblib")
+_REQUIRED_KEYS = ("name", "architecture", "preset", "input", "folds", "demo", "trained", "intended_use")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """One point of a ROC curve: at ``threshold`` on the AD probability, the sensitivity and
+    specificity measured on held-out data (fractions in [0, 1])."""
+
+    threshold: float
+    sensitivity: float
+    specificity: float
+
+
+@dataclass
+class ModelCard:
+    """The parsed ``model_card.json`` of a bundle (see the README for every field)."""
+
+    data: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.data["name"])
+
+    @property
+    def architecture(self) -> str:
+        return str(self.data["architecture"])
+
+    @property
+    def preset(self) -> str:
+        return str(self.data["preset"])
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.data["input"]["channels"])
+
+    @property
+    def demo(self) -> bool:
+        return bool(self.data["demo"])
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.data["trained"])
+
+    @property
+    def intended_use(self) -> str:
+        return str(self.data["intended_use"])
+
+    @property
+    def operating_points(self) -> list[OperatingPoint]:
+        points = [OperatingPoint(float(p["threshold"]), float(p["sensitivity"]), float(p["specificity"])) for p in self.data.get("operating_points", [])]
+        return sorted(points, key=lambda p: p.threshold)
+
+    @property
+    def threshold_presets(self) -> dict[str, float]:
+        return {str(k): float(v) for k, v in self.data.get("threshold_presets", {"balanced": 0.5}).items()}
+
+
+def operating_point_at(card: ModelCard, threshold: float) -> OperatingPoint | None:
+    """Sensitivity and specificity at ``threshold`` (probability in [0, 1]), linearly interpolated
+    between the card's ROC operating points and held constant beyond them; None when the card
+    records no operating points (an untrained model, for instance)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    points = card.operating_points
+    if not points:
+        return None
+    t = np.array([p.threshold for p in points])
+    sens = float(np.interp(threshold, t, [p.sensitivity for p in points]))
+    spec = float(np.interp(threshold, t, [p.specificity for p in points]))
+    return OperatingPoint(threshold, sens, spec)
+
+
+def read_card(bundle_dir: str | Path) -> ModelCard:
+    """Read and validate ``bundle_dir/model_card.json`` without loading any weights."""
+    bundle_dir = Path(bundle_dir)
+    card_path = bundle_dir / CARD_NAME
+    if not bundle_dir.is_dir():
+        raise BundleError(f"model bundle not found: {bundle_dir} is not a folder")
+    if not card_path.is_file():
+        raise BundleError(f"{bundle_dir} is not a model bundle: it has no {CARD_NAME}")
+    try:
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{card_path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{card_path}: expected a JSON object")
+    missing = [k for k in _REQUIRED_KEYS if k not in data]
+    if missing:
+        raise BundleError(f"{card_path}: missing fields {missing}")
+    if data["architecture"] not in ARCHITECTURES:
+        raise BundleError(f"{card_path}: unknown architecture {data['architecture']!r}")
+    if list(data["input"].get("shape", [])) != list(grid.MODEL_SHAPE):
+        raise BundleError(f"{card_path}: input shape {data['input'].get('shape')} is not the model grid {list(grid.MODEL_SHAPE)}")
+    if not data["folds"]:
+        raise BundleError(f"{card_path}: lists no fold models")
+    return ModelCard(data)
+
+
+def _check_weight_file(bundle_dir: Path, fold: dict[str, Any]) -> Path:
+    path = bundle_dir / str(fold.get("file", ""))
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise BundleError(f"{path.name}: refusing to load a pickle-based weight file; bundles hold safetensors only")
+    if path.suffix != ".safetensors":
+        raise BundleError(f"{path.name}: weight files must be .safetensors")
+    if path.resolve().parent != bundle_dir.resolve():
+        raise BundleError(f"{path.name}: weight files must lie in the bundle folder")
+    if not path.is_file():
+        raise BundleError(f"weight file missing from the bundle: {path}")
+    digest = sha256_file(path)
+    if digest != fold.get("sha256"):
+        raise BundleError(f"{path.name}: sha256 {digest[:12]}... does not match the model card; the file is corrupt or was replaced")
+    return path
+
+
+def load_fold_models(bundle_dir: str | Path) -> tuple[ModelCard, list[nn.Module]]:
+    """Load every fold model of a bundle in eval mode on the CPU, after verifying checksums and
+    tensor shapes. Raises BundleError with a specific message on any mismatch."""
+    bundle_dir = Path(bundle_dir)
+    card = read_card(bundle_dir)
+    models: list[nn.Module] = []
+    for fold in card.data["folds"]:
+        path = _check_weight_file(bundle_dir, fold)
+        try:
+            state = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise BundleError(f"{path.name}: not a readable safetensors file ({exc})") from None
+        model = build_network(card.architecture, card.preset, len(card.channels))
+        expected = model.state_dict()
+        unexpected = sorted(set(state) - set(expected))
+        missing = sorted(set(expected) - set(state))
+        if unexpected or missing:
+            raise BundleError(
+                f"{path.name}: weights do not belong to a {card.preset} {card.architecture} network "
+                f"({len(missing)} tensors missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})"
+            )
+        for key, tensor in state.items():
+            if tuple(tensor.shape) != tuple(expected[key].shape):
+                raise BundleError(
+                    f"{path.name}: tensor {key} has shape {tuple(tensor.shape)}, the {card.preset} "
+                    f"{card.architecture} network expects {tuple(expected[key].shape)}"
+                )
+        model.load_state_dict(state, strict=True)
+        models.append(model.eval())
+    return card, models
+
+
+def save_bundle(bundle_dir: str | Path, models: list[nn.Module], card: dict[str, Any]) -> Path:
+    """Write ``models`` as ``fold{i}.safetensors`` and ``card`` (completed with file names and
+    sha256 digests) as ``model_card.json`` into ``bundle_dir``. Returns the bundle folder."""
+    bundle_dir = Path(bundle_dir)
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    folds = list(card.get("folds") or [{} for _ in models])
+    if len(folds) != len(models):
+        raise ValueError(f"card lists {len(folds)} folds for {len(models)} models")
+    for index, (model, fold) in enumerate(zip(models, folds, strict=True)):
+        name = f"fold{index}.safetensors"
+        tmp = bundle_dir / f".{name}.tmp"
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp), metadata={"format": "pt", "fold": str(index)})
+        tmp.replace(bundle_dir / name)
+        fold.update(file=name, sha256=sha256_file(bundle_dir / name))
+    full = {"schema_version": SCHEMA_VERSION, **card, "folds": folds}
+    write_json_atomic(bundle_dir / CARD_NAME, full)
+    read_card(bundle_dir)
+    return bundle_dir

@@ -1,0 +1,90 @@
+"""``brainimagenet-ad``: single-case prediction from the command line.
+
+Exit codes: 0 success, 2 bad input (one line ``error: ...`` on stderr), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .atomic import write_json_atomic
+from .errors import BrainImageNetError
+from .resources import default_bundle, sample_maps
+
+
+def _threshold(value: str) -> float:
+    t = float(value)
+    if not 0.0 <= t <= 1.0:
+        raise argparse.ArgumentTypeError(f"threshold must lie in [0, 1], got {value}")
+    return t
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brainimagenet-ad", description="Alzheimer's disease classifier for brain MRI (research use only).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    predict = sub.add_parser("predict", help="AD probability of one subject from its GMD/GMV maps")
+    predict.add_argument("--gmd", type=Path, help="grey-matter density map (MNI 1.5 mm, 121x145x121 or 96x120x86)")
+    predict.add_argument("--gmv", type=Path, help="grey-matter volume map (modulated), same grid")
+    predict.add_argument("--sample", action="store_true", help="use the bundled sample case's maps")
+    predict.add_argument("--out", type=Path, required=True, help="output folder; result.json is written there")
+    predict.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped bundle)")
+    predict.add_argument("--threshold", type=_threshold, default=None, help="decision threshold on the AD probability (default: the card's 'balanced' preset)")
+    predict.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    return parser
+
+
+def run_predict(args: argparse.Namespace) -> Path:
+    """Run the ``predict`` command; return the path of the written ``result.json``."""
+    from .ensemble import Ensemble
+    from .errors import InputError
+    from .maps import load_model_input
+
+    if args.sample:
+        if args.gmd or args.gmv:
+            raise InputError("give either --sample or --gmd/--gmv, not both")
+        paths = sample_maps()
+    else:
+        paths = {"GMD": args.gmd, "GMV": args.gmv}
+    bundle = args.model or default_bundle()
+    start = time.perf_counter()
+    ensemble = Ensemble.from_bundle(bundle, device=args.device, threads=args.threads)
+    x, checks = load_model_input(paths, ensemble.card.channels)
+    threshold = ensemble.card.threshold_presets.get("balanced", 0.5) if args.threshold is None else args.threshold
+    prediction = ensemble.predict(x, threshold)
+    result = {
+        "version": __version__,
+        **prediction.to_dict(),
+        "model_bundle": str(Path(bundle).resolve()),
+        "channels": ensemble.card.channels,
+        "threshold_presets": ensemble.card.threshold_presets,
+        "input_checks": checks,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    return write_json_atomic(Path(args.out) / "result.json", result)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``brainimagenet-ad``; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "predict":
+            path = run_predict(args)
+            print(path)
+        return 0
+    except (BrainImageNetError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Ensemble prediction: the fold models of a bundle, probabilities averaged, a threshold applied."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import grid
+from .bundle import ModelCard, load_fold_models, operating_point_at
+from .errors import InputError
+
+
+@dataclass
+class Prediction:
+    """The ensemble's answer for one subject.
+
+    ``probability`` is the mean of the fold models' AD probabilities (``fold_probabilities``),
+    ``label`` is ``"AD"`` when ``probability >= threshold`` else ``"NC"``; ``sensitivity`` and
+    ``specificity`` are the card's ROC values at that threshold (None when it records none).
+    """
+
+    probability: float
+    fold_probabilities: list[float]
+    threshold: float
+    label: str
+    sensitivity: float | None
+    specificity: float | None
+    model_name: str
+    demo: bool
+    trained: bool
+    intended_use: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def classify(probability: float, fold_probabilities: list[float], card: ModelCard, threshold: float) -> Prediction:
+    """Apply ``threshold`` to an ensemble probability and read the operating point from ``card``.
+
+    Cheap (no network runs): a threshold slider calls this on every move.
+    """
+    point = operating_point_at(card, threshold)
+    return Prediction(
+        probability=float(probability),
+        fold_probabilities=[float(p) for p in fold_probabilities],
+        threshold=float(threshold),
+        label="AD" if probability >= threshold else "NC",
+        sensitivity=None if point is None else point.sensitivity,
+        specificity=None if point is None else point.specificity,
+        model_name=card.name,
+        demo=card.demo,
+        trained=card.trained,
+        intended_use=card.intended_use,
+    )
+
+
+class Ensemble:
+    """The fold models of one bundle, ready for inference on the CPU or a GPU.
+
+    Example::
+
+        ensemble = Ensemble.from_bundle("Resources/Models/demo")
+        probs, per_fold = ensemble.predict_proba(x)   # x: (N, C, 96, 120, 86)
+    """
+
+    def __init__(self, card: ModelCard, models: list[torch.nn.Module], device: str = "cpu") -> None:
+        self.card = card
+        self.device = torch.device(device)
+        self.models = [m.to(self.device).eval() for m in models]
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | Path, device: str = "cpu", threads: int | None = None) -> Ensemble:
+        """Load and verify a bundle (see ``bundle.load_fold_models``). ``threads`` sets torch's
+        intra-op CPU threads (None leaves torch's default)."""
+        if threads is not None:
+            torch.set_num_threads(max(1, int(threads)))
+        card, models = load_fold_models(bundle_dir)
+        return cls(card, models, device)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.card.channels)
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """Validate a batch (N, C, 96, 120, 86) on the model grid; return it as float32."""
+        expected = (self.n_channels, *grid.MODEL_SHAPE)
+        if x.ndim != 5 or tuple(x.shape[1:]) != expected:
+            raise InputError(f"expected input of shape (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        if not np.isfinite(x).all():
+            raise InputError("input holds NaN or infinite values")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def predict_proba(self, x: np.ndarray, batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+        """AD probabilities of a batch: returns ``(mean, per_fold)`` of shapes (N,) and (N, F).
+
+        ``x`` has shape (N, C, 96, 120, 86) with the card's channels in order. Deterministic:
+        eval mode (dropout off, batch-norm running statistics), no gradients.
+        """
+        x = self.check_input(x)
+        per_fold = np.zeros((x.shape[0], len(self.models)), dtype=np.float64)
+        with torch.inference_mode():
+            for start in range(0, x.shape[0], max(1, batch_size)):
+                batch = torch.from_numpy(x[start : start + batch_size]).to(self.device)
+                for f, model in enumerate(self.models):
+                    per_fold[start : start + len(batch), f] = torch.sigmoid(model(batch).float()).cpu().numpy()
+        return per_fold.mean(axis=1), per_fold
+
+    def predict(self, channels: np.ndarray, threshold: float = 0.5) -> Prediction:
+        """Predict one subject from its maps, shape (C, 96, 120, 86), at ``threshold``."""
+        mean, per_fold = self.predict_proba(channels[None])
+        return classify(float(mean[0]), per_fold[0].tolist(), self.card, threshold)

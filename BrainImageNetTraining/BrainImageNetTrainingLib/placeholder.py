@@ -1,0 +1,124 @@
+"""The placeholder sample case and the untrained placeholder bundle shipped in ``Resources/``.
+
+Both are produced here, deterministically, from material that is installed by package managers:
+the Colin27 single-subject T1 (Debian package ``mricron-data``, BSD-3-Clause) and torch's
+random initialisation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from scipy import ndimage
+
+from BrainImageNetADLib import grid
+from BrainImageNetADLib.atomic import write_bytes_atomic
+from BrainImageNetADLib.bundle import save_bundle
+from BrainImageNetADLib.networks import build_network
+
+#: Colin27 brain-extracted T1 (1 mm, MNI space) from Debian's ``mricron-data``.
+COLIN27_BRAIN = Path("/usr/share/mricron/templates/ch2bet.nii.gz")
+
+INTENDED_USE = (
+    "Research and teaching only. Not a medical device; not for diagnosis or any clinical decision."
+)
+
+
+def _gaussian_mixture_posteriors(values: np.ndarray, iterations: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """Three-class 1D Gaussian mixture by EM. Returns (posteriors (n, 3), means (3,)) with the
+    classes sorted by mean intensity (CSF < GM < WM on a T1)."""
+    means = np.quantile(values, [0.15, 0.5, 0.85])
+    stds = np.full(3, values.std() / 3)
+    weights = np.full(3, 1 / 3)
+    for _ in range(iterations):
+        log_p = -0.5 * ((values[:, None] - means) / stds) ** 2 - np.log(stds) + np.log(weights)
+        log_p -= log_p.max(axis=1, keepdims=True)
+        post = np.exp(log_p)
+        post /= post.sum(axis=1, keepdims=True)
+        n = post.sum(axis=0)
+        means = (post * values[:, None]).sum(axis=0) / n
+        stds = np.sqrt((post * (values[:, None] - means) ** 2).sum(axis=0) / n) + 1e-6
+        weights = n / n.sum()
+    order = np.argsort(means)
+    return post[:, order], means[order]
+
+
+def resample_to_mni_grid(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Trilinearly resample a 3D array (voxel order of ``affine``, mm RAS) onto the 121x145x121
+    MNI 1.5 mm grid; voxels outside the source are 0."""
+    ijk = np.indices(grid.MNI_SHAPE).reshape(3, -1).astype(float)
+    world = grid.MNI_AFFINE[:3, :3] @ ijk + grid.MNI_AFFINE[:3, 3:4]
+    source = np.linalg.inv(affine)[:3, :3] @ world + np.linalg.inv(affine)[:3, 3:4]
+    values = ndimage.map_coordinates(data, source, order=1, mode="constant", cval=0.0)
+    return values.reshape(grid.MNI_SHAPE).astype(np.float32)
+
+
+def make_colin27_sample(out_dir: str | Path, source: Path = COLIN27_BRAIN) -> dict[str, Path]:
+    """Write ``colin27_gmd.nii.gz`` and ``colin27_gmv.nii.gz`` (121x145x121, MNI 1.5 mm) to ``out_dir``.
+
+    GMD is the grey-matter posterior of a three-class intensity mixture inside the Colin27 brain
+    mask, resampled to the grid. Colin27 already lies in MNI space, so the Jacobian determinant of
+    its warp is 1 and GMV equals GMD. A simple split for a placeholder, not a VBM pipeline.
+    """
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} is missing: install Debian's mricron-data")
+    image = nib.load(str(source))
+    t1 = np.asanyarray(image.dataobj, dtype=np.float32)
+    brain = t1 > 0
+    posteriors, _ = _gaussian_mixture_posteriors(t1[brain].astype(np.float64))
+    gm = np.zeros_like(t1)
+    gm[brain] = posteriors[:, 1]
+    gmd = np.clip(resample_to_mni_grid(gm, image.affine), 0.0, 1.0)
+    out_dir = Path(out_dir)
+    written: dict[str, Path] = {}
+    for kind, data in (("gmd", gmd), ("gmv", gmd)):
+        nifti = nib.Nifti1Image(data, grid.MNI_AFFINE)
+        nifti.header.set_xyzt_units("mm")
+        nifti.header["descrip"] = f"Colin27 placeholder {kind.upper()}".encode()
+        path = out_dir / f"colin27_{kind}.nii.gz"
+        write_bytes_atomic(path, _nifti_gz_bytes(nifti))
+        written[kind.upper()] = path
+    return written
+
+
+def _nifti_gz_bytes(nifti: nib.Nifti1Image) -> bytes:
+    import gzip
+
+    return gzip.compress(nifti.to_bytes(), compresslevel=9, mtime=0)
+
+
+def make_untrained_bundle(out_dir: str | Path, preset: str = "tiny", folds: int = 5, seed: int = 0) -> Path:
+    """Write a bundle of ``folds`` randomly initialised AD transfer networks (GMD+GMV input).
+
+    The card marks it ``trained: false`` and records no ROC operating points: its output says
+    nothing about disease. Deterministic for a given torch version, preset and seed.
+    """
+    models = []
+    for fold in range(folds):
+        torch.manual_seed(seed + fold)
+        models.append(build_network("ad_transfer", preset, 2).eval())
+    card = {
+        "name": f"placeholder-{preset} (untrained)",
+        "version": "0.1.0",
+        "architecture": "ad_transfer",
+        "preset": preset,
+        "input": {
+            "channels": ["GMD", "GMV"],
+            "grid": "MNI152, 1.5 mm, SPM/DARTEL 121x145x121 grid cropped [12:108, 13:133, 16:102]",
+            "shape": list(grid.MODEL_SHAPE),
+            "affine": grid.MODEL_AFFINE.tolist(),
+        },
+        "training_data": f"None. Weights are torch's random initialisation (seeds {seed}..{seed + folds - 1}); the model has learnt nothing.",
+        "demo": True,
+        "trained": False,
+        "intended_use": "UNTRAINED PLACEHOLDER: its output is meaningless and exists only to exercise the software. " + INTENDED_USE,
+        "metrics": None,
+        "operating_points": [],
+        "threshold_presets": {"balanced": 0.5, "screening": 0.2},
+        "licence": "Apache-2.0",
+        "folds": [{"fold": f, "seed": seed + f, "metrics": None} for f in range(folds)],
+    }
+    return save_bundle(out_dir, models, card)
