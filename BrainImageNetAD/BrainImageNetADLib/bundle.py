@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -85,7 +84,10 @@ class ModelCard:
 
     @property
     def operating_points(self) -> list[OperatingPoint]:
-        points = [OperatingPoint(float(p["threshold"]), float(p["sensitivity"]), float(p["specificity"])) for p in self.data.get("operating_points", [])]
+        points = [
+            OperatingPoint(float(p["threshold"]), float(p["sensitivity"]), float(p["specificity"]))
+            for p in self.data.get("operating_points", [])
+        ]
         return sorted(points, key=lambda p: p.threshold)
 
     @property
@@ -194,7 +196,7 @@ def save_bundle(bundle_dir: str | Path, models: list[nn.Module], card: dict[str,
         name = f"fold{index}.safetensors"
         tmp = bundle_dir / f".{name}.tmp"
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp), metadata={"format": "pt", "fold": str(index)})
+        save_file(state, str(tmp), metadata={"format": "pt"})
         tmp.replace(bundle_dir / name)
         fold.update(file=name, sha256=sha256_file(bundle_dir / name))
     full = {"schema_version": SCHEMA_VERSION, **card, "folds": folds}

@@ -10,11 +10,19 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 from .atomic import write_json_atomic
 from .errors import BrainImageNetError
 from .resources import default_bundle, sample_maps
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Argument parser whose usage errors are one ``error: ...`` line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _threshold(value: str) -> float:
@@ -25,7 +33,7 @@ def _threshold(value: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brainimagenet-ad", description="Alzheimer's disease classifier for brain MRI (research use only).")
+    parser = OneLineErrorParser(prog="brainimagenet-ad", description="Alzheimer's disease classifier for brain MRI (research use only).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     predict = sub.add_parser("predict", help="AD probability of one subject from its GMD/GMV maps")
@@ -34,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--sample", action="store_true", help="use the bundled sample case's maps")
     predict.add_argument("--out", type=Path, required=True, help="output folder; result.json is written there")
     predict.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped bundle)")
-    predict.add_argument("--threshold", type=_threshold, default=None, help="decision threshold on the AD probability (default: the card's 'balanced' preset)")
+    predict.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=None,
+        help="decision threshold on the AD probability (default: the card's 'balanced' preset)",
+    )
     predict.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     return parser

@@ -7,11 +7,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from BrainImageNetADLib.cli import OneLineErrorParser
+
 from . import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brainimagenet-train", description="Training tools of BrainImageNet-AD.")
+    parser = OneLineErrorParser(prog="brainimagenet-train", description="Training tools of BrainImageNet-AD.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     placeholder = sub.add_parser("placeholder", help="write the placeholder sample case and untrained bundle")

@@ -22,9 +22,7 @@ from BrainImageNetADLib.networks import build_network
 #: Colin27 brain-extracted T1 (1 mm, MNI space) from Debian's ``mricron-data``.
 COLIN27_BRAIN = Path("/usr/share/mricron/templates/ch2bet.nii.gz")
 
-INTENDED_USE = (
-    "Research and teaching only. Not a medical device; not for diagnosis or any clinical decision."
-)
+INTENDED_USE = "Research and teaching only. Not a medical device; not for diagnosis or any clinical decision."
 
 
 def _gaussian_mixture_posteriors(values: np.ndarray, iterations: int = 60) -> tuple[np.ndarray, np.ndarray]:

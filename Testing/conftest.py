@@ -1,0 +1,81 @@
+"""Shared fixtures: real networks, real bundles written to temporary folders, the shipped sample."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from BrainImageNetADLib import grid
+from BrainImageNetADLib.bundle import save_bundle
+from BrainImageNetADLib.networks import build_network
+from BrainImageNetADLib.resources import sample_maps
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: ROC operating points written into the test bundle's card.
+TEST_OPERATING_POINTS = [
+    {"threshold": 0.2, "sensitivity": 0.95, "specificity": 0.70},
+    {"threshold": 0.5, "sensitivity": 0.85, "specificity": 0.90},
+    {"threshold": 0.8, "sensitivity": 0.60, "specificity": 0.98},
+]
+
+
+def make_card(architecture: str = "ad_transfer", preset: str = "tiny", channels: tuple[str, ...] = ("GMD", "GMV")) -> dict:
+    return {
+        "name": "test bundle",
+        "architecture": architecture,
+        "preset": preset,
+        "input": {"channels": list(channels), "shape": list(grid.MODEL_SHAPE)},
+        "training_data": "none (test)",
+        "demo": True,
+        "trained": False,
+        "intended_use": "tests only",
+        "operating_points": TEST_OPERATING_POINTS,
+        "threshold_presets": {"balanced": 0.5, "screening": 0.2},
+    }
+
+
+def randomise_batch_norm(model: torch.nn.Module, seed: int) -> None:
+    """Give batch-norm layers non-trivial running statistics, as a trained model has."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A three-fold tiny AD bundle with distinct random weights and known operating points."""
+    models = []
+    for fold in range(3):
+        torch.manual_seed(100 + fold)
+        model = build_network("ad_transfer", "tiny", 2)
+        randomise_batch_norm(model, fold)
+        models.append(model.eval())
+    return save_bundle(tmp_path_factory.mktemp("bundle") / "tiny", models, make_card())
+
+
+@pytest.fixture()
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny bundle that a test may corrupt."""
+    target = tmp_path / "bundle"
+    target.mkdir()
+    for f in tiny_bundle.iterdir():
+        (target / f.name).write_bytes(f.read_bytes())
+    return target
+
+
+@pytest.fixture(scope="session")
+def sample() -> dict[str, Path]:
+    return sample_maps()
+
+
+def edit_card(bundle_dir: Path, **changes: object) -> None:
+    path = bundle_dir / "model_card.json"
+    card = json.loads(path.read_text())
+    card.update(changes)
+    path.write_text(json.dumps(card))

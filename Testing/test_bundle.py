@@ -1,0 +1,119 @@
+"""Model bundles: round trip, checksums, pickle refusal, architecture checks, operating points,
+and the shipped placeholder bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from BrainImageNetADLib import grid
+from BrainImageNetADLib.bundle import load_fold_models, operating_point_at, read_card, save_bundle
+from BrainImageNetADLib.errors import BundleError
+from BrainImageNetADLib.networks import build_network
+from BrainImageNetADLib.resources import default_bundle
+from BrainImageNetTrainingLib.placeholder import make_untrained_bundle
+from conftest import edit_card, make_card
+
+
+def test_round_trip_keeps_every_weight(tiny_bundle: Path) -> None:
+    card, models = load_fold_models(tiny_bundle)
+    assert card.preset == "tiny" and len(models) == 3
+    x = torch.rand(1, 2, *grid.MODEL_SHAPE)
+    with torch.inference_mode():
+        outputs = [m(x).item() for m in models]
+    assert len(set(outputs)) == 3  # the folds differ
+    torch.manual_seed(100)
+    again = build_network("ad_transfer", "tiny", 2)
+    loaded = models[0].state_dict()
+    assert torch.equal(loaded["stem.conv1.conv.weight"], again.state_dict()["stem.conv1.conv.weight"])
+    assert not all(m.training for m in models)
+
+
+def test_card_records_sha256_of_each_fold(tiny_bundle: Path) -> None:
+    card = json.loads((tiny_bundle / "model_card.json").read_text())
+    assert [f["file"] for f in card["folds"]] == [f"fold{i}.safetensors" for i in range(3)]
+    assert all(len(f["sha256"]) == 64 for f in card["folds"])
+
+
+def test_tampered_weights_are_refused(bundle_copy: Path) -> None:
+    path = bundle_copy / "fold1.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="fold1.safetensors: sha256 .* does not match"):
+        load_fold_models(bundle_copy)
+
+
+def test_pickle_files_are_never_loaded(bundle_copy: Path) -> None:
+    card = json.loads((bundle_copy / "model_card.json").read_text())
+    torch.save({"x": torch.zeros(1)}, bundle_copy / "fold0.pt")
+    card["folds"][0]["file"] = "fold0.pt"
+    (bundle_copy / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="refusing to load a pickle"):
+        load_fold_models(bundle_copy)
+
+
+def test_weights_of_another_size_are_refused_with_shapes(bundle_copy: Path, tmp_path: Path) -> None:
+    edit_card(bundle_copy, input={"channels": ["GMD"], "shape": list(grid.MODEL_SHAPE)})
+    with pytest.raises(BundleError, match=r"stem.conv1.conv.weight has shape \(4, 2, 3, 3, 3\).*expects \(4, 1, 3, 3, 3\)"):
+        load_fold_models(bundle_copy)
+    edit_card(bundle_copy, input={"channels": ["GMD", "GMV"], "shape": list(grid.MODEL_SHAPE)}, architecture="sex")
+    with pytest.raises(BundleError, match="do not belong to a tiny sex network"):
+        load_fold_models(bundle_copy)
+
+
+def test_foreign_file_with_safetensors_name_is_refused(bundle_copy: Path) -> None:
+    path = bundle_copy / "fold2.safetensors"
+    path.write_bytes(b"not a safetensors file at all")
+    card = json.loads((bundle_copy / "model_card.json").read_text())
+    import hashlib
+
+    card["folds"][2]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (bundle_copy / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="not a readable safetensors file"):
+        load_fold_models(bundle_copy)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "has no model_card.json"), ("{broken", "not valid JSON"), ('{"name": "x"}', "missing fields")],
+)
+def test_broken_cards_are_explained(tmp_path: Path, content: str | None, message: str) -> None:
+    if content is not None:
+        (tmp_path / "model_card.json").write_text(content)
+    with pytest.raises(BundleError, match=message):
+        read_card(tmp_path)
+
+
+def test_operating_point_is_interpolated_from_the_card(tiny_bundle: Path) -> None:
+    card = read_card(tiny_bundle)
+    at_05 = operating_point_at(card, 0.5)
+    assert (at_05.sensitivity, at_05.specificity) == pytest.approx((0.85, 0.90))
+    between = operating_point_at(card, 0.35)
+    assert between.sensitivity == pytest.approx(0.90) and between.specificity == pytest.approx(0.80)
+    assert operating_point_at(card, 0.0).sensitivity == pytest.approx(0.95)
+    assert operating_point_at(card, 1.0).specificity == pytest.approx(0.98)
+    with pytest.raises(ValueError):
+        operating_point_at(card, 1.5)
+
+
+def test_save_bundle_checks_fold_count(tmp_path: Path) -> None:
+    card = make_card()
+    card["folds"] = [{}, {}]
+    with pytest.raises(ValueError, match="2 folds for 1 models"):
+        save_bundle(tmp_path, [build_network("ad_transfer", "tiny", 2)], card)
+
+
+def test_shipped_placeholder_is_reproduced_by_the_project_code(tmp_path: Path) -> None:
+    shipped = read_card(default_bundle())
+    assert shipped.trained is False and shipped.demo is True
+    assert "UNTRAINED" in shipped.intended_use and shipped.operating_points == []
+    rebuilt = read_card(make_untrained_bundle(tmp_path / "placeholder", "tiny", seed=0))
+    assert [f["sha256"] for f in rebuilt.data["folds"]] == [f["sha256"] for f in shipped.data["folds"]]
+    _, models = load_fold_models(default_bundle())
+    assert len(models) == 5
+    assert np.isfinite(models[0].stem.conv1.conv.weight.detach().numpy()).all()

@@ -1,0 +1,119 @@
+"""The ``brainimagenet-ad predict`` command, run as a user runs it (a real process)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from BrainImageNetADLib import grid
+from BrainImageNetADLib.ensemble import Ensemble
+from BrainImageNetADLib.maps import load_model_input
+
+COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "BrainImageNetADLib.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def assert_input_error(result: subprocess.CompletedProcess[str], message: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_predict_sample_writes_result_json(tmp_path: Path, sample: dict[str, Path], tiny_bundle: Path) -> None:
+    result = run_cli(
+        "predict", "--gmd", sample["GMD"], "--gmv", sample["GMV"], "--model", tiny_bundle, "--threshold", "0.2", "--out", tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads((tmp_path / "result.json").read_text())
+    x, _ = load_model_input(sample, ["GMD", "GMV"])
+    expected = Ensemble.from_bundle(tiny_bundle).predict(x, 0.2)
+    assert out["probability"] == pytest.approx(expected.probability, abs=1e-6)
+    assert out["fold_probabilities"] == pytest.approx(expected.fold_probabilities, abs=1e-6)
+    assert out["label"] == expected.label and out["threshold"] == 0.2
+    assert (out["sensitivity"], out["specificity"]) == pytest.approx((0.95, 0.70))
+    assert out["model_name"] == "test bundle" and out["demo"] is True
+    assert out["input_checks"]["GMD"]["source_shape"] == [121, 145, 121]
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "result.json"]  # no temporary files left
+
+
+def test_predict_with_the_shipped_bundle_says_it_is_untrained(tmp_path: Path) -> None:
+    result = run_cli("predict", "--sample", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = json.loads((tmp_path / "result.json").read_text())
+    assert out["trained"] is False and "UNTRAINED" in out["intended_use"]
+    assert out["sensitivity"] is None and 0.0 < out["probability"] < 1.0
+
+
+def _write(path: Path, data: np.ndarray, affine: np.ndarray = grid.MNI_AFFINE) -> Path:
+    nib.save(nib.Nifti1Image(data.astype(np.float32), affine), str(path))
+    return path
+
+
+def _t1_on_mni_grid() -> np.ndarray:
+    from BrainImageNetTrainingLib.placeholder import resample_to_mni_grid
+
+    image = nib.load(str(COLIN27_T1))
+    return resample_to_mni_grid(np.asanyarray(image.dataobj, dtype=np.float32), image.affine)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "file not found"),
+        ("not_an_image", "cannot read"),
+        ("truncated", "cannot read"),
+        ("4d", "is 4D with 3 volumes"),
+        ("2d", "expected a 3D map"),
+        ("nan", "NaN or infinite"),
+        ("zeros", "the map is empty"),
+        ("t1", "is this a T1 image?"),
+        ("native_t1", "not on the model grid"),
+        ("negative", "negative values"),
+    ],
+)
+def test_bad_gmd_gets_exit_2_and_one_line(tmp_path: Path, sample: dict[str, Path], case: str, message: str) -> None:
+    good = np.asanyarray(nib.load(str(sample["GMD"])).dataobj, dtype=np.float32)
+    path = tmp_path / "gmd.nii.gz"
+    if case == "missing":
+        path = tmp_path / "nothing.nii.gz"
+    elif case == "not_an_image":
+        path.write_text("subject,age\n1,70\n")
+    elif case == "truncated":
+        path.write_bytes(gzip.compress(sample["GMD"].read_bytes())[:5000])
+    elif case == "4d":
+        _write(path, np.stack([good] * 3, axis=-1))
+    elif case == "2d":
+        _write(path, good[:, :, 60])
+    elif case == "nan":
+        bad = good.copy()
+        bad[60, 70, 60] = np.nan
+        _write(path, bad)
+    elif case == "zeros":
+        _write(path, np.zeros_like(good))
+    elif case == "t1":
+        _write(path, _t1_on_mni_grid())
+    elif case == "native_t1":
+        path = COLIN27_T1
+    elif case == "negative":
+        _write(path, good - 0.5)
+    assert_input_error(run_cli("predict", "--gmd", path, "--gmv", sample["GMV"], "--out", tmp_path / "out"), message)
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_bad_options_get_exit_2_and_one_line(tmp_path: Path, sample: dict[str, Path]) -> None:
+    assert_input_error(run_cli("predict", "--sample", "--threshold", "1.5", "--out", tmp_path), "threshold must lie in [0, 1]")
+    assert_input_error(run_cli("predict", "--sample", "--model", tmp_path, "--out", tmp_path), "is not a model bundle")
+    assert_input_error(run_cli("predict", "--gmd", sample["GMD"], "--out", tmp_path), "needs a GMV map")
