@@ -117,3 +117,16 @@ def test_shipped_placeholder_is_reproduced_by_the_project_code(tmp_path: Path) -
     _, models = load_fold_models(default_bundle())
     assert len(models) == 5
     assert np.isfinite(models[0].stem.conv1.conv.weight.detach().numpy()).all()
+
+
+def test_shipped_sample_is_reproduced_by_the_project_code(tmp_path: Path, sample: dict[str, Path]) -> None:
+    import nibabel as nib
+
+    from BrainImageNetTrainingLib.placeholder import make_colin27_sample
+
+    rebuilt = make_colin27_sample(tmp_path)
+    for kind in ("GMD", "GMV"):
+        shipped, again = nib.load(str(sample[kind])), nib.load(str(rebuilt[kind]))
+        np.testing.assert_array_equal(np.asanyarray(again.dataobj), np.asanyarray(shipped.dataobj))
+        np.testing.assert_array_equal(again.affine, grid.MNI_AFFINE)
+        assert shipped.shape == grid.MNI_SHAPE
