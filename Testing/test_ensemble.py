@@ -58,3 +58,11 @@ def test_bad_arrays_are_rejected(tiny_bundle: Path, batch: np.ndarray) -> None:
     broken[0, 0, 10, 10, 10] = np.nan
     with pytest.raises(InputError, match="NaN"):
         ensemble.predict_proba(broken)
+
+
+def test_unavailable_devices_are_explained(tiny_bundle: Path) -> None:
+    with pytest.raises(InputError, match="unknown device"):
+        Ensemble.from_bundle(tiny_bundle, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="not available on this machine"):
+            Ensemble.from_bundle(tiny_bundle, device="cuda:0")

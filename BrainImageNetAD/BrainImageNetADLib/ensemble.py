@@ -58,6 +58,19 @@ def classify(probability: float, fold_probabilities: list[float], card: ModelCar
     )
 
 
+def resolve_device(device: str) -> torch.device:
+    """Parse a torch device name (``cpu``, ``cuda``, ``cuda:1``, ``mps``) and check it exists here."""
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and (not torch.cuda.is_available() or (resolved.index or 0) >= torch.cuda.device_count()):
+        raise InputError(f"device {device!r} is not available on this machine (torch sees {torch.cuda.device_count()} CUDA devices)")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError("device 'mps' is not available on this machine")
+    return resolved
+
+
 class Ensemble:
     """The fold models of one bundle, ready for inference on the CPU or a GPU.
 
@@ -69,7 +82,7 @@ class Ensemble:
 
     def __init__(self, card: ModelCard, models: list[torch.nn.Module], device: str = "cpu") -> None:
         self.card = card
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.models = [m.to(self.device).eval() for m in models]
 
     @classmethod
