@@ -118,3 +118,12 @@ def test_bad_options_get_exit_2_and_one_line(tmp_path: Path, sample: dict[str, P
     assert_input_error(run_cli("predict", "--sample", "--model", tmp_path, "--out", tmp_path), "is not a model bundle")
     assert_input_error(run_cli("predict", "--gmd", sample["GMD"], "--out", tmp_path), "needs a GMV map")
     assert_input_error(run_cli("predict", "--sample", "--device", "gpu7", "--out", tmp_path), "unknown device 'gpu7'")
+
+
+def test_bench_predict_prints_a_row_per_preset() -> None:
+    result = run_cli("bench", "predict", "--presets", "tiny", "--batch", "2")
+    assert result.returncode == 0, result.stderr
+    header, row, footer = result.stdout.strip().splitlines()
+    assert "ensemble_s" in header and "batch2_speedup" in header
+    assert row.split()[0] == "tiny" and float(row.split()[2]) > 0
+    assert footer.startswith("torch threads")

@@ -50,7 +50,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    bench = sub.add_parser("bench", help="benchmarks (speed, memory) printed as a table")
+    bench.add_argument("target", choices=["predict"], help="what to measure")
+    bench.add_argument("--presets", nargs="+", default=["tiny", "small", "paper"], choices=["tiny", "small", "paper"])
+    bench.add_argument("--batch", type=int, default=4, help="batch size compared with batch size 1")
+    bench.add_argument("--repeats", type=int, default=1)
+    bench.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    bench.add_argument("--device", default="cpu")
     return parser
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    """Run the ``bench`` command and print its table."""
+    import torch
+
+    from .bench import bench_predict, print_rows
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print_rows(bench_predict(args.presets, batch=args.batch, repeats=args.repeats, device=args.device))
 
 
 def run_predict(args: argparse.Namespace) -> Path:
@@ -90,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "predict":
             path = run_predict(args)
             print(path)
+        elif args.command == "bench":
+            run_bench(args)
         return 0
     except (BrainImageNetError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

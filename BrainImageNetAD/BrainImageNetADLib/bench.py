@@ -1,0 +1,78 @@
+"""Benchmarks behind ``brainimagenet-ad bench``: speed and memory, measured side by side in one run."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import numpy as np
+import torch
+
+from . import grid
+from .bundle import ModelCard
+from .ensemble import Ensemble
+from .networks import build_network, count_parameters
+
+
+def _seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: allocator and kernel selection
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def bench_predict(
+    presets: list[str], folds: int = 5, batch: int = 4, repeats: int = 1, device: str = "cpu"
+) -> list[dict[str, float | str]]:
+    """Time ensemble prediction of the AD transfer network on random maps (N, 2, 96, 120, 86).
+
+    For each preset: seconds per subject for one fold model and for a ``folds``-model ensemble
+    at batch size 1, and the speed-up of batch size ``batch`` over batch size 1 (same run).
+    Random weights: the cost does not depend on their values. Returns one row per preset.
+    """
+    rows: list[dict[str, float | str]] = []
+    x = np.random.default_rng(0).random((batch, 2, *grid.MODEL_SHAPE), dtype=np.float32)
+    for preset in presets:
+        card = ModelCard(
+            {
+                "name": f"bench {preset}",
+                "architecture": "ad_transfer",
+                "preset": preset,
+                "input": {"channels": ["GMD", "GMV"]},
+                "demo": True,
+                "trained": False,
+                "intended_use": "benchmark",
+            }
+        )
+        models = [build_network("ad_transfer", preset, 2).eval() for _ in range(folds)]
+        ensemble = Ensemble(card, models, device)
+        single = Ensemble(card, models[:1], device)
+        one_fold = _seconds(lambda s=single: s.predict_proba(x[:1], batch_size=1), repeats)
+        per_subject_b1 = _seconds(lambda e=ensemble: e.predict_proba(x[:1], batch_size=1), repeats)
+        per_subject_bn = _seconds(lambda e=ensemble: e.predict_proba(x, batch_size=batch), repeats) / batch
+        rows.append(
+            {
+                "preset": preset,
+                "parameters_M": count_parameters(models[0]) / 1e6,
+                "one_fold_s": one_fold,
+                "ensemble_s": per_subject_b1,
+                f"ensemble_batch{batch}_s_per_subject": per_subject_bn,
+                f"batch{batch}_speedup": per_subject_b1 / per_subject_bn,
+            }
+        )
+    return rows
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux ru_maxrss is in kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def print_rows(rows: list[dict[str, float | str]]) -> None:
+    """Print benchmark rows as an aligned table, then torch's thread count and peak memory."""
+    keys = list(rows[0])
+    print("  ".join(f"{k:>22}" for k in keys))
+    for row in rows:
+        print("  ".join(f"{v:>22.3f}" if isinstance(v, float) else f"{v!s:>22}" for v in row.values()))
+    print(f"torch threads {torch.get_num_threads()}, peak memory {peak_memory_mb():.0f} MB")
