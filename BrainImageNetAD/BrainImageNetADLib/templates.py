@@ -1,0 +1,87 @@
+"""Templates used by preprocessing, all installed by package managers (nothing downloaded at run time).
+
+- MNI ICBM152 2009a symmetric T1 and grey/white-matter probability maps, shipped inside the PyPI
+  package ``nilearn`` (copyright McConnell Brain Imaging Centre; free use with attribution).
+- Colin27 T1 with skull, Debian package ``mricron-data`` (BSD-3-Clause): the head template for
+  the first, skull-to-skull affine step.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from . import grid
+
+COLIN27_HEAD = Path("/usr/share/mricron/templates/ch2.nii.gz")
+
+
+def _nilearn_data(name: str) -> Path:
+    import nilearn
+
+    return Path(nilearn.__file__).parent / "datasets" / "data" / name
+
+
+MNI_T1 = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+MNI_GM = "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"
+MNI_WM = "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"
+
+
+def template_path(name: str) -> Path:
+    """Path of a template file; raises FileNotFoundError with the package to install."""
+    if name == "colin27_head":
+        path = COLIN27_HEAD
+        hint = "install Debian's mricron-data (scripts/setup.sh does)"
+    else:
+        path = _nilearn_data(name)
+        hint = "install the Python package nilearn (requirements/pinned.txt)"
+    if not path.is_file():
+        raise FileNotFoundError(f"template {path} is missing: {hint}")
+    return path
+
+
+def mni_grid_reference():
+    """An empty ANTs image on the 121x145x121 MNI 1.5 mm grid (SPM's), in ANTs' LPS convention."""
+    import ants
+
+    return ants_from_ras(np.zeros(grid.MNI_SHAPE, dtype=np.float32), grid.MNI_AFFINE)
+
+
+def ants_from_ras(data: np.ndarray, affine: np.ndarray):
+    """Make an ANTs image from a voxel array (I, J, K) and its voxel-to-RAS affine (mm)."""
+    import ants
+
+    lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :3]
+    spacing = np.linalg.norm(lps, axis=0)
+    direction = lps / spacing
+    origin = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, 3]
+    return ants.from_numpy(np.ascontiguousarray(data, dtype=np.float32), origin=origin.tolist(), spacing=spacing.tolist(), direction=direction)
+
+
+def ras_affine(image) -> np.ndarray:
+    """Voxel-to-RAS affine (4x4, mm) of an ANTs image."""
+    lps = np.asarray(image.direction) * np.asarray(image.spacing)[None, :]
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ lps
+    affine[:3, 3] = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(image.origin)
+    return affine
+
+
+@lru_cache(maxsize=4)
+def mni_templates_on_grid() -> dict[str, np.ndarray]:
+    """MNI152 T1 (0-1), GM, WM and CSF prior probabilities and the brain mask, resampled to the
+    121x145x121 MNI grid: arrays (121, 145, 121) float32 in MNI voxel order."""
+    import ants
+
+    reference = mni_grid_reference()
+    out: dict[str, np.ndarray] = {}
+    for key, name in (("T1", MNI_T1), ("GM", MNI_GM), ("WM", MNI_WM)):
+        image = ants.image_read(str(template_path(name)))
+        out[key] = ants.resample_image_to_target(image, reference, interp_type="linear").numpy().astype(np.float32)
+    brain = np.clip(out["GM"] + out["WM"], 0, 1)
+    mask = (out["T1"] > 0.05) | (brain > 0.1)
+    out["CSF"] = np.where(mask, np.clip(1.0 - brain, 0.0, 1.0), 0.0).astype(np.float32)
+    out["mask"] = mask.astype(np.float32)
+    return out
