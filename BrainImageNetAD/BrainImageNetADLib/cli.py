@@ -36,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="brainimagenet-ad", description="Alzheimer's disease classifier for brain MRI (research use only).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    predict = sub.add_parser("predict", help="AD probability of one subject from its GMD/GMV maps")
+    predict = sub.add_parser("predict", help="AD probability of one subject from a T1 image or from its GMD/GMV maps")
+    predict.add_argument("t1", nargs="?", type=Path, help="T1-weighted image (NIfTI, NRRD, MHA or DICOM folder); preprocessed first")
+    predict.add_argument("--preset", default="fast", choices=["fast", "accurate"], help="preprocessing preset (with a T1)")
+    predict.add_argument("--force", action="store_true", help="predict even when preprocessing QC fails")
     predict.add_argument("--gmd", type=Path, help="grey-matter density map (MNI 1.5 mm, 121x145x121 or 96x120x86)")
     predict.add_argument("--gmv", type=Path, help="grey-matter volume map (modulated), same grid")
     predict.add_argument("--sample", action="store_true", help="use the bundled sample case's maps")
@@ -50,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    preprocess = sub.add_parser("preprocess", help="T1 to GMD/GMV on the MNI grid, with transforms and QC")
+    preprocess.add_argument(
+        "inputs", nargs="+", type=Path, help="T1 files, DICOM folders, folders of T1 files, BIDS datasets or CSV lists (column t1)"
+    )
+    preprocess.add_argument("--out", type=Path, required=True, help="output folder (one T1) or root of per-subject folders")
+    preprocess.add_argument("--preset", default="fast", choices=["fast", "accurate"])
+    preprocess.add_argument("--jobs", type=int, default=1, help="parallel worker processes (batch)")
+    preprocess.add_argument("--shard", default=None, help="i/n: process only shard i of n (cluster job arrays)")
+    preprocess.add_argument("--overwrite", action="store_true", help="redo subjects that are already finished")
     bench = sub.add_parser("bench", help="benchmarks (speed, memory) printed as a table")
     bench.add_argument("target", choices=["predict"], help="what to measure")
     bench.add_argument("--presets", nargs="+", default=["tiny", "small", "paper"], choices=["tiny", "small", "paper"])
@@ -71,16 +83,49 @@ def run_bench(args: argparse.Namespace) -> None:
     print_rows(bench_predict(args.presets, batch=args.batch, repeats=args.repeats, device=args.device))
 
 
+def run_preprocess(args: argparse.Namespace) -> Path:
+    """Run the ``preprocess`` command; return the output folder."""
+    from .batch import collect_jobs, run_batch, shard
+    from .errors import InputError
+    from .preprocess import preprocess_t1
+    from .worker import run_isolated
+
+    jobs = shard(collect_jobs(args.inputs), args.shard)
+    if not jobs:
+        raise InputError("no T1 images found in the inputs")
+    single = len(args.inputs) == 1 and len(jobs) == 1 and args.shard is None and args.inputs[0] == jobs[0].t1
+    if single:
+        report = run_isolated(preprocess_t1, jobs[0].t1, args.out, args.preset)
+        print(f"QC {report['verdict']}: " + "; ".join(report["failures"] + report["warnings"]), file=sys.stderr)
+        return args.out
+    rows = run_batch(jobs, args.out, args.preset, args.jobs, args.overwrite)
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in ("pass", "warn", "fail", "error", "done before")}
+    print("summary: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n), file=sys.stderr)
+    return args.out / "summary.tsv"
+
+
 def run_predict(args: argparse.Namespace) -> Path:
     """Run the ``predict`` command; return the path of the written ``result.json``."""
     from .ensemble import Ensemble
     from .errors import InputError
     from .maps import load_model_input
 
+    qc_report = None
+    if sum([args.sample, args.t1 is not None, bool(args.gmd or args.gmv)]) > 1:
+        raise InputError("give one input: a T1 image, --gmd/--gmv, or --sample")
     if args.sample:
-        if args.gmd or args.gmv:
-            raise InputError("give either --sample or --gmd/--gmv, not both")
         paths = sample_maps()
+    elif args.t1 is not None:
+        from .preprocess import preprocess_t1
+        from .worker import run_isolated
+
+        preprocessing = Path(args.out) / "preprocessing"
+        qc_report = run_isolated(preprocess_t1, args.t1, preprocessing, args.preset)
+        if qc_report["verdict"] == "fail" and not args.force:
+            raise InputError(
+                f"preprocessing QC failed: {'; '.join(qc_report['failures'])} (see {preprocessing / 'qc_gmd.png'}; --force predicts anyway)"
+            )
+        paths = {"GMD": preprocessing / "gmd.nii.gz", "GMV": preprocessing / "gmv.nii.gz"}
     else:
         paths = {"GMD": args.gmd, "GMV": args.gmv}
     bundle = args.model or default_bundle()
@@ -96,6 +141,7 @@ def run_predict(args: argparse.Namespace) -> Path:
         "channels": ensemble.card.channels,
         "threshold_presets": ensemble.card.threshold_presets,
         "input_checks": checks,
+        "qc": None if qc_report is None else {k: qc_report[k] for k in ("verdict", "failures", "warnings", "measures", "volumes_ml")},
         "seconds": round(time.perf_counter() - start, 3),
     }
     return write_json_atomic(Path(args.out) / "result.json", result)
@@ -108,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "predict":
             path = run_predict(args)
             print(path)
+        elif args.command == "preprocess":
+            print(run_preprocess(args))
         elif args.command == "bench":
             run_bench(args)
         return 0

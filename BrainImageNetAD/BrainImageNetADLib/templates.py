@@ -44,7 +44,6 @@ def template_path(name: str) -> Path:
 
 def mni_grid_reference():
     """An empty ANTs image on the 121x145x121 MNI 1.5 mm grid (SPM's), in ANTs' LPS convention."""
-    import ants
 
     return ants_from_ras(np.zeros(grid.MNI_SHAPE, dtype=np.float32), grid.MNI_AFFINE)
 
@@ -57,7 +56,9 @@ def ants_from_ras(data: np.ndarray, affine: np.ndarray):
     spacing = np.linalg.norm(lps, axis=0)
     direction = lps / spacing
     origin = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, 3]
-    return ants.from_numpy(np.ascontiguousarray(data, dtype=np.float32), origin=origin.tolist(), spacing=spacing.tolist(), direction=direction)
+    return ants.from_numpy(
+        np.ascontiguousarray(data, dtype=np.float32), origin=origin.tolist(), spacing=spacing.tolist(), direction=direction
+    )
 
 
 def ras_affine(image) -> np.ndarray:

@@ -1,0 +1,114 @@
+"""Quality control of preprocessing: measures, a pass / warn / fail verdict, and a picture.
+
+The paper excluded scans whose GMV correlated with the cohort's mean GMV template below the mean
+minus 2 SD. Without a cohort here, the measure is the spatial Pearson correlation of the subject's
+GMD with the MNI152 2009 grey-matter probability map inside the template brain mask; the default
+thresholds (``GM_CORRELATION_FAIL``, ``GM_CORRELATION_WARN``) were set from scans measured here
+(README, "Preprocessing QC"). Tissue contrast (CSF < GM < WM on a T1) and total intracranial
+volume are checked too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import write_bytes_atomic
+
+#: Below this GMD/template correlation the segmentation is not usable: the verdict is "fail".
+GM_CORRELATION_FAIL = 0.35
+#: Below this the verdict is at least "warn".
+GM_CORRELATION_WARN = 0.45
+#: Plausible total intracranial volume, mL: adults measure 1.2-1.9 L; brains already in MNI space
+#: (Colin27, MNI152) measure 2.1-2.7 L with the template mask, so the range is wide.
+TIV_RANGE_ML = (900.0, 2800.0)
+VOXEL_ML = 1.5**3 / 1000.0
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    denominator = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denominator) if denominator > 0 else 0.0
+
+
+def assess(
+    gmd: np.ndarray,
+    posteriors: np.ndarray,
+    jacobian: np.ndarray,
+    t1_mni: np.ndarray,
+    templates_on_grid: dict[str, np.ndarray],
+    read_warnings: list[str],
+) -> dict[str, Any]:
+    """QC report of one preprocessing. All arrays lie on the 121x145x121 MNI grid; ``posteriors``
+    has shape (121, 145, 121, 3) for CSF, GM, WM; ``jacobian`` is native mm^3 per MNI mm^3.
+    Returns measures, volumes in mL (native space), warnings, failures and the verdict."""
+    mask = templates_on_grid["mask"] > 0
+    brain = (templates_on_grid["GM"] + templates_on_grid["WM"]) > 0.5
+    gm_correlation = _pearson(gmd[mask], templates_on_grid["GM"][mask])
+    t1_correlation = _pearson(t1_mni[brain], templates_on_grid["T1"][brain])
+    volumes = {f"{t}_ml": float((posteriors[..., k] * jacobian).sum() * VOXEL_ML) for k, t in enumerate(("CSF", "GM", "WM"))}
+    tiv = sum(volumes.values())
+    csf, gm, wm = (
+        float(t1_mni[brain & (posteriors[..., k] > 0.5)].mean()) if (brain & (posteriors[..., k] > 0.5)).any() else 0.0 for k in range(3)
+    )
+    warnings = list(read_warnings)
+    failures = []
+    if not csf < gm < wm:
+        failures.append(
+            f"tissue contrast is not that of a T1 (mean intensity CSF {csf:.3g}, GM {gm:.3g}, WM {wm:.3g}; expected CSF < GM < WM)"
+        )
+    if gm_correlation < GM_CORRELATION_FAIL:
+        failures.append(
+            f"grey-matter map correlates {gm_correlation:.2f} with the template (fail below {GM_CORRELATION_FAIL}): segmentation or registration failed"
+        )
+    elif gm_correlation < GM_CORRELATION_WARN:
+        warnings.append(
+            f"grey-matter map correlates {gm_correlation:.2f} with the template (warn below {GM_CORRELATION_WARN}): check qc_gmd.png"
+        )
+    if not TIV_RANGE_ML[0] <= tiv <= TIV_RANGE_ML[1]:
+        warnings.append(
+            f"total intracranial volume {tiv:.0f} mL is outside {TIV_RANGE_ML[0]:.0f}-{TIV_RANGE_ML[1]:.0f} mL: check the registration and the voxel size in the header"
+        )
+    verdict = "fail" if failures else "warn" if warnings else "pass"
+    return {
+        "verdict": verdict,
+        "failures": failures,
+        "warnings": warnings,
+        "measures": {
+            "gm_template_correlation": round(gm_correlation, 4),
+            "t1_template_correlation": round(t1_correlation, 4),
+            "thresholds": {"gm_template_correlation_fail": GM_CORRELATION_FAIL, "gm_template_correlation_warn": GM_CORRELATION_WARN},
+        },
+        "volumes_ml": {**{k: round(v, 1) for k, v in volumes.items()}, "TIV_ml": round(tiv, 1)},
+    }
+
+
+def write_overlay_png(path: str | Path, gmd: np.ndarray, report: dict[str, Any]) -> None:
+    """Mid-slices (sagittal, coronal, axial) of the GMD map in red over the MNI152 T1 (grey), with
+    the verdict in the title, as a PNG for a person to check."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .templates import mni_templates_on_grid
+
+    t1 = mni_templates_on_grid()["T1"]
+    figure, axes = plt.subplots(1, 3, figsize=(10, 3.6), facecolor="black")
+    for ax, index in zip(axes, (np.s_[60, :, :], np.s_[:, 86, :], np.s_[:, :, 60]), strict=True):
+        ax.imshow(np.rot90(t1[index]), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(np.rot90(np.ma.masked_less(gmd[index], 0.2)), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
+        ax.set_axis_off()
+    measures = report["measures"]
+    figure.suptitle(
+        f"QC {report['verdict'].upper()}: GM correlation with template {measures['gm_template_correlation']:.2f}", color="white"
+    )
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80, facecolor="black")
+    plt.close(figure)
+    write_bytes_atomic(path, buffer.getvalue())

@@ -1,0 +1,68 @@
+"""Moving maps between the MNI grids (121x145x121 or the 96x120x86 model grid) and a patient's
+native T1 grid, with the transforms a preprocessing folder keeps (``transforms/``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import grid, templates
+from .errors import InputError
+
+
+def _transforms_dir(preprocessing_dir: str | Path) -> Path:
+    folder = Path(preprocessing_dir) / "transforms"
+    needed = ("mni_to_native_warp.nii.gz", "mni_to_native_affine.mat", "native_to_mni_warp.nii.gz", "native_grid.json")
+    missing = [n for n in needed if not (folder / n).is_file()]
+    if missing:
+        raise InputError(f"{folder}: not a finished preprocessing folder (missing {', '.join(missing)})")
+    return folder
+
+
+def native_reference(preprocessing_dir: str | Path):
+    """An empty ANTs image on the patient's native T1 grid recorded by preprocessing."""
+    import ants
+
+    info = json.loads((_transforms_dir(preprocessing_dir) / "native_grid.json").read_text())
+    return ants.from_numpy(
+        np.zeros(info["size"], dtype=np.float32), origin=info["origin"], spacing=info["spacing"], direction=np.array(info["direction"])
+    )
+
+
+def mni_to_native(data: np.ndarray, preprocessing_dir: str | Path, interpolator: str = "linear"):
+    """Resample a map on the MNI grid (121x145x121) or the model grid (96x120x86), in MNI voxel
+    order, onto the native T1 grid; returns an ANTs image in native space.
+
+    ``interpolator``: ``linear`` for continuous maps (heat maps), ``genericLabel`` for labels.
+    """
+    import ants
+
+    if data.shape == grid.MODEL_SHAPE:
+        data = grid.uncrop_to_mni_grid(data.astype(np.float32))
+    if data.shape != grid.MNI_SHAPE:
+        raise InputError(f"expected a map of shape {grid.MNI_SHAPE} or {grid.MODEL_SHAPE}, got {data.shape}")
+    folder = _transforms_dir(preprocessing_dir)
+    moving = templates.ants_from_ras(data.astype(np.float32), grid.MNI_AFFINE)
+    return ants.apply_transforms(
+        native_reference(preprocessing_dir),
+        moving,
+        [str(folder / "mni_to_native_affine.mat"), str(folder / "native_to_mni_warp.nii.gz")],
+        whichtoinvert=[True, False],
+        interpolator=interpolator,
+    )
+
+
+def native_to_mni(image, preprocessing_dir: str | Path, interpolator: str = "linear") -> np.ndarray:
+    """Resample an ANTs image in the patient's native space onto the 121x145x121 MNI grid;
+    returns an array (121, 145, 121) in MNI voxel order."""
+    import ants
+
+    folder = _transforms_dir(preprocessing_dir)
+    return ants.apply_transforms(
+        templates.mni_grid_reference(),
+        image,
+        [str(folder / "mni_to_native_warp.nii.gz"), str(folder / "mni_to_native_affine.mat")],
+        interpolator=interpolator,
+    ).numpy()
