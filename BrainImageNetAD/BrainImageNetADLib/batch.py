@@ -50,7 +50,7 @@ def collect_jobs(inputs: list[Path]) -> list[Job]:
     for item in inputs:
         item = Path(item)
         if not item.exists():
-            raise InputError(f"input not found: {item}")
+            raise InputError(f"file not found: {item}")
         if item.is_file() and item.suffix.lower() in (".csv", ".tsv"):
             with item.open(newline="") as f:
                 rows = list(csv.DictReader(f, delimiter="\t" if item.suffix.lower() == ".tsv" else ","))

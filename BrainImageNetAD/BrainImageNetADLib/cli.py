@@ -96,7 +96,10 @@ def run_preprocess(args: argparse.Namespace) -> Path:
     single = len(args.inputs) == 1 and len(jobs) == 1 and args.shard is None and args.inputs[0] == jobs[0].t1
     if single:
         report = run_isolated(preprocess_t1, jobs[0].t1, args.out, args.preset)
-        print(f"QC {report['verdict']}: " + "; ".join(report["failures"] + report["warnings"]), file=sys.stderr)
+        if report["verdict"] == "fail":
+            raise InputError(f"preprocessing QC failed: {'; '.join(report['failures'])} (outputs kept in {args.out} for inspection)")
+        if report["warnings"]:
+            print(f"QC warn: {'; '.join(report['warnings'])}", file=sys.stderr)
         return args.out
     rows = run_batch(jobs, args.out, args.preset, args.jobs, args.overwrite)
     counts = {v: sum(r["verdict"] == v for r in rows) for v in ("pass", "warn", "fail", "error", "done before")}

@@ -145,6 +145,7 @@ def preprocess_t1(
         aff_shrink_factors=(4, 2, 1),
         aff_smoothing_sigmas=(2, 1, 0),
         aff_iterations=(500, 200, 50),
+        aff_random_sampling_rate=1.0,
     )
     stage_done("syn")
 

@@ -39,6 +39,9 @@ class T1Image:
 def _read_sitk(path: Path):
     import SimpleITK as sitk
 
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # failures are reported as InputError instead
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        return _read_nifti(path)
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
         series = reader.GetGDCMSeriesIDs(str(path))
@@ -52,6 +55,30 @@ def _read_sitk(path: Path):
         reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
         return reader.Execute()
     return sitk.ReadImage(str(path))
+
+
+def _read_nifti(path: Path):
+    """NIfTI through nibabel, which reads every byte (truncated files fail) and keeps NaNs, as a
+    SimpleITK image in LPS physical space."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    try:
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises many types for broken files
+        raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise _dimension_error(path.name, list(data.shape))
+    lps = np.diag([-1.0, -1.0, 1.0]) @ image.affine[:3, :3]
+    spacing = np.linalg.norm(lps, axis=0)
+    out = sitk.GetImageFromArray(np.ascontiguousarray(data.T))
+    out.SetSpacing(spacing.tolist())
+    out.SetDirection((lps / np.where(spacing > 0, spacing, 1)).ravel().tolist())
+    out.SetOrigin((np.diag([-1.0, -1.0, 1.0]) @ image.affine[:3, 3]).tolist())
+    return out
 
 
 def read_t1(path: str | Path) -> T1Image:
@@ -118,6 +145,14 @@ def read_t1(path: str | Path) -> T1Image:
         "field_of_view_mm": np.round(field_of_view, 1).tolist(),
     }
     return T1Image(ants_image, str(path), info, warnings)
+
+
+def _dimension_error(name: str, size: list[int]) -> InputError:
+    if len(size) == 4:
+        return InputError(f"{name}: a 4D series with {size[3]} volumes; extract the T1 volume you want (e.g. volume 0) into a 3D file")
+    if len(size) == 3:
+        return InputError(f"{name}: a 2D image or a thin slab (size {size}); a 3D T1 volume of the whole head is needed")
+    return InputError(f"{name}: a {len(size)}D image or a thin slab (size {size}); a 3D T1 volume of the whole head is needed")
 
 
 def _refuse_label_map(data: np.ndarray, name: str) -> None:

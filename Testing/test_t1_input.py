@@ -1,0 +1,146 @@
+"""Raw T1 input from the command line: bad inputs get exit code 2 and one specific line; batch
+mode over BIDS/CSV is parallel, resumable and shardable; a crashing worker is reported."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from test_cli import assert_input_error, run_cli
+
+from BrainImageNetADLib.batch import Job, collect_jobs, shard
+from BrainImageNetADLib.errors import InputError
+from BrainImageNetADLib.worker import WorkerCrashed, run_isolated
+
+COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
+AAL = Path("/usr/share/mricron/templates/aal.nii.gz")
+
+
+def _colin() -> tuple[np.ndarray, np.ndarray]:
+    image = nib.load(str(COLIN27_T1))
+    return np.asanyarray(image.dataobj).astype(np.float32), image.affine
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "file not found"),
+        ("text", "cannot read it as an image"),
+        ("truncated", "cannot read it as an image"),
+        ("2d", "a 2D image or a thin slab"),
+        ("4d", "a 4D series with 2 volumes"),
+        ("label_map", "looks like a label map"),
+        ("nan", "NaN or infinite"),
+        ("zeros", "the image is constant"),
+        ("tiny_voxels", "is outside 0.2-8.0 mm"),
+        ("small_field", "too small to hold a whole brain"),
+        ("empty_dicom_folder", "holds no DICOM series"),
+    ],
+)
+def test_bad_t1_gets_exit_2_and_one_line(tmp_path: Path, case: str, message: str) -> None:
+    data, affine = _colin()
+    path = tmp_path / "t1.nii.gz"
+    if case == "missing":
+        path = tmp_path / "absent.nii.gz"
+    elif case == "text":
+        path = tmp_path / "t1.nii"
+        path.write_text("not an image\n" * 50)
+    elif case == "truncated":
+        path.write_bytes(COLIN27_T1.read_bytes()[:20000])
+    elif case == "2d":
+        nib.save(nib.Nifti1Image(data[:, :, 90], affine), str(path))
+    elif case == "4d":
+        nib.save(nib.Nifti1Image(np.stack([data, data], axis=-1), affine), str(path))
+    elif case == "label_map":
+        path = AAL
+    elif case == "nan":
+        data[90, 100, 90] = np.nan
+        nib.save(nib.Nifti1Image(data, affine), str(path))
+    elif case == "zeros":
+        nib.save(nib.Nifti1Image(np.zeros_like(data), affine), str(path))
+    elif case == "tiny_voxels":
+        nib.save(nib.Nifti1Image(data, affine @ np.diag([0.01, 0.01, 0.01, 1.0])), str(path))
+    elif case == "small_field":
+        nib.save(nib.Nifti1Image(data[60:120, 60:120, 60:120], affine), str(path))
+    elif case == "empty_dicom_folder":
+        path = tmp_path / "dicom"
+        path.mkdir()
+        (path / "notes.txt").write_text("no images here")
+    assert_input_error(run_cli("preprocess", path, "--out", tmp_path / "out"), message)
+    assert not (tmp_path / "out" / "qc.json").exists()
+
+
+@pytest.mark.slow
+def test_non_t1_contrast_fails_qc_and_stops_prediction(tmp_path: Path) -> None:
+    data, affine = _colin()
+    inverted = np.where(data > 0, data.max() - data, 0).astype(np.float32)  # T2-like: CSF bright, WM dark
+    path = tmp_path / "t2like.nii.gz"
+    nib.save(nib.Nifti1Image(inverted, affine), str(path))
+    result = run_cli("predict", path, "--out", tmp_path / "out")
+    assert_input_error(result, "preprocessing QC failed: tissue contrast is not that of a T1")
+    qc = json.loads((tmp_path / "out" / "preprocessing" / "qc.json").read_text())
+    assert qc["verdict"] == "fail"
+    assert not (tmp_path / "out" / "result.json").exists()
+    forced = run_cli("predict", path, "--out", tmp_path / "out", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["qc"]["verdict"] == "fail"
+
+
+def test_collect_jobs_reads_bids_csv_and_folders(tmp_path: Path) -> None:
+    bids = tmp_path / "bids"
+    for subject, session in (("sub-01", None), ("sub-02", "ses-1"), ("sub-02", "ses-2")):
+        anat = bids / subject / (session or "") / "anat"
+        anat.mkdir(parents=True)
+        name = "_".join(p for p in (subject, session) if p) + "_T1w.nii.gz"
+        (anat / name).write_bytes(b"x")
+    (bids / "sub-01" / "anat" / "sub-01_T2w.nii.gz").write_bytes(b"x")
+    assert [j.subject for j in collect_jobs([bids])] == ["sub-01", "sub-02_ses-1", "sub-02_ses-2"]
+    table = tmp_path / "list.csv"
+    table.write_text("subject,t1\nA,bids/sub-01/anat/sub-01_T1w.nii.gz\n")
+    assert collect_jobs([table]) == [Job("A", bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz")]
+    (tmp_path / "bad.csv").write_text("path\nx.nii.gz\n")
+    with pytest.raises(InputError, match="expected a 't1' column"):
+        collect_jobs([tmp_path / "bad.csv"])
+
+
+def test_shards_split_the_jobs_without_overlap() -> None:
+    jobs = [Job(f"s{i:02d}", Path(f"s{i}.nii.gz")) for i in range(10)]
+    parts = [shard(jobs, f"{i}/3") for i in range(3)]
+    assert sorted(j.subject for part in parts for j in part) == [j.subject for j in jobs]
+    assert [len(p) for p in parts] == [4, 3, 3]
+    with pytest.raises(InputError, match="--shard must be i/n"):
+        shard(jobs, "3/3")
+
+
+def test_a_crashing_worker_becomes_a_clear_error() -> None:
+    with pytest.raises(WorkerCrashed, match="crashed in a native library"):
+        run_isolated(os.abort)
+    assert run_isolated(sum, [1, 2, 3]) == 6
+
+
+@pytest.mark.slow
+def test_batch_is_parallel_resumable_and_summarised(tmp_path: Path) -> None:
+    data, affine = _colin()
+    bids = tmp_path / "bids"
+    for subject in ("sub-01", "sub-02"):
+        (bids / subject / "anat").mkdir(parents=True)
+        nib.save(nib.Nifti1Image(data, affine), str(bids / subject / "anat" / f"{subject}_T1w.nii.gz"))
+    (bids / "sub-03" / "anat").mkdir(parents=True)
+    (bids / "sub-03" / "anat" / "sub-03_T1w.nii.gz").write_bytes(b"broken")
+    out = tmp_path / "derivatives"
+    first = run_cli("preprocess", bids, "--out", out, "--jobs", "2")
+    assert first.returncode == 0, first.stderr
+    rows = [line.split("\t") for line in (out / "summary.tsv").read_text().splitlines()[1:]]
+    verdicts = {r[0]: r[1] for r in rows}
+    assert verdicts["sub-01"] in ("pass", "warn") and verdicts["sub-02"] in ("pass", "warn")
+    assert verdicts["sub-03"] == "error" and "cannot read" in rows[2][5]
+    assert (out / "sub-01" / "gmd.nii.gz").is_file() and (out / "sub-02" / "qc.json").is_file()
+    assert "[3/3]" in first.stderr
+    again = run_cli("preprocess", bids, "--out", out)
+    assert again.returncode == 0, again.stderr
+    rows = {line.split("\t")[0]: line.split("\t")[1] for line in (out / "summary.tsv").read_text().splitlines()[1:]}
+    assert rows["sub-01"] == rows["sub-02"] == "done before"
