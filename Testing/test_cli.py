@@ -49,12 +49,16 @@ def test_predict_sample_writes_result_json(tmp_path: Path, sample: dict[str, Pat
     assert not [p.name for p in tmp_path.iterdir() if p.name != "result.json"]  # no temporary files left
 
 
-def test_predict_with_the_shipped_bundle_says_it_is_untrained(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_predict_sample_t1_end_to_end_with_the_shipped_bundle(tmp_path: Path) -> None:
     result = run_cli("predict", "--sample", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     out = json.loads((tmp_path / "result.json").read_text())
     assert out["trained"] is False and "UNTRAINED" in out["intended_use"]
     assert out["sensitivity"] is None and 0.0 < out["probability"] < 1.0
+    assert out["qc"]["verdict"] in ("pass", "warn") and out["qc"]["volumes_ml"]["GM_ml"] > 0
+    assert out["input_checks"]["GMD"]["file"] == "gmd.nii.gz"
+    assert (tmp_path / "preprocessing" / "qc_gmd.png").stat().st_size > 1000
 
 
 def _write(path: Path, data: np.ndarray, affine: np.ndarray = grid.MNI_AFFINE) -> Path:
@@ -63,10 +67,8 @@ def _write(path: Path, data: np.ndarray, affine: np.ndarray = grid.MNI_AFFINE) -
 
 
 def _t1_on_mni_grid() -> np.ndarray:
-    from BrainImageNetTrainingLib.placeholder import resample_to_mni_grid
-
     image = nib.load(str(COLIN27_T1))
-    return resample_to_mni_grid(np.asanyarray(image.dataobj, dtype=np.float32), image.affine)
+    return grid.resample_to_mni_grid(np.asanyarray(image.dataobj, dtype=np.float32), image.affine)
 
 
 @pytest.mark.parametrize(
@@ -117,6 +119,7 @@ def test_bad_options_get_exit_2_and_one_line(tmp_path: Path, sample: dict[str, P
     assert_input_error(run_cli("predict", "--sample", "--threshold", "1.5", "--out", tmp_path), "threshold must lie in [0, 1]")
     assert_input_error(run_cli("predict", "--sample", "--model", tmp_path, "--out", tmp_path), "is not a model bundle")
     assert_input_error(run_cli("predict", "--gmd", sample["GMD"], "--out", tmp_path), "needs a GMV map")
+    assert_input_error(run_cli("predict", "--out", tmp_path), "give one input")
     assert_input_error(run_cli("predict", "--sample", "--device", "gpu7", "--out", tmp_path), "unknown device 'gpu7'")
 
 

@@ -76,3 +76,41 @@ def print_rows(rows: list[dict[str, float | str]]) -> None:
     for row in rows:
         print("  ".join(f"{v:>22.3f}" if isinstance(v, float) else f"{v!s:>22}" for v in row.values()))
     print(f"torch threads {torch.get_num_threads()}, peak memory {peak_memory_mb():.0f} MB")
+
+
+#: deepmriprep's published CPU time for one T1 (seconds), the reference the budget is set against.
+DEEPMRIPREP_CPU_SECONDS = 100.0
+
+
+def _preprocess_with_peak_memory(t1: str, out_dir: str, preset: str) -> tuple[dict, float]:
+    from .preprocess import preprocess_t1
+
+    report = preprocess_t1(t1, out_dir, preset)
+    return report, peak_memory_mb()
+
+
+def bench_preprocess(t1: str, presets: list[str]) -> list[dict[str, float | str]]:
+    """Preprocess one T1 with each preset, each in a fresh process; returns per preset the stage
+    times (s), total wall time, its ratio to deepmriprep's published ~100 s, peak memory (MB) of
+    the process and the GM/template correlation."""
+    import tempfile
+
+    from .worker import run_isolated
+
+    rows: list[dict[str, float | str]] = []
+    for preset in presets:
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            report, peak = run_isolated(_preprocess_with_peak_memory, t1, out, preset)
+            wall = time.perf_counter() - start
+        rows.append(
+            {
+                "preset": preset,
+                **{f"{k}_s": float(v) for k, v in report["seconds"].items() if k != "total"},
+                "wall_s": wall,
+                "vs_deepmriprep": DEEPMRIPREP_CPU_SECONDS / wall,
+                "peak_MB": peak,
+                "gm_corr": float(report["measures"]["gm_template_correlation"]),
+            }
+        )
+    return rows

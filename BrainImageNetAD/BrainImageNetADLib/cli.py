@@ -15,7 +15,7 @@ from typing import NoReturn
 from . import __version__
 from .atomic import write_json_atomic
 from .errors import BrainImageNetError
-from .resources import default_bundle, sample_maps
+from .resources import default_bundle, sample_t1
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--force", action="store_true", help="predict even when preprocessing QC fails")
     predict.add_argument("--gmd", type=Path, help="grey-matter density map (MNI 1.5 mm, 121x145x121 or 96x120x86)")
     predict.add_argument("--gmv", type=Path, help="grey-matter volume map (modulated), same grid")
-    predict.add_argument("--sample", action="store_true", help="use the bundled sample case's maps")
+    predict.add_argument("--sample", action="store_true", help="use the bundled sample case (Colin27 T1), preprocessed first")
     predict.add_argument("--out", type=Path, required=True, help="output folder; result.json is written there")
     predict.add_argument("--model", type=Path, default=None, help="model bundle folder (default: the shipped bundle)")
     predict.add_argument(
@@ -63,8 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_argument("--shard", default=None, help="i/n: process only shard i of n (cluster job arrays)")
     preprocess.add_argument("--overwrite", action="store_true", help="redo subjects that are already finished")
     bench = sub.add_parser("bench", help="benchmarks (speed, memory) printed as a table")
-    bench.add_argument("target", choices=["predict"], help="what to measure")
-    bench.add_argument("--presets", nargs="+", default=["tiny", "small", "paper"], choices=["tiny", "small", "paper"])
+    bench.add_argument("target", choices=["predict", "preprocess"], help="what to measure")
+    bench.add_argument(
+        "--presets",
+        nargs="+",
+        default=None,
+        help="network presets (predict: tiny small paper) or preprocessing presets (preprocess: fast accurate)",
+    )
+    bench.add_argument(
+        "--t1", type=Path, default=Path("/usr/share/mricron/templates/ch2.nii.gz"), help="T1 for 'preprocess' (default: Colin27)"
+    )
     bench.add_argument("--batch", type=int, default=4, help="batch size compared with batch size 1")
     bench.add_argument("--repeats", type=int, default=1)
     bench.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
@@ -76,11 +84,14 @@ def run_bench(args: argparse.Namespace) -> None:
     """Run the ``bench`` command and print its table."""
     import torch
 
-    from .bench import bench_predict, print_rows
+    from .bench import bench_predict, bench_preprocess, print_rows
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    print_rows(bench_predict(args.presets, batch=args.batch, repeats=args.repeats, device=args.device))
+    if args.target == "preprocess":
+        print_rows(bench_preprocess(str(args.t1), args.presets or ["fast", "accurate"]))
+    else:
+        print_rows(bench_predict(args.presets or ["tiny", "small", "paper"], batch=args.batch, repeats=args.repeats, device=args.device))
 
 
 def run_preprocess(args: argparse.Namespace) -> Path:
@@ -114,11 +125,14 @@ def run_predict(args: argparse.Namespace) -> Path:
     from .maps import load_model_input
 
     qc_report = None
-    if sum([args.sample, args.t1 is not None, bool(args.gmd or args.gmv)]) > 1:
+    if sum([args.sample, args.t1 is not None, bool(args.gmd or args.gmv)]) != 1:
         raise InputError("give one input: a T1 image, --gmd/--gmv, or --sample")
+    start = time.perf_counter()
+    bundle = args.model or default_bundle()
+    ensemble = Ensemble.from_bundle(bundle, device=args.device, threads=args.threads)  # fail fast on a bad bundle
     if args.sample:
-        paths = sample_maps()
-    elif args.t1 is not None:
+        args.t1 = sample_t1()
+    if args.t1 is not None:
         from .preprocess import preprocess_t1
         from .worker import run_isolated
 
@@ -131,9 +145,6 @@ def run_predict(args: argparse.Namespace) -> Path:
         paths = {"GMD": preprocessing / "gmd.nii.gz", "GMV": preprocessing / "gmv.nii.gz"}
     else:
         paths = {"GMD": args.gmd, "GMV": args.gmv}
-    bundle = args.model or default_bundle()
-    start = time.perf_counter()
-    ensemble = Ensemble.from_bundle(bundle, device=args.device, threads=args.threads)
     x, checks = load_model_input(paths, ensemble.card.channels)
     threshold = ensemble.card.threshold_presets.get("balanced", 0.5) if args.threshold is None else args.threshold
     prediction = ensemble.predict(x, threshold)

@@ -123,3 +123,16 @@ def to_model_grid(data: np.ndarray, affine: np.ndarray, name: str = "image") -> 
         f"{name}: not on the model grid: shape {tuple(data.shape)}, voxel size {voxel_sizes} mm; "
         "expected the 1.5 mm MNI grid 121x145x121 (SPM/DARTEL) or the cropped 96x120x86 grid"
     )
+
+
+def resample_to_mni_grid(data: np.ndarray, affine: np.ndarray, order: int = 1) -> np.ndarray:
+    """Resample a 3D array (voxel order of ``affine``, voxel-to-RAS mm) onto the 121x145x121 MNI
+    grid: ``order`` 1 = trilinear (maps), 0 = nearest neighbour (labels). Outside the source: 0."""
+    from scipy import ndimage
+
+    ijk = np.indices(MNI_SHAPE).reshape(3, -1).astype(float)
+    world = MNI_AFFINE[:3, :3] @ ijk + MNI_AFFINE[:3, 3:4]
+    inverse = np.linalg.inv(affine)
+    source = inverse[:3, :3] @ world + inverse[:3, 3:4]
+    values = ndimage.map_coordinates(data, source, order=order, mode="constant", cval=0.0)
+    return values.reshape(MNI_SHAPE).astype(np.float32 if order else data.dtype)

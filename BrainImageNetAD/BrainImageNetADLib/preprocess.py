@@ -64,6 +64,20 @@ def _nifti_bytes(data: np.ndarray, affine: np.ndarray, description: str) -> byte
     return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
 
 
+def canonical_grid(image, spacing_mm: float = 1.0):
+    """An empty ANTs image covering ``image``'s field of view on a lattice fixed in physical space:
+    identity direction, ``spacing_mm`` voxels, corners snapped to multiples of the spacing."""
+    import ants
+
+    size = np.array(image.shape, dtype=float) - 1
+    corners = np.array([[i, j, k] for i in (0, size[0]) for j in (0, size[1]) for k in (0, size[2])])
+    physical = np.asarray(image.origin) + (np.asarray(image.direction) @ (corners * np.asarray(image.spacing)).T).T
+    low = np.floor(physical.min(axis=0) / spacing_mm) * spacing_mm
+    high = np.ceil(physical.max(axis=0) / spacing_mm) * spacing_mm
+    shape = tuple(int(n) for n in np.round((high - low) / spacing_mm) + 1)
+    return ants.make_image(shape, 0.0, spacing=(spacing_mm,) * 3, origin=tuple(low), direction=np.eye(3), pixeltype="float")
+
+
 def is_done(out_dir: str | Path) -> bool:
     """Whether ``out_dir`` holds a finished preprocessing (its ``qc.json`` exists)."""
     return (Path(out_dir) / "qc.json").is_file()
@@ -88,8 +102,9 @@ def preprocess_t1(
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     settings = PRESETS[preset]
-    # Fixed seed for ANTs' random metric sampling: the same scan gives the same maps.
-    ants.config.set_ants_deterministic(False, seed_value=REGISTRATION_SEED)
+    # Fixed seed and one ITK thread: registration is then reproducible (the same scan gives the
+    # same maps); multi-threaded metric sums differ between runs and can change the optimum.
+    ants.config.set_ants_deterministic(True, seed_value=REGISTRATION_SEED)
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
@@ -106,12 +121,15 @@ def preprocess_t1(
 
     t1 = read_t1(t1_path)
     native = t1.image
+    # Work on a grid fixed in physical space: the same anatomy stored with other axis orders,
+    # flips or voxel sizes then enters registration and segmentation identically.
+    working = ants.resample_image_to_target(native, canonical_grid(native), interp_type="linear")
     stage_done("read")
 
     tm = templates.mni_templates_on_grid()
     head = ants.image_read(str(templates.template_path("colin27_head"))).clone("float")
     head3 = ants.resample_image(head, (3, 3, 3), use_voxels=False, interp_type=0)
-    native3 = ants.resample_image(native, (3, 3, 3), use_voxels=False, interp_type=0)
+    native3 = ants.resample_image(working, (3, 3, 3), use_voxels=False, interp_type=0)
     head_affine = ants.registration(
         head3,
         native3,
@@ -123,14 +141,14 @@ def preprocess_t1(
     mni_mask = templates.ants_from_ras(tm["mask"], grid.MNI_AFFINE)
     stage_done("affine")
 
-    lowres = ants.resample_image(native, (settings.n4_spacing_mm,) * 3, use_voxels=False, interp_type=0)
+    lowres = ants.resample_image(working, (settings.n4_spacing_mm,) * 3, use_voxels=False, interp_type=0)
     mask_low = ants.apply_transforms(lowres, mni_mask, head_affine["invtransforms"], interpolator="linear", whichtoinvert=[True])
     mask_low = ants.threshold_image(mask_low, 0.5, 2.0).morphology("dilate", 2)
     bias_low = ants.n4_bias_field_correction(lowres, mask=mask_low, shrink_factor=2, return_bias_field=True)
     # Outside the head the fitted field can approach zero: bound it so that dividing cannot explode.
     floor = 0.2 * float(np.median(bias_low.numpy()[mask_low.numpy() > 0]))
-    bias = ants.resample_image_to_target(bias_low, native, interp_type="linear").numpy()
-    corrected = native.new_image_like(native.numpy() / np.maximum(bias, floor))
+    bias = ants.resample_image_to_target(bias_low, working, interp_type="linear").numpy()
+    corrected = working.new_image_like(working.numpy() / np.maximum(bias, floor))
     stage_done("n4")
 
     moving2 = ants.resample_image(corrected, (2, 2, 2), use_voxels=False, interp_type=0)

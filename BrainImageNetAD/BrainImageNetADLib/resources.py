@@ -29,7 +29,13 @@ def default_bundle() -> Path:
     return resources_dir() / "Models" / DEFAULT_MODEL
 
 
+def sample_t1() -> Path:
+    """Path of the bundled sample case: the Colin27 T1 (1 mm, with skull)."""
+    return resources_dir() / "Sample" / "colin27_t1.nii.gz"
+
+
 def sample_maps() -> dict[str, Path]:
-    """Paths of the bundled sample case's GMD and GMV maps (MNI 1.5 mm, 121x145x121)."""
+    """Paths of the quick sample maps: GMD and GMV of Colin27 from a simple tissue split
+    (MNI 1.5 mm, 121x145x121), for trying the networks without preprocessing."""
     sample = resources_dir() / "Sample"
     return {"GMD": sample / "colin27_gmd.nii.gz", "GMV": sample / "colin27_gmv.nii.gz"}

@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="brainimagenet-train", description="Training tools of BrainImageNet-AD.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    placeholder = sub.add_parser("placeholder", help="write the placeholder sample case and untrained bundle")
+    placeholder = sub.add_parser("placeholder", help="write the placeholder sample case, untrained bundle and hippocampus atlas")
     placeholder.add_argument("--out", type=Path, required=True, help="resources folder; Models/ and Sample/ are written there")
     placeholder.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"])
     placeholder.add_argument("--seed", type=int, default=0)
@@ -35,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except FileNotFoundError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        from BrainImageNetADLib.atlas import ATLAS_FILE, build_atlas
+
+        print(build_atlas(args.out / "Atlas" / ATLAS_FILE))
         print(make_untrained_bundle(args.out / "Models" / f"placeholder-{args.preset}", args.preset, seed=args.seed))
     return 0
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from scipy import ndimage
 
 from BrainImageNetADLib import grid
 from BrainImageNetADLib.atomic import write_bytes_atomic
@@ -44,16 +43,6 @@ def _gaussian_mixture_posteriors(values: np.ndarray, iterations: int = 60) -> tu
     return post[:, order], means[order]
 
 
-def resample_to_mni_grid(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Trilinearly resample a 3D array (voxel order of ``affine``, mm RAS) onto the 121x145x121
-    MNI 1.5 mm grid; voxels outside the source are 0."""
-    ijk = np.indices(grid.MNI_SHAPE).reshape(3, -1).astype(float)
-    world = grid.MNI_AFFINE[:3, :3] @ ijk + grid.MNI_AFFINE[:3, 3:4]
-    source = np.linalg.inv(affine)[:3, :3] @ world + np.linalg.inv(affine)[:3, 3:4]
-    values = ndimage.map_coordinates(data, source, order=1, mode="constant", cval=0.0)
-    return values.reshape(grid.MNI_SHAPE).astype(np.float32)
-
-
 def make_colin27_sample(out_dir: str | Path, source: Path = COLIN27_BRAIN) -> dict[str, Path]:
     """Write ``colin27_gmd.nii.gz`` and ``colin27_gmv.nii.gz`` (121x145x121, MNI 1.5 mm) to ``out_dir``.
 
@@ -69,7 +58,7 @@ def make_colin27_sample(out_dir: str | Path, source: Path = COLIN27_BRAIN) -> di
     posteriors, _ = _gaussian_mixture_posteriors(t1[brain].astype(np.float64))
     gm = np.zeros_like(t1)
     gm[brain] = posteriors[:, 1]
-    gmd = np.clip(resample_to_mni_grid(gm, image.affine), 0.0, 1.0)
+    gmd = np.clip(grid.resample_to_mni_grid(gm, image.affine), 0.0, 1.0)
     out_dir = Path(out_dir)
     written: dict[str, Path] = {}
     for kind, data in (("gmd", gmd), ("gmv", gmd)):

@@ -1,0 +1,30 @@
+"""The shipped hippocampus/parahippocampal atlas on the MNI grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from BrainImageNetADLib import grid
+from BrainImageNetADLib.atlas import ATLAS_FILE, REGIONS, build_atlas, load_atlas
+
+
+def test_shipped_atlas_is_reproduced_by_the_project_code(tmp_path: Path) -> None:
+    rebuilt = np.asanyarray(nib.load(str(build_atlas(tmp_path / ATLAS_FILE))).dataobj)
+    np.testing.assert_array_equal(rebuilt, load_atlas())
+
+
+def test_regions_have_plausible_volumes_and_sides() -> None:
+    labels = load_atlas()
+    assert labels.shape == grid.MNI_SHAPE and set(np.unique(labels)) == {0, *REGIONS}
+    for value, name in REGIONS.items():
+        voxels = np.argwhere(labels == value)
+        volume_ml = len(voxels) * 1.5**3 / 1000
+        assert 4.0 < volume_ml < 15.0, (name, volume_ml)
+        centre = grid.MNI_AFFINE[:3, :3] @ voxels.mean(axis=0) + grid.MNI_AFFINE[:3, 3]
+        assert (centre[0] < 0) == name.endswith("_L"), (name, centre)  # RAS: left is x < 0
+        assert -45 < centre[1] < 0 and -30 < centre[2] < 5, (name, centre)  # medial temporal lobe
+    # All four regions lie inside the cropped model grid.
+    assert (grid.crop_to_model_grid(labels) > 0).sum() == (labels > 0).sum()
