@@ -144,3 +144,59 @@ def test_batch_is_parallel_resumable_and_summarised(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     rows = {line.split("\t")[0]: line.split("\t")[1] for line in (out / "summary.tsv").read_text().splitlines()[1:]}
     assert rows["sub-01"] == rows["sub-02"] == "done before"
+
+
+def _write_dicom_series(data: np.ndarray, affine: np.ndarray, folder: Path, series: str = "1.2.826.0.1.3680043.2.1125.1.4242") -> None:
+    """Write a 3D volume (RAS affine) as a DICOM series of axial slices with SimpleITK."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    direction = lps[:3, :3] / spacing
+    volume = sitk.GetImageFromArray(np.ascontiguousarray(data.T.astype(np.int16)))
+    volume.SetSpacing(spacing.tolist())
+    volume.SetDirection(direction.ravel().tolist())
+    volume.SetOrigin(lps[:3, 3].tolist())
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    orientation = "\\".join(f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1]))
+    for k in range(volume.GetDepth()):
+        image = volume[:, :, k]
+        position = volume.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in (
+            ("0008|0060", "MR"),
+            ("0020|000e", series),
+            ("0020|000d", series + ".1"),
+            ("0020|0037", orientation),
+            ("0020|0032", "\\".join(f"{v:.6f}" for v in position)),
+            ("0020|0013", str(k + 1)),
+            ("0018|0050", f"{spacing[2]:.6f}"),
+            ("0028|0030", f"{spacing[1]:.6f}\\{spacing[0]:.6f}"),
+        ):
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{series[-4:]}_{k:04d}.dcm"))
+        writer.Execute(image)
+
+
+def test_dicom_series_folder_reads_like_the_nifti(tmp_path: Path) -> None:
+    from BrainImageNetADLib.t1io import read_t1
+
+    data, affine = _colin()
+    _write_dicom_series(data, affine, tmp_path / "dicom")
+    from_dicom = read_t1(tmp_path / "dicom").image
+    from_nifti = read_t1(COLIN27_T1).image
+    assert from_dicom.shape == from_nifti.shape
+    np.testing.assert_allclose(from_dicom.origin, from_nifti.origin, atol=1e-3)
+    np.testing.assert_allclose(from_dicom.direction, from_nifti.direction, atol=1e-5)
+    np.testing.assert_array_equal(from_dicom.numpy(), from_nifti.numpy())
+
+
+def test_folder_with_two_dicom_series_is_refused_with_both_listed(tmp_path: Path) -> None:
+    data, affine = _colin()
+    _write_dicom_series(data[:, :, 60:80], affine, tmp_path / "dicom", series="1.2.3.4.1111")
+    _write_dicom_series(data[:, :, 80:90], affine, tmp_path / "dicom", series="1.2.3.4.2222")
+    assert_input_error(
+        run_cli("preprocess", tmp_path / "dicom", "--out", tmp_path / "out"),
+        "holds 2 DICOM series (1.2.3.4.1111: 20 files, 1.2.3.4.2222: 10 files)",
+    )

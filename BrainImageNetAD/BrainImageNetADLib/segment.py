@@ -8,7 +8,7 @@ TISSUES = ("CSF", "GM", "WM")
 
 
 def segment_tissues(
-    t1: np.ndarray, priors: np.ndarray, mask: np.ndarray, prior_weight: float = 0.3, iterations: int = 15
+    t1: np.ndarray, priors: np.ndarray, mask: np.ndarray, prior_weight: float = 1.0, iterations: int = 15
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Gaussian-mixture segmentation with spatial priors, fitted by EM.
 

@@ -80,7 +80,8 @@ def mni_templates_on_grid() -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for key, name in (("T1", MNI_T1), ("GM", MNI_GM), ("WM", MNI_WM)):
         image = ants.image_read(str(template_path(name)))
-        out[key] = ants.resample_image_to_target(image, reference, interp_type="linear").numpy().astype(np.float32)
+        # The files hold uint8 values 0-255: rescale to intensities and probabilities in [0, 1].
+        out[key] = ants.resample_image_to_target(image, reference, interp_type="linear").numpy().astype(np.float32) / 255.0
     brain = np.clip(out["GM"] + out["WM"], 0, 1)
     mask = (out["T1"] > 0.05) | (brain > 0.1)
     out["CSF"] = np.where(mask, np.clip(1.0 - brain, 0.0, 1.0), 0.0).astype(np.float32)
