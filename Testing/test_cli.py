@@ -51,8 +51,10 @@ def test_predict_sample_writes_result_json(tmp_path: Path, sample: dict[str, Pat
 
 @pytest.mark.slow
 def test_predict_sample_t1_end_to_end_with_the_shipped_bundle(tmp_path: Path) -> None:
-    result = run_cli("predict", "--sample", "--out", tmp_path)
+    result = run_cli("predict", "--sample", "--progress", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
+    stages = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("progress: ")]
+    assert stages == ["read", "affine", "n4", "syn", "segment", "write"]
     out = json.loads((tmp_path / "result.json").read_text())
     assert out["trained"] is False and "UNTRAINED" in out["intended_use"]
     assert out["sensitivity"] is None and 0.0 < out["probability"] < 1.0

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 
 from . import grid
-from .atomic import write_bytes_atomic
+from .atomic import write_nifti_atomic
 from .resources import resources_dir
 
 AAL_SOURCE = Path("/usr/share/mricron/templates/aal.nii.gz")
@@ -30,11 +30,7 @@ def build_atlas(out_path: str | Path, source: Path = AAL_SOURCE) -> Path:
     image = nib.load(str(source))
     labels = grid.resample_to_mni_grid(np.asanyarray(image.dataobj).astype(np.uint8), image.affine, order=0)
     labels = np.where(np.isin(labels, list(REGIONS)), labels, 0).astype(np.uint8)
-    nifti = nib.Nifti1Image(labels, grid.MNI_AFFINE)
-    nifti.header["descrip"] = b"AAL hippocampus/parahippocampal labels 37-40"
-    import gzip
-
-    return write_bytes_atomic(out_path, gzip.compress(nifti.to_bytes(), mtime=0))
+    return write_nifti_atomic(out_path, labels, grid.MNI_AFFINE, "AAL hippocampus/parahippocampal labels 37-40")
 
 
 def load_atlas() -> np.ndarray:

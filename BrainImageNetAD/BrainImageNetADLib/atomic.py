@@ -30,3 +30,16 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically."""
     return write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def write_nifti_atomic(path: str | os.PathLike[str], data: Any, affine: Any, description: str = "") -> Path:
+    """Write a NIfTI-1 image (``.nii.gz``: gzip with a fixed timestamp, so identical data give
+    identical bytes) atomically. ``data`` keeps its dtype; ``affine`` maps voxels to RAS mm."""
+    import gzip
+
+    import nibabel as nib
+
+    image = nib.Nifti1Image(data, affine)
+    image.header.set_xyzt_units("mm")
+    image.header["descrip"] = description.encode()[:79]
+    return write_bytes_atomic(path, gzip.compress(image.to_bytes(), compresslevel=6, mtime=0))

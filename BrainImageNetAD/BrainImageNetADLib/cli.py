@@ -25,6 +25,12 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def print_progress(stage: str, fraction: float) -> None:
+    """Progress callback of long commands: one ``progress: STAGE FRACTION`` line on stderr, for a
+    person or for a GUI that runs the command and reads its output."""
+    print(f"progress: {stage} {fraction:.2f}", file=sys.stderr, flush=True)
+
+
 def _threshold(value: str) -> float:
     t = float(value)
     if not 0.0 <= t <= 1.0:
@@ -40,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("t1", nargs="?", type=Path, help="T1-weighted image (NIfTI, NRRD, MHA or DICOM folder); preprocessed first")
     predict.add_argument("--preset", default="fast", choices=["fast", "accurate"], help="preprocessing preset (with a T1)")
     predict.add_argument("--force", action="store_true", help="predict even when preprocessing QC fails")
+    predict.add_argument("--progress", action="store_true", help="print 'progress: STAGE FRACTION' lines on stderr")
     predict.add_argument("--gmd", type=Path, help="grey-matter density map (MNI 1.5 mm, 121x145x121 or 96x120x86)")
     predict.add_argument("--gmv", type=Path, help="grey-matter volume map (modulated), same grid")
     predict.add_argument("--sample", action="store_true", help="use the bundled sample case (Colin27 T1), preprocessed first")
@@ -62,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_argument("--jobs", type=int, default=1, help="parallel worker processes (batch)")
     preprocess.add_argument("--shard", default=None, help="i/n: process only shard i of n (cluster job arrays)")
     preprocess.add_argument("--overwrite", action="store_true", help="redo subjects that are already finished")
+    preprocess.add_argument("--progress", action="store_true", help="print 'progress: STAGE FRACTION' lines on stderr (one T1)")
     bench = sub.add_parser("bench", help="benchmarks (speed, memory) printed as a table")
     bench.add_argument("target", choices=["predict", "preprocess"], help="what to measure")
     bench.add_argument(
@@ -106,7 +114,7 @@ def run_preprocess(args: argparse.Namespace) -> Path:
         raise InputError("no T1 images found in the inputs")
     single = len(args.inputs) == 1 and len(jobs) == 1 and args.shard is None and args.inputs[0] == jobs[0].t1
     if single:
-        report = run_isolated(preprocess_t1, jobs[0].t1, args.out, args.preset)
+        report = run_isolated(preprocess_t1, jobs[0].t1, args.out, args.preset, progress=print_progress if args.progress else None)
         if report["verdict"] == "fail":
             raise InputError(f"preprocessing QC failed: {'; '.join(report['failures'])} (outputs kept in {args.out} for inspection)")
         if report["warnings"]:
@@ -137,7 +145,7 @@ def run_predict(args: argparse.Namespace) -> Path:
         from .worker import run_isolated
 
         preprocessing = Path(args.out) / "preprocessing"
-        qc_report = run_isolated(preprocess_t1, args.t1, preprocessing, args.preset)
+        qc_report = run_isolated(preprocess_t1, args.t1, preprocessing, args.preset, progress=print_progress if args.progress else None)
         if qc_report["verdict"] == "fail" and not args.force:
             raise InputError(
                 f"preprocessing QC failed: {'; '.join(qc_report['failures'])} (see {preprocessing / 'qc_gmd.png'}; --force predicts anyway)"

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from . import grid, qc, templates
-from .atomic import write_bytes_atomic, write_json_atomic
+from .atomic import write_json_atomic, write_nifti_atomic
 from .errors import BrainImageNetError
 from .segment import TISSUES, segment_tissues
 from .t1io import read_t1
@@ -53,15 +52,6 @@ PRESETS = {
     "fast": PreprocessSettings("fast", 3.0, (40, 20, 0), 15),
     "accurate": PreprocessSettings("accurate", 2.0, (100, 70, 30), 25),
 }
-
-
-def _nifti_bytes(data: np.ndarray, affine: np.ndarray, description: str) -> bytes:
-    import gzip
-
-    image = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
-    image.header.set_xyzt_units("mm")
-    image.header["descrip"] = description.encode()[:79]
-    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
 
 
 def canonical_grid(image, spacing_mm: float = 1.0):
@@ -203,7 +193,7 @@ def preprocess_t1(
 def _write_outputs(out_dir: Path, gmd, gmv, t1_mni, registration, native, report, timings, stage_done) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in (("gmd", gmd), ("gmv", gmv), ("t1_mni", t1_mni)):
-        write_bytes_atomic(out_dir / f"{name}.nii.gz", _nifti_bytes(data, grid.MNI_AFFINE, f"BrainImageNet-AD {name}"))
+        write_nifti_atomic(out_dir / f"{name}.nii.gz", np.asarray(data, dtype=np.float32), grid.MNI_AFFINE, f"BrainImageNet-AD {name}")
     staging = Path(tempfile.mkdtemp(prefix=".transforms.", dir=out_dir))
     shutil.copyfile(registration["fwdtransforms"][0], staging / "mni_to_native_warp.nii.gz")
     shutil.copyfile(registration["fwdtransforms"][1], staging / "mni_to_native_affine.mat")

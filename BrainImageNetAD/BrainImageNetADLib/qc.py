@@ -18,9 +18,9 @@ import numpy as np
 from .atomic import write_bytes_atomic
 
 #: Below this GMD/template correlation the segmentation is not usable: the verdict is "fail".
-GM_CORRELATION_FAIL = 0.35
+GM_CORRELATION_FAIL = 0.45
 #: Below this the verdict is at least "warn".
-GM_CORRELATION_WARN = 0.45
+GM_CORRELATION_WARN = 0.6
 #: Plausible total intracranial volume, mL: adults measure 1.2-1.9 L; brains already in MNI space
 #: (Colin27, MNI152) measure 2.1-2.7 L with the template mask, so the range is wide.
 TIV_RANGE_ML = (900.0, 2800.0)

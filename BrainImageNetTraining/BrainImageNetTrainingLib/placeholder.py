@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from BrainImageNetADLib import grid
-from BrainImageNetADLib.atomic import write_bytes_atomic
+from BrainImageNetADLib.atomic import write_nifti_atomic
 from BrainImageNetADLib.bundle import save_bundle
 from BrainImageNetADLib.networks import build_network
 
@@ -62,19 +62,10 @@ def make_colin27_sample(out_dir: str | Path, source: Path = COLIN27_BRAIN) -> di
     out_dir = Path(out_dir)
     written: dict[str, Path] = {}
     for kind, data in (("gmd", gmd), ("gmv", gmd)):
-        nifti = nib.Nifti1Image(data, grid.MNI_AFFINE)
-        nifti.header.set_xyzt_units("mm")
-        nifti.header["descrip"] = f"Colin27 placeholder {kind.upper()}".encode()
-        path = out_dir / f"colin27_{kind}.nii.gz"
-        write_bytes_atomic(path, _nifti_gz_bytes(nifti))
-        written[kind.upper()] = path
+        written[kind.upper()] = write_nifti_atomic(
+            out_dir / f"colin27_{kind}.nii.gz", data, grid.MNI_AFFINE, f"Colin27 placeholder {kind.upper()}"
+        )
     return written
-
-
-def _nifti_gz_bytes(nifti: nib.Nifti1Image) -> bytes:
-    import gzip
-
-    return gzip.compress(nifti.to_bytes(), compresslevel=9, mtime=0)
 
 
 def make_untrained_bundle(out_dir: str | Path, preset: str = "tiny", folds: int = 5, seed: int = 0) -> Path:
