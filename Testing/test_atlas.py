@@ -1,4 +1,4 @@
-"""The shipped hippocampus/parahippocampal atlas on the MNI grid."""
+"""Shipped resources: the hippocampus/parahippocampal atlas on the MNI grid and the sample T1."""
 
 from __future__ import annotations
 
@@ -28,3 +28,9 @@ def test_regions_have_plausible_volumes_and_sides() -> None:
         assert -45 < centre[1] < 0 and -30 < centre[2] < 5, (name, centre)  # medial temporal lobe
     # All four regions lie inside the cropped model grid.
     assert (grid.crop_to_model_grid(labels) > 0).sum() == (labels > 0).sum()
+
+
+def test_sample_t1_is_the_colin27_scan_unchanged() -> None:
+    from BrainImageNetADLib.resources import sample_t1
+
+    assert sample_t1().read_bytes() == Path("/usr/share/mricron/templates/ch2.nii.gz").read_bytes()
