@@ -186,7 +186,12 @@ def preprocess_t1(
             "affine_determinant": float(abs(np.linalg.det(affine_matrix))),
         }
     )
-    _write_outputs(out_dir, gmd, gmv, t1_mni, registration, native, report, timings, stage_done)
+    try:
+        _write_outputs(out_dir, gmd, gmv, t1_mni, registration, native, report, timings, stage_done)
+    finally:
+        # ANTs leaves its transform files in the system temporary folder: remove them.
+        for path in {*head_affine["fwdtransforms"], *registration["fwdtransforms"], *registration["invtransforms"]}:
+            Path(path).unlink(missing_ok=True)
     return report
 
 
