@@ -20,12 +20,25 @@ def build_parser() -> argparse.ArgumentParser:
     placeholder.add_argument("--out", type=Path, required=True, help="resources folder; Models/ and Sample/ are written there")
     placeholder.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"])
     placeholder.add_argument("--seed", type=int, default=0)
+    synth = sub.add_parser("synth", help="write a synthetic multi-site cohort (GMD/GMV maps and manifest.csv)")
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--subjects", type=int, default=200)
+    synth.add_argument("--sites", type=int, default=6)
+    synth.add_argument("--datasets", type=int, default=3)
+    synth.add_argument("--seed", type=int, default=0)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``brainimagenet-train``; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    if args.command == "synth":
+        from .synth import write_cohort
+
+        if args.subjects < 1 or args.sites < 1 or not 1 <= args.datasets <= args.sites:
+            print("error: need --subjects >= 1, --sites >= 1 and 1 <= --datasets <= --sites", file=sys.stderr)
+            return 2
+        print(write_cohort(args.out, args.subjects, args.sites, args.datasets, args.seed))
     if args.command == "placeholder":
         from .placeholder import make_colin27_sample, make_untrained_bundle
 

@@ -1,0 +1,182 @@
+"""Synthetic multi-site cohort with known ground truth, for teaching and for testing the training
+procedure when no labelled AD data is at hand.
+
+Each subject's maps are built on the MNI grid from the MNI152 2009 tissue probabilities:
+- anatomy: a smooth random deformation (individual shape) and a head-size factor;
+- age: global grey-matter loss and periventricular loss with age;
+- sex: larger head size in males and a regional difference (cerebellum, hypothalamus);
+- disease: AD-like atrophy in hippocampus and parahippocampal gyrus (left 20 % stronger) and,
+  more weakly, the wider medial temporal lobe; MCI subjects have partial atrophy (progressive
+  MCI more than stable MCI); MMSE tracks atrophy with noise;
+- site/scanner: contrast scaling, noise, smoothness and a smooth bias, with a field strength.
+GMD is the resulting grey-matter probability; GMV = GMD x Jacobian (head size, individual
+deformation, local atrophy), as preprocessing computes it. Maps are written on the 96x120x86
+model grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from BrainImageNetADLib import grid, templates
+from BrainImageNetADLib.atlas import REGIONS, load_atlas
+from BrainImageNetADLib.atomic import write_bytes_atomic, write_nifti_atomic
+
+DIAGNOSIS_SHARES = {"NC": 0.4, "AD": 0.3, "sMCI": 0.15, "pMCI": 0.15}
+#: Mean hippocampal atrophy (fraction of GM lost) per diagnosis; individual severity varies.
+ATROPHY = {"NC": 0.0, "sMCI": 0.06, "pMCI": 0.14, "AD": 0.25}
+MANIFEST_COLUMNS = (
+    "subject",
+    "session",
+    "dataset",
+    "site",
+    "scanner",
+    "field_strength",
+    "sex",
+    "age",
+    "diagnosis",
+    "mmse",
+    "atrophy",
+    "gmd",
+    "gmv",
+)
+
+
+@dataclass(frozen=True)
+class Site:
+    """Acquisition effects of one site: intensity gain, noise SD, smoothing SD (voxels), bias
+    amplitude, field strength (T), and the dataset it belongs to."""
+
+    name: str
+    dataset: str
+    gain: float
+    noise: float
+    smoothing: float
+    bias: float
+    field_strength: float
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: float, amplitude: float) -> np.ndarray:
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    return field * (amplitude / (field.std() + 1e-9))
+
+
+def make_sites(n_sites: int, n_datasets: int, rng: np.random.Generator) -> list[Site]:
+    """``n_sites`` sites spread over ``n_datasets`` datasets, each with random acquisition effects."""
+    return [
+        Site(
+            name=f"site{index:02d}",
+            dataset=f"DS{index % n_datasets + 1}",
+            gain=float(rng.uniform(0.9, 1.1)),
+            noise=float(rng.uniform(0.01, 0.05)),
+            smoothing=float(rng.uniform(0.0, 1.0)),
+            bias=float(rng.uniform(0.0, 0.08)),
+            field_strength=float(rng.choice([1.5, 3.0])),
+        )
+        for index in range(n_sites)
+    ]
+
+
+class CohortGenerator:
+    """Draws synthetic subjects on the model grid (arrays (96, 120, 86) float32)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        tm = templates.mni_templates_on_grid()
+        self.gm = grid.crop_to_model_grid(tm["GM"]).astype(np.float32)
+        self.csf = grid.crop_to_model_grid(tm["CSF"]).astype(np.float32)
+        labels = grid.crop_to_model_grid(load_atlas())
+        left = np.isin(labels, [k for k, v in REGIONS.items() if v.endswith("_L")])
+        right = np.isin(labels, [k for k, v in REGIONS.items() if v.endswith("_R")])
+        # Atrophy pattern: hippocampus/parahippocampal core (left 20 % stronger) and a weaker halo
+        # standing for the wider medial temporal lobe.
+        core = 1.2 * left + 1.0 * right
+        self.atrophy_pattern = np.clip(ndimage.gaussian_filter(core.astype(np.float32), 1.5) * 1.5, 0, 1.2)
+        self.atrophy_pattern += 0.3 * ndimage.gaussian_filter((left | right).astype(np.float32), 5.0)
+        shape = grid.MODEL_SHAPE
+        z = np.arange(shape[2])[None, None, :]
+        y = np.arange(shape[1])[None, :, None]
+        # Sex-dimorphic regions (rough boxes on the model grid): cerebellum (posterior-inferior)
+        # and hypothalamus (small, central-inferior).
+        self.sex_pattern = np.zeros(shape, np.float32)
+        self.sex_pattern[:, :40, :30] = 1.0
+        self.sex_pattern[40:56, 60:72, 20:32] = 1.0
+        self.sex_pattern = ndimage.gaussian_filter(self.sex_pattern, 3.0) * (self.gm > 0.1)
+        self.periventricular = ndimage.gaussian_filter((self.csf > 0.6).astype(np.float32) * (z > 20) * (y > 30), 2.0)
+
+    def subject(self, diagnosis: str, sex: str, age: float, site: Site) -> tuple[np.ndarray, np.ndarray, float]:
+        """GMD, GMV (model grid) and the subject's atrophy severity (fraction lost at the core)."""
+        rng = self.rng
+        severity = max(0.0, ATROPHY[diagnosis] * float(rng.normal(1.0, 0.25)))
+        loss = severity * self.atrophy_pattern
+        ageing = 0.003 * max(age - 60.0, 0.0)
+        sex_effect = (0.04 if sex == "M" else -0.04) * self.sex_pattern
+        gmd = self.gm * (1.0 - loss) * (1.0 - ageing) * (1.0 + sex_effect) * (1.0 - 0.5 * ageing * self.periventricular)
+        # Individual shape: smooth deformation of about 1.5 voxels.
+        displacement = [_smooth_field(rng, grid.MODEL_SHAPE, 6.0, 1.5) for _ in range(3)]
+        coordinates = np.indices(grid.MODEL_SHAPE, dtype=np.float32) + np.stack(displacement)
+        gmd = ndimage.map_coordinates(gmd, coordinates, order=1, mode="nearest")
+        gradients = [np.gradient(d) for d in displacement]
+        local = np.linalg.det(np.eye(3)[None, None, None] + np.stack([np.stack(g, -1) for g in gradients], -2))
+        head = (1.08 if sex == "M" else 0.95) * float(rng.normal(1.0, 0.05))
+        jacobian = head * local * (1.0 - 0.5 * loss)
+        # Site and scanner: gain, smooth bias, blur, noise.
+        bias = 1.0 + _smooth_field(rng, grid.MODEL_SHAPE, 20.0, site.bias)
+        gmd = gmd * site.gain * bias
+        if site.smoothing > 0:
+            gmd = ndimage.gaussian_filter(gmd, site.smoothing)
+        gmd = gmd + rng.normal(0.0, site.noise, gmd.shape) * (self.gm > 0.02)
+        gmd = np.clip(gmd, 0.0, 1.0).astype(np.float32)
+        gmv = (gmd * np.clip(jacobian, 0.2, 5.0)).astype(np.float32)
+        return gmd, gmv, severity
+
+
+def write_cohort(out_dir: str | Path, n_subjects: int, n_sites: int = 6, n_datasets: int = 3, seed: int = 0) -> Path:
+    """Write ``n_subjects`` synthetic subjects (GMD/GMV NIfTI on the model grid) across sites and
+    datasets, and ``manifest.csv`` (written last). Returns the manifest path."""
+    out_dir = Path(out_dir)
+    generator = CohortGenerator(seed)
+    rng = generator.rng
+    sites = make_sites(n_sites, n_datasets, rng)
+    rows = []
+    diagnoses = list(DIAGNOSIS_SHARES)
+    for index in range(n_subjects):
+        site = sites[index % n_sites]
+        diagnosis = str(rng.choice(diagnoses, p=list(DIAGNOSIS_SHARES.values())))
+        sex = str(rng.choice(["F", "M"]))
+        age = float(np.clip(rng.normal(74.0 if diagnosis != "NC" else 71.0, 7.0), 55, 95))
+        gmd, gmv, severity = generator.subject(diagnosis, sex, age, site)
+        subject = f"sub-{index:04d}"
+        paths = {}
+        for kind, data in (("gmd", gmd), ("gmv", gmv)):
+            path = out_dir / "maps" / f"{subject}_{kind}.nii.gz"
+            write_nifti_atomic(path, data, grid.MODEL_AFFINE, f"synthetic {kind.upper()}")
+            paths[kind] = path.relative_to(out_dir).as_posix()
+        mmse = float(np.clip(np.round(29.5 - 40.0 * severity + rng.normal(0, 1.2)), 0, 30))
+        rows.append(
+            {
+                "subject": subject,
+                "session": "ses-1",
+                "dataset": site.dataset,
+                "site": site.name,
+                "scanner": f"{site.name}-scanner",
+                "field_strength": site.field_strength,
+                "sex": sex,
+                "age": round(age, 1),
+                "diagnosis": diagnosis,
+                "mmse": mmse,
+                "atrophy": round(severity, 4),
+                **paths,
+            }
+        )
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_bytes_atomic(out_dir / "manifest.csv", buffer.getvalue().encode())

@@ -1,0 +1,114 @@
+"""The synthetic cohort: planted effects are where they were planted, and the files are usable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from BrainImageNetADLib import grid
+from BrainImageNetADLib.atlas import load_atlas
+from BrainImageNetADLib.maps import load_model_input
+from BrainImageNetTrainingLib.manifest import read_manifest
+from BrainImageNetTrainingLib.synth import CohortGenerator, Site, write_cohort
+
+pytestmark = pytest.mark.slow
+
+QUIET_SITE = Site("site", "DS", gain=1.0, noise=0.02, smoothing=0.0, bias=0.0, field_strength=3.0)
+
+
+@pytest.fixture(scope="module")
+def generator() -> CohortGenerator:
+    return CohortGenerator(seed=7)
+
+
+def _region_means(maps: list[np.ndarray]) -> tuple[float, float]:
+    labels = grid.crop_to_model_grid(load_atlas())
+    hippocampal = labels > 0
+    occipital = np.zeros(grid.MODEL_SHAPE, bool)
+    occipital[:, :25, 20:60] = True  # posterior slab, far from the medial temporal lobe
+    return float(np.mean([m[hippocampal].mean() for m in maps])), float(np.mean([m[occipital].mean() for m in maps]))
+
+
+def test_ad_atrophy_is_medial_temporal(generator: CohortGenerator) -> None:
+    nc = [generator.subject("NC", "F", 72.0, QUIET_SITE)[0] for _ in range(3)]
+    ad = [generator.subject("AD", "F", 72.0, QUIET_SITE)[0] for _ in range(3)]
+    nc_hippo, nc_occ = _region_means(nc)
+    ad_hippo, ad_occ = _region_means(ad)
+    assert ad_hippo < 0.85 * nc_hippo  # planted: about 25 % loss at the core
+    assert abs(ad_occ / nc_occ - 1) < 0.08  # elsewhere: individual variation only
+
+
+def test_left_hippocampus_loses_more(generator: CohortGenerator) -> None:
+    labels = grid.crop_to_model_grid(load_atlas())
+    nc = np.mean([generator.subject("NC", "M", 70.0, QUIET_SITE)[0] for _ in range(3)], axis=0)
+    ad = np.mean([generator.subject("AD", "M", 70.0, QUIET_SITE)[0] for _ in range(3)], axis=0)
+    left_loss = 1 - ad[labels == 37].mean() / nc[labels == 37].mean()
+    right_loss = 1 - ad[labels == 38].mean() / nc[labels == 38].mean()
+    assert left_loss > right_loss > 0.05
+
+
+def test_mci_lies_between_nc_and_ad(generator: CohortGenerator) -> None:
+    severity = {d: np.mean([generator.subject(d, "F", 72.0, QUIET_SITE)[2] for _ in range(6)]) for d in ("NC", "sMCI", "pMCI", "AD")}
+    assert severity["NC"] == 0.0 < severity["sMCI"] < severity["pMCI"] < severity["AD"]
+
+
+def test_males_have_larger_heads_in_gmv(generator: CohortGenerator) -> None:
+    ratios = {}
+    for sex in ("F", "M"):
+        pairs = [generator.subject("NC", sex, 70.0, QUIET_SITE)[:2] for _ in range(4)]
+        ratios[sex] = np.mean([gmv.sum() / gmd.sum() for gmd, gmv in pairs])
+    assert ratios["M"] > 1.05 * ratios["F"]
+
+
+def test_site_noise_has_the_planted_level() -> None:
+    """Same seed, same subject: the maps differ only by the site's noise."""
+    from dataclasses import replace
+
+    clean = CohortGenerator(seed=5).subject("NC", "F", 70.0, replace(QUIET_SITE, noise=0.0))[0]
+    brain = (clean > 0.3) & (clean < 0.7)  # away from the clipping at 0 and 1
+    for level in (0.02, 0.08):
+        noisy = CohortGenerator(seed=5).subject("NC", "F", 70.0, replace(QUIET_SITE, noise=level))[0]
+        assert float((noisy - clean)[brain].std()) == pytest.approx(level, rel=0.1)
+
+
+def test_written_cohort_is_a_valid_reproducible_manifest(tmp_path: Path) -> None:
+    manifest = write_cohort(tmp_path / "a", 6, n_sites=3, n_datasets=2, seed=11)
+    scans = read_manifest(manifest)
+    assert len(scans) == 6 and {s.site for s in scans} == {"site00", "site01", "site02"}
+    assert {s.dataset for s in scans} == {"DS1", "DS2"}
+    x, _ = load_model_input({"GMD": scans[0].gmd, "GMV": scans[0].gmv}, ["GMD", "GMV"])
+    assert x.shape == (2, *grid.MODEL_SHAPE)
+    again = write_cohort(tmp_path / "b", 6, n_sites=3, n_datasets=2, seed=11)
+    assert again.read_text() == manifest.read_text()
+    np.testing.assert_array_equal(
+        np.asanyarray(nib.load(str(tmp_path / "a" / "maps" / "sub-0003_gmv.nii.gz")).dataobj),
+        np.asanyarray(nib.load(str(tmp_path / "b" / "maps" / "sub-0003_gmv.nii.gz")).dataobj),
+    )
+
+
+def test_synth_command_writes_a_cohort(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        "BrainImageNetTrainingLib.cli",
+        "synth",
+        "--out",
+        str(tmp_path),
+        "--subjects",
+        "3",
+        "--sites",
+        "2",
+        "--datasets",
+        "1",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len(read_manifest(tmp_path / "manifest.csv")) == 3
+    bad = subprocess.run([*command[:-4], "--sites", "1", "--datasets", "2"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")
