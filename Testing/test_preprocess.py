@@ -155,3 +155,18 @@ def test_mni152_t1_gives_the_template_grey_matter(tmp_path: Path) -> None:
     report = preprocess(templates.template_path(templates.MNI_T1), tmp_path)
     assert report["measures"]["gm_template_correlation"] >= 0.85
     assert report["verdict"] == "pass"
+
+
+def test_progress_is_reported_and_cancel_stops_before_any_output(tmp_path: Path) -> None:
+    from BrainImageNetADLib.preprocess import Cancelled
+
+    seen: list[tuple[str, float]] = []
+    with pytest.raises(Cancelled):
+        preprocess_t1(
+            COLIN27_T1,
+            tmp_path / "out",
+            progress=lambda stage, fraction: seen.append((stage, fraction)),
+            should_cancel=lambda: len(seen) >= 2,
+        )
+    assert seen == [("read", pytest.approx(1 / 6)), ("affine", pytest.approx(2 / 6))]
+    assert not (tmp_path / "out").exists()
