@@ -83,7 +83,8 @@ class Ensemble:
     def __init__(self, card: ModelCard, models: list[torch.nn.Module], device: str = "cpu") -> None:
         self.card = card
         self.device = resolve_device(device)
-        self.models = [m.to(self.device).eval() for m in models]
+        # channels_last_3d: about twice as fast for 3D convolutions on CPUs (measured with bench predict).
+        self.models = [m.to(self.device, memory_format=torch.channels_last_3d).eval() for m in models]
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path, device: str = "cpu", threads: int | None = None) -> Ensemble:
@@ -117,7 +118,7 @@ class Ensemble:
         per_fold = np.zeros((x.shape[0], len(self.models)), dtype=np.float64)
         with torch.inference_mode():
             for start in range(0, x.shape[0], max(1, batch_size)):
-                batch = torch.from_numpy(x[start : start + batch_size]).to(self.device)
+                batch = torch.from_numpy(x[start : start + batch_size]).to(self.device).contiguous(memory_format=torch.channels_last_3d)
                 for f, model in enumerate(self.models):
                     per_fold[start : start + len(batch), f] = torch.sigmoid(model(batch).float()).cpu().numpy()
         return per_fold.mean(axis=1), per_fold
