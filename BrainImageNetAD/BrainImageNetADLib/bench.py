@@ -27,8 +27,10 @@ def bench_predict(
 ) -> list[dict[str, float | str]]:
     """Time ensemble prediction of the AD transfer network on random maps (N, 2, 96, 120, 86).
 
-    For each preset: seconds per subject for one fold model and for a ``folds``-model ensemble
-    at batch size 1, and the speed-up of batch size ``batch`` over batch size 1 (same run).
+    For each preset: seconds per subject for one fold model (as the ensemble runs it, in
+    channels_last_3d, and in PyTorch's default layout, with their ratio) and for a
+    ``folds``-model ensemble at batch size 1, and the speed-up of batch size ``batch`` over batch
+    size 1, all measured side by side in this run.
     Random weights: the cost does not depend on their values. Returns one row per preset.
     """
     rows: list[dict[str, float | str]] = []
@@ -49,6 +51,14 @@ def bench_predict(
         ensemble = Ensemble(card, models, device)
         single = Ensemble(card, models[:1], device)
         one_fold = _seconds(lambda s=single: s.predict_proba(x[:1], batch_size=1), repeats)
+        plain = build_network("ad_transfer", preset, 2).eval()
+        one_subject = torch.from_numpy(x[:1])
+
+        def default_layout(model=plain, batch=one_subject) -> None:
+            with torch.inference_mode():
+                torch.sigmoid(model(batch))
+
+        one_fold_default = _seconds(default_layout, repeats)
         per_subject_b1 = _seconds(lambda e=ensemble: e.predict_proba(x[:1], batch_size=1), repeats)
         per_subject_bn = _seconds(lambda e=ensemble: e.predict_proba(x, batch_size=batch), repeats) / batch
         rows.append(
@@ -56,6 +66,8 @@ def bench_predict(
                 "preset": preset,
                 "parameters_M": count_parameters(models[0]) / 1e6,
                 "one_fold_s": one_fold,
+                "one_fold_default_layout_s": one_fold_default,
+                "channels_last_speedup": one_fold_default / one_fold,
                 "ensemble_s": per_subject_b1,
                 f"ensemble_batch{batch}_s_per_subject": per_subject_bn,
                 f"batch{batch}_speedup": per_subject_b1 / per_subject_bn,
