@@ -90,27 +90,29 @@ def shard(jobs: list[Job], spec: str | None) -> list[Job]:
     return jobs[index::count]
 
 
+#: Columns of ``summary.tsv``, one row per subject.
+SUMMARY_COLUMNS = ("subject", "verdict", "gm_template_correlation", "TIV_ml", "seconds", "message")
+
+
+def _row(subject: str, verdict: str, message: str, seconds: float = 0.0, report: dict | None = None) -> dict:
+    """One summary row; the QC measures come from ``report`` when there is one."""
+    return {
+        "subject": subject,
+        "verdict": verdict,
+        "gm_template_correlation": report["measures"]["gm_template_correlation"] if report else "",
+        "TIV_ml": report["volumes_ml"]["TIV_ml"] if report else "",
+        "seconds": round(seconds, 1),
+        "message": message,
+    }
+
+
 def _run_one(job: Job, out_dir: Path, preset: str) -> dict:
     start = time.perf_counter()
     try:
         report = preprocess_t1(job.t1, out_dir, preset)
-        return {
-            "subject": job.subject,
-            "verdict": report["verdict"],
-            "gm_template_correlation": report["measures"]["gm_template_correlation"],
-            "TIV_ml": report["volumes_ml"]["TIV_ml"],
-            "seconds": round(time.perf_counter() - start, 1),
-            "message": "; ".join(report["failures"] + report["warnings"]),
-        }
+        return _row(job.subject, report["verdict"], "; ".join(report["failures"] + report["warnings"]), time.perf_counter() - start, report)
     except BrainImageNetError as exc:
-        return {
-            "subject": job.subject,
-            "verdict": "error",
-            "gm_template_correlation": "",
-            "TIV_ml": "",
-            "seconds": round(time.perf_counter() - start, 1),
-            "message": str(exc),
-        }
+        return _row(job.subject, "error", str(exc), time.perf_counter() - start)
 
 
 def run_batch(jobs: list[Job], out_root: Path, preset: str = "fast", processes: int = 1, overwrite: bool = False) -> list[dict]:
@@ -127,16 +129,7 @@ def run_batch(jobs: list[Job], out_root: Path, preset: str = "fast", processes: 
     todo = []
     for job in jobs:
         if is_done(out_root / job.subject) and not overwrite:
-            rows.append(
-                {
-                    "subject": job.subject,
-                    "verdict": "done before",
-                    "gm_template_correlation": "",
-                    "TIV_ml": "",
-                    "seconds": 0.0,
-                    "message": "skipped (qc.json exists)",
-                }
-            )
+            rows.append(_row(job.subject, "done before", "skipped (qc.json exists)"))
         else:
             todo.append(job)
     with pool(processes) as executor:
@@ -146,14 +139,7 @@ def run_batch(jobs: list[Job], out_root: Path, preset: str = "fast", processes: 
             try:
                 row = future.result()
             except BrokenProcessPool:
-                row = {
-                    "subject": job.subject,
-                    "verdict": "error",
-                    "gm_template_correlation": "",
-                    "TIV_ml": "",
-                    "seconds": 0.0,
-                    "message": "worker process crashed (native library failure)",
-                }
+                row = _row(job.subject, "error", "worker process crashed (native library failure)")
             rows.append(row)
             print(
                 f"[{count}/{len(todo)}] {row['subject']}: {row['verdict']} ({row['seconds']} s) {row['message']}",
@@ -161,7 +147,6 @@ def run_batch(jobs: list[Job], out_root: Path, preset: str = "fast", processes: 
                 flush=True,
             )
     rows.sort(key=lambda r: r["subject"])
-    columns = ["subject", "verdict", "gm_template_correlation", "TIV_ml", "seconds", "message"]
-    lines = ["\t".join(columns)] + ["\t".join(str(r[c]) for c in columns) for r in rows]
+    lines = ["\t".join(SUMMARY_COLUMNS)] + ["\t".join(str(r[c]) for c in SUMMARY_COLUMNS) for r in rows]
     write_bytes_atomic(out_root / "summary.tsv", ("\n".join(lines) + "\n").encode())
     return rows

@@ -51,9 +51,8 @@ def assess(
     t1_correlation = _pearson(t1_mni[brain], templates_on_grid["T1"][brain])
     volumes = {f"{t}_ml": float((posteriors[..., k] * jacobian).sum() * VOXEL_ML) for k, t in enumerate(("CSF", "GM", "WM"))}
     tiv = sum(volumes.values())
-    csf, gm, wm = (
-        float(t1_mni[brain & (posteriors[..., k] > 0.5)].mean()) if (brain & (posteriors[..., k] > 0.5)).any() else 0.0 for k in range(3)
-    )
+    class_masks = [brain & (posteriors[..., k] > 0.5) for k in range(3)]
+    csf, gm, wm = (float(t1_mni[m].mean()) if m.any() else 0.0 for m in class_masks)
     warnings = list(read_warnings)
     failures = []
     if not csf < gm < wm:

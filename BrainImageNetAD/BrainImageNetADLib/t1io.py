@@ -31,7 +31,6 @@ class T1Image:
     """A validated T1 volume: the ANTs image (float32, native space) and what was checked."""
 
     image: Any
-    source: str
     info: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -107,18 +106,11 @@ def read_t1(path: str | Path) -> T1Image:
             f"{path.name}: a colour or vector image ({image.GetNumberOfComponentsPerPixel()} components per voxel), not a T1 scan"
         )
     size = list(image.GetSize())
-    if image.GetDimension() == 4:
-        if size[3] == 1:
-            image = image[:, :, :, 0]
-            size = size[:3]
-        else:
-            raise InputError(
-                f"{path.name}: a 4D series with {size[3]} volumes; extract the T1 volume you want (e.g. volume 0) into a 3D file"
-            )
-    if image.GetDimension() == 2 or min(size) < 8:
-        raise InputError(f"{path.name}: a 2D image or a thin slab (size {size}); a 3D T1 volume of the whole head is needed")
-    if image.GetDimension() != 3:
-        raise InputError(f"{path.name}: a {image.GetDimension()}D image; a 3D T1 volume is needed")
+    if image.GetDimension() == 4 and size[3] == 1:
+        image = image[:, :, :, 0]
+        size = size[:3]
+    if image.GetDimension() != 3 or min(size) < 8:
+        raise _dimension_error(path.name, size)
     spacing = np.array(image.GetSpacing(), dtype=float)
     lo, hi = VOXEL_SIZE_LIMITS_MM
     if spacing.min() < lo or spacing.max() > hi:
@@ -144,7 +136,7 @@ def read_t1(path: str | Path) -> T1Image:
         "voxel_size_mm": np.round(spacing, 4).tolist(),
         "field_of_view_mm": np.round(field_of_view, 1).tolist(),
     }
-    return T1Image(ants_image, str(path), info, warnings)
+    return T1Image(ants_image, info, warnings)
 
 
 def _dimension_error(name: str, size: list[int]) -> InputError:
