@@ -1,7 +1,14 @@
 """BrainImageNetTraining: the headless training module of BrainImageNet-AD.
 
 Runs in Slicer's Python (``Slicer --no-main-window --python-script ...``) and in plain Python
-(``brainimagenet-train``); all work is in ``BrainImageNetTrainingLib``.
+(``brainimagenet-train``); all work is in ``BrainImageNetTrainingLib``. From Slicer's Python::
+
+    import BrainImageNetTraining
+    logic = BrainImageNetTraining.BrainImageNetTrainingLogic()
+    manifest = logic.synthesize("/data/synth", subjects=300, sites=10)
+    logic.train("sex", manifest, "/data/runs/base", preset="tiny", folds=0, epochs=3)
+    logic.train("ad", manifest, "/data/runs/ad", preset="tiny", base="/data/runs/base", freeze_stem=True)
+    logic.evaluate(["/data/runs/ad/bundle"], "/data/independent/manifest.csv", "/data/eval")
 """
 
 import os
@@ -61,6 +68,29 @@ class BrainImageNetTrainingLogic(ScriptedLoadableModuleLogic):
         make_colin27_sample(os.path.join(outputDir, "Sample"))
         return make_untrained_bundle(os.path.join(outputDir, "Models", f"placeholder-{preset}"), preset, seed=seed)
 
+    def synthesize(self, outputDir, subjects=200, sites=6, datasets=3, seed=0):
+        """Write a synthetic cohort (maps and manifest.csv) to ``outputDir``; return the manifest path."""
+        from BrainImageNetTrainingLib.synth import write_cohort
+
+        return write_cohort(outputDir, subjects, sites, datasets, seed)
+
+    def train(self, task, manifestPath, runDir, progress=None, shouldCancel=None, **settings):
+        """Train (or resume) ``task`` ('sex', 'age' or 'ad') on a manifest into ``runDir``.
+
+        ``settings`` are the fields of ``BrainImageNetTrainingLib.training.TrainConfig`` (preset,
+        epochs, base, freeze_stem, ...). ``progress(stage, fraction)`` and ``shouldCancel()`` let a
+        caller show progress and stop the run. Returns the pooled metrics.
+        """
+        from BrainImageNetTrainingLib.training import TrainConfig, train
+
+        return train(TrainConfig(task=task, **settings), manifestPath, runDir, progress, shouldCancel)
+
+    def evaluate(self, bundleDirs, manifestPath, outputDir, threshold=0.5, device="cpu"):
+        """Score independent scans with AD bundles; return the evaluation (Table 2 rows, analyses)."""
+        from BrainImageNetTrainingLib.evaluation import evaluate
+
+        return evaluate(bundleDirs, manifestPath, outputDir, threshold, device)
+
 
 class BrainImageNetTrainingTest(ScriptedLoadableModuleTest):
     def setUp(self):
@@ -69,6 +99,7 @@ class BrainImageNetTrainingTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_WritePlaceholderBundle()
+        self.test_TrainOnSyntheticCohort()
 
     def test_WritePlaceholderBundle(self):
         from BrainImageNetADLib.bundle import load_fold_models
@@ -78,4 +109,18 @@ class BrainImageNetTrainingTest(ScriptedLoadableModuleTest):
         card, models = load_fold_models(bundle)
         self.assertFalse(card.trained)
         self.assertEqual(len(models), 5)
+        self.delayDisplay("Test passed")
+
+    def test_TrainOnSyntheticCohort(self):
+        from BrainImageNetADLib.bundle import read_card
+
+        root = os.path.join(slicer.app.temporaryPath, "BrainImageNetTrainingTest")
+        logic = BrainImageNetTrainingLogic()
+        manifest = logic.synthesize(os.path.join(root, "cohort"), subjects=16, sites=4, datasets=2, seed=1)
+        settings = dict(preset="tiny", epochs=1, batch_size=4, validation=2)
+        logic.train("sex", manifest, os.path.join(root, "base"), folds=0, **settings)
+        logic.train("ad", manifest, os.path.join(root, "ad"), folds=2, base=os.path.join(root, "base"), freeze_stem=True, **settings)
+        card = read_card(os.path.join(root, "ad", "bundle"))
+        self.assertTrue(card.trained)
+        self.assertEqual(len(card.data["folds"]), 2)
         self.delayDisplay("Test passed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,12 @@ def edit_card(bundle_dir: Path, **changes: object) -> None:
     card = json.loads(path.read_text())
     card.update(changes)
     path.write_text(json.dumps(card))
+
+
+def assert_input_error(result: subprocess.CompletedProcess[str], message: str) -> None:
+    """The command failed with exit code 2 and one ``error: ...`` line containing ``message``."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in result.stderr

@@ -15,6 +15,7 @@ import pytest
 from BrainImageNetADLib import grid
 from BrainImageNetADLib.ensemble import Ensemble
 from BrainImageNetADLib.maps import load_model_input
+from conftest import assert_input_error
 
 COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 
@@ -22,14 +23,6 @@ COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "BrainImageNetADLib.cli", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
-
-
-def assert_input_error(result: subprocess.CompletedProcess[str], message: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert message in lines[0], lines[0]
-    assert "Traceback" not in result.stderr
 
 
 def test_predict_sample_writes_result_json(tmp_path: Path, sample: dict[str, Path], tiny_bundle: Path) -> None:

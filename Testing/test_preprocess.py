@@ -158,7 +158,7 @@ def test_mni152_t1_gives_the_template_grey_matter(tmp_path: Path) -> None:
 
 
 def test_progress_is_reported_and_cancel_stops_before_any_output(tmp_path: Path) -> None:
-    from BrainImageNetADLib.preprocess import Cancelled
+    from BrainImageNetADLib.errors import Cancelled
 
     seen: list[tuple[str, float]] = []
     with pytest.raises(Cancelled):

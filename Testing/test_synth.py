@@ -84,8 +84,8 @@ def test_written_cohort_is_a_valid_reproducible_manifest(tmp_path: Path) -> None
     again = write_cohort(tmp_path / "b", 6, n_sites=3, n_datasets=2, seed=11)
     assert again.read_text() == manifest.read_text()
     np.testing.assert_array_equal(
-        np.asanyarray(nib.load(str(tmp_path / "a" / "maps" / "sub-0003_gmv.nii.gz")).dataobj),
-        np.asanyarray(nib.load(str(tmp_path / "b" / "maps" / "sub-0003_gmv.nii.gz")).dataobj),
+        np.asanyarray(nib.load(str(tmp_path / "a" / "maps" / "sub-c11n0003_gmv.nii.gz")).dataobj),
+        np.asanyarray(nib.load(str(tmp_path / "b" / "maps" / "sub-c11n0003_gmv.nii.gz")).dataobj),
     )
 
 

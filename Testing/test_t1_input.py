@@ -10,11 +10,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_cli import assert_input_error, run_cli
+from test_cli import run_cli
 
 from BrainImageNetADLib.batch import Job, collect_jobs, shard
 from BrainImageNetADLib.errors import InputError
 from BrainImageNetADLib.worker import WorkerCrashed, run_isolated
+from conftest import assert_input_error
 
 COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 AAL = Path("/usr/share/mricron/templates/aal.nii.gz")

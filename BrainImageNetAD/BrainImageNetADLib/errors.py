@@ -14,3 +14,7 @@ class InputError(BrainImageNetError):
 
 class BundleError(BrainImageNetError):
     """A model bundle is missing, corrupt, unsafe (pickle) or does not match its card."""
+
+
+class Cancelled(BrainImageNetError):
+    """The user cancelled a long run (preprocessing, training, occlusion)."""

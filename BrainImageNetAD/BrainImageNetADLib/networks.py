@@ -51,6 +51,9 @@ def _triple(k: KernelSize) -> tuple[int, int, int]:
 class ConvBN(nn.Module):
     """Conv3d, then BatchNorm3d and ReLU (Keras ``conv3d_bn``), or Conv3d with a bias alone.
 
+    Batch norm: epsilon 1e-3 as in Keras; running-statistics momentum 0.1 (PyTorch's default),
+    because Keras's 0.99 (0.01 here) needs thousands of iterations to settle on small cohorts.
+
     ``padding`` is ``'same'`` (TensorFlow rule: output size ceil(input / stride), extra padding
     at the end) or ``'valid'``.
     """
@@ -79,7 +82,7 @@ class ConvBN(nn.Module):
             padding=tuple(k // 2 for k in self.kernel_size) if symmetric else 0,
             bias=not batch_norm,
         )
-        self.bn = nn.BatchNorm3d(out_channels, eps=1e-3, momentum=0.01) if batch_norm else None
+        self.bn = nn.BatchNorm3d(out_channels, eps=1e-3, momentum=0.1) if batch_norm else None
         self.activation = activation
 
     def _same_padding(self, size: tuple[int, ...]) -> tuple[int, ...]:
@@ -232,13 +235,21 @@ class InceptionResNetV2(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature maps before global pooling: (N, 1536*width, 4, 6, 4) for the paper sizes."""
-        x = self.block_a(self.stem(x))
+        return self.features_from_stem(self.stem(x))
+
+    def features_from_stem(self, s: torch.Tensor) -> torch.Tensor:
+        """Feature maps before global pooling from the stem's output ``s``."""
+        x = self.block_a(s)
         x = self.block_b(self.reduction_a(x))
         x = self.block_c(self.reduction_b(x))
         return self.conv_7b(x)
 
+    def forward_from_stem(self, s: torch.Tensor) -> torch.Tensor:
+        """Output, shape (N,), from the stem's output ``s`` (training with a frozen stem)."""
+        return self.head(self.features_from_stem(s).mean(dim=(2, 3, 4))).squeeze(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3, 4))).squeeze(1)
+        return self.forward_from_stem(self.stem(x))
 
 
 class ADTransferNet(nn.Module):
@@ -267,8 +278,12 @@ class ADTransferNet(nn.Module):
         """Feature maps before global pooling: (N, 512*width, 1, 2, 1) for the paper sizes."""
         return self.top(self.stem(x))
 
+    def forward_from_stem(self, s: torch.Tensor) -> torch.Tensor:
+        """Logits, shape (N,), from the stem's output ``s`` (training with a frozen stem)."""
+        return self.head(self.top(s).mean(dim=(2, 3, 4))).squeeze(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3, 4))).squeeze(1)
+        return self.forward_from_stem(self.stem(x))
 
 
 #: Architectures a model card can name.

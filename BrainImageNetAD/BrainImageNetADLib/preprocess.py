@@ -14,7 +14,6 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,19 +22,14 @@ import numpy as np
 
 from . import grid, qc, templates
 from .atomic import write_json_atomic, write_nifti_atomic
-from .errors import BrainImageNetError
+from .progress import CancelCallback, ProgressCallback, check_cancel
 from .segment import TISSUES, segment_tissues
 from .t1io import read_t1
 
-ProgressCallback = Callable[[str, float], None]
 REGISTRATION_SEED = 20220421
 
 #: Files a finished preprocessing folder holds; ``qc.json`` is written last.
 OUTPUT_FILES = ("gmd.nii.gz", "gmv.nii.gz", "t1_mni.nii.gz", "transforms", "qc_gmd.png", "qc.json")
-
-
-class Cancelled(BrainImageNetError):
-    """The user cancelled a long run."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +72,7 @@ def preprocess_t1(
     out_dir: str | Path,
     preset: str = "fast",
     progress: ProgressCallback | None = None,
-    should_cancel: Callable[[], bool] | None = None,
+    should_cancel: CancelCallback | None = None,
 ) -> dict[str, Any]:
     """Preprocess one T1 file (NIfTI/NRRD/MHA/DICOM folder) into ``out_dir``; return the QC report.
 
@@ -106,8 +100,7 @@ def preprocess_t1(
         clock[0] = now
         if progress:
             progress(name, (stages.index(name) + 1) / len(stages))
-        if should_cancel and should_cancel():
-            raise Cancelled("preprocessing cancelled")
+        check_cancel(should_cancel, "preprocessing")
 
     t1 = read_t1(t1_path)
     native = t1.image

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from BrainImageNetADLib.cli import OneLineErrorParser
+from BrainImageNetADLib.cli import OneLineErrorParser, print_progress
+from BrainImageNetADLib.errors import BrainImageNetError
 
 from . import __version__
 
@@ -26,12 +28,114 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--sites", type=int, default=6)
     synth.add_argument("--datasets", type=int, default=3)
     synth.add_argument("--seed", type=int, default=0)
+    pretrain = sub.add_parser("pretrain", help="train the base network (sex classifier or age regressor) with cross-validation")
+    pretrain.add_argument("--task", choices=["sex", "age"], default="sex")
+    _training_options(pretrain, folds_help="leave-datasets-out folds (0: one model, validation only)")
+    transfer = sub.add_parser("transfer", help="train the AD classifier (leave-sites-out), optionally from a pretrained base")
+    transfer.add_argument("--base", help="pretraining run folder or base bundle whose stem starts the AD network (default: from scratch)")
+    transfer.add_argument("--intact", action="store_true", help="keep the whole base network (the paper's 'intact' variant)")
+    transfer.add_argument("--demo", action="store_true", help="mark the exported bundle as a demonstration model trained on synthetic data")
+    _training_options(transfer, folds_help="leave-sites-out folds")
+    evaluate = sub.add_parser("evaluate", help="score independent scans with one or more AD bundles (the paper's Table 2 and MCI analyses)")
+    evaluate.add_argument("--model", type=Path, action="append", required=True, help="bundle folder; repeat to compare bundles")
+    evaluate.add_argument("--manifest", type=Path, required=True)
+    evaluate.add_argument("--out", type=Path, required=True)
+    evaluate.add_argument("--threshold", type=float, default=0.5)
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--permutations", type=int, default=10_000, help="label shuffles of the field-strength test")
+    evaluate.add_argument("--progress", action="store_true")
     return parser
+
+
+def _training_options(parser: argparse.ArgumentParser, folds_help: str) -> None:
+    parser.add_argument("--manifest", type=Path, required=True, help="CSV/TSV manifest (see the README)")
+    parser.add_argument("--out", type=Path, required=True, help="run folder; an interrupted run resumes from it")
+    parser.add_argument("--preset", choices=["paper", "small", "tiny"], default="paper")
+    parser.add_argument("--channels", default="GMD,GMV", help="input maps, comma-separated: GMD, GMV or GMD,GMV")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=24)
+    parser.add_argument("--lr", type=float, help="initial learning rate (paper: 0.01 base networks, 0.0003 AD)")
+    parser.add_argument("--decay", type=float, help="lr = lr0 / (1 + decay x iteration) (paper: 0.003 base, 0.002 AD)")
+    parser.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
+    parser.add_argument("--folds", type=int, default=5, help=folds_help)
+    parser.add_argument("--always-train", type=int, help="largest groups never tested (paper: 3 datasets for the base, 0 sites for AD)")
+    parser.add_argument("--validation", type=int, default=600, help="validation scans taken from each fold's training part")
+    parser.add_argument("--allocations", type=int, default=10_000, help="random fold allocations tried; the most size-balanced is kept")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--freeze-stem", action="store_true", help="train only the layers above the stem (its outputs are computed once)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--name", help="name in the exported bundle's model card")
+    parser.add_argument("--training-data", default="", help="description of the training data for the model card")
+    parser.add_argument("--progress", action="store_true", help="print 'progress: STAGE FRACTION' lines on stderr")
+
+
+def _train(args: argparse.Namespace, task: str) -> int:
+    import torch
+
+    from .training import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = TrainConfig(
+        task=task,
+        preset=args.preset,
+        channels=[c.strip().upper() for c in args.channels.split(",") if c.strip()],
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        decay=args.decay,
+        momentum=args.momentum,
+        folds=args.folds,
+        always_train=args.always_train,
+        validation=args.validation,
+        allocations=args.allocations,
+        seed=args.seed,
+        freeze_stem=args.freeze_stem,
+        intact=getattr(args, "intact", False),
+        base=getattr(args, "base", None),
+        device=args.device,
+        precision=args.precision,
+        card_name=args.name,
+        demo=getattr(args, "demo", False),
+        training_data=args.training_data,
+    )
+    summary = train(config, args.manifest, args.out, progress=print_progress if args.progress else None, log=_log)
+    if summary:  # only the main process of a torchrun job reports
+        print(json.dumps(summary["pooled"], indent=2))
+        print(args.out / "bundle")
+    return 0
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``brainimagenet-train``; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (BrainImageNetError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command in ("pretrain", "transfer"):
+        return _train(args, getattr(args, "task", "ad"))
+    if args.command == "evaluate":
+        from .evaluation import evaluate, format_table
+
+        result = evaluate(
+            args.model, args.manifest, args.out, args.threshold, args.device, args.permutations, print_progress if args.progress else None
+        )
+        print(format_table(result["table"]), end="")
+        print(args.out / "evaluation.json")
     if args.command == "synth":
         from .synth import write_cohort
 

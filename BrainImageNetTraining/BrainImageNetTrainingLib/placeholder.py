@@ -18,10 +18,10 @@ from BrainImageNetADLib.atomic import write_nifti_atomic
 from BrainImageNetADLib.bundle import save_bundle
 from BrainImageNetADLib.networks import build_network
 
+from .cards import INTENDED_USE, model_card
+
 #: Colin27 brain-extracted T1 (1 mm, MNI space) from Debian's ``mricron-data``.
 COLIN27_BRAIN = Path("/usr/share/mricron/templates/ch2bet.nii.gz")
-
-INTENDED_USE = "Research and teaching only. Not a medical device; not for diagnosis or any clinical decision."
 
 
 def _gaussian_mixture_posteriors(values: np.ndarray, iterations: int = 60) -> tuple[np.ndarray, np.ndarray]:
@@ -78,25 +78,18 @@ def make_untrained_bundle(out_dir: str | Path, preset: str = "tiny", folds: int 
     for fold in range(folds):
         torch.manual_seed(seed + fold)
         models.append(build_network("ad_transfer", preset, 2).eval())
-    card = {
-        "name": f"placeholder-{preset} (untrained)",
-        "version": "0.1.0",
-        "architecture": "ad_transfer",
-        "preset": preset,
-        "input": {
-            "channels": ["GMD", "GMV"],
-            "grid": "MNI152, 1.5 mm, SPM/DARTEL 121x145x121 grid cropped [12:108, 13:133, 16:102]",
-            "shape": list(grid.MODEL_SHAPE),
-            "affine": grid.MODEL_AFFINE.tolist(),
-        },
-        "training_data": f"None. Weights are torch's random initialisation (seeds {seed}..{seed + folds - 1}); the model has learnt nothing.",
-        "demo": True,
-        "trained": False,
-        "intended_use": "UNTRAINED PLACEHOLDER: its output is meaningless and exists only to exercise the software. " + INTENDED_USE,
-        "metrics": None,
-        "operating_points": [],
-        "threshold_presets": {"balanced": 0.5, "screening": 0.2},
-        "licence": "Apache-2.0",
-        "folds": [{"fold": f, "seed": seed + f, "metrics": None} for f in range(folds)],
-    }
+    card = model_card(
+        f"placeholder-{preset} (untrained)",
+        "ad_transfer",
+        preset,
+        ["GMD", "GMV"],
+        f"None. Weights are torch's random initialisation (seeds {seed}..{seed + folds - 1}); the model has learnt nothing.",
+        demo=True,
+        trained=False,
+        intended_use="UNTRAINED PLACEHOLDER: its output is meaningless and exists only to exercise the software. " + INTENDED_USE,
+        folds=[{"fold": f, "seed": seed + f, "metrics": None} for f in range(folds)],
+        metrics=None,
+        operating_points=[],
+        threshold_presets={"balanced": 0.5, "screening": 0.2},
+    )
     return save_bundle(out_dir, models, card)

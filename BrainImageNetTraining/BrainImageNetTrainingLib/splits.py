@@ -111,16 +111,16 @@ def leave_groups_out(
     for f in range(n_folds):
         test = [i for i, g in enumerate(groups) if fold_of[g] == f]
         rest = [i for i, g in enumerate(groups) if fold_of[g] != f]
-        train, validation = _validation_split(scans, rest, n_validation, rng)
+        train, validation = validation_split(scans, rest, n_validation, rng)
         check_no_leakage(scans, train + validation, test)
         check_no_leakage(scans, train, validation, "training and validation")
         folds.append(Fold(f, tuple(train), tuple(validation), tuple(test), tuple(sorted(g for g in free if fold_of[g] == f))))
     return folds
 
 
-def _validation_split(
-    scans: Sequence[Scan], indices: list[int], n_validation: int, rng: np.random.Generator
-) -> tuple[list[int], list[int]]:
+def validation_split(scans: Sequence[Scan], indices: list[int], n_validation: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """Split ``indices`` into (train, validation): whole subjects, drawn at random, until the
+    validation part holds ``n_validation`` scans (at most a fifth of ``indices``)."""
     subjects = sorted({scans[i].subject for i in indices})
     target = min(n_validation, len(indices) // 5)
     chosen: set[str] = set()

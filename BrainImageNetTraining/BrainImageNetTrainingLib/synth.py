@@ -152,7 +152,7 @@ def write_cohort(out_dir: str | Path, n_subjects: int, n_sites: int = 6, n_datas
         sex = str(rng.choice(["F", "M"]))
         age = float(np.clip(rng.normal(74.0 if diagnosis != "NC" else 71.0, 7.0), 55, 95))
         gmd, gmv, severity = generator.subject(diagnosis, sex, age, site)
-        subject = f"sub-{index:04d}"
+        subject = f"sub-c{seed}n{index:04d}"
         paths = {}
         for kind, data in (("gmd", gmd), ("gmv", gmv)):
             path = out_dir / "maps" / f"{subject}_{kind}.nii.gz"
