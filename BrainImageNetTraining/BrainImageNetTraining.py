@@ -47,26 +47,28 @@ class BrainImageNetTrainingWidget(ScriptedLoadableModuleWidget):
         self.layout.addLayout(form)
         self.outputEdit = qt.QLineEdit(os.path.join(slicer.app.temporaryPath, "BrainImageNetAD"))
         form.addRow(_("Output folder:"), self.outputEdit)
-        self.placeholderButton = qt.QPushButton(_("Write placeholder sample and untrained bundle"))
-        form.addRow(self.placeholderButton)
-        self.placeholderButton.connect("clicked(bool)", self.onPlaceholder)
+        self.resourcesButton = qt.QPushButton(_("Write the quick sample maps and the atlas"))
+        form.addRow(self.resourcesButton)
+        self.resourcesButton.connect("clicked(bool)", self.onWriteResources)
         self.layout.addStretch(1)
 
-    def onPlaceholder(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to write the placeholder."), waitCursor=True):
-            bundle = self.logic.writePlaceholder(self.outputEdit.text)
-            slicer.util.infoDisplay(_("Bundle written to {path}").format(path=bundle))
+    def onWriteResources(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to write the resources."), waitCursor=True):
+            written = self.logic.writeResources(self.outputEdit.text)
+            slicer.util.infoDisplay(_("Written: {paths}").format(paths=", ".join(map(str, written))))
 
 
 class BrainImageNetTrainingLogic(ScriptedLoadableModuleLogic):
     """Calls ``BrainImageNetTrainingLib``; usable from Slicer's Python without the widget."""
 
-    def writePlaceholder(self, outputDir, preset="tiny", seed=0):
-        """Write the Colin27 sample maps and an untrained bundle under ``outputDir``; return the bundle path."""
-        from BrainImageNetTrainingLib.placeholder import make_colin27_sample, make_untrained_bundle
+    def writeResources(self, outputDir):
+        """Write the quick sample maps (``Sample/``) and the AAL atlas (``Atlas/``) under
+        ``outputDir``; return the paths written."""
+        from BrainImageNetADLib.atlas import build_atlas
+        from BrainImageNetTrainingLib.sample import make_colin27_sample
 
-        make_colin27_sample(os.path.join(outputDir, "Sample"))
-        return make_untrained_bundle(os.path.join(outputDir, "Models", f"placeholder-{preset}"), preset, seed=seed)
+        written = list(make_colin27_sample(os.path.join(outputDir, "Sample")).values())
+        return [*written, build_atlas(os.path.join(outputDir, "Atlas"))]
 
     def synthesize(self, outputDir, subjects=200, sites=6, datasets=3, seed=0):
         """Write a synthetic cohort (maps and manifest.csv) to ``outputDir``; return the manifest path."""
@@ -91,6 +93,22 @@ class BrainImageNetTrainingLogic(ScriptedLoadableModuleLogic):
 
         return evaluate(bundleDirs, manifestPath, outputDir, threshold, device)
 
+    def groupOcclusion(self, bundleDir, manifestPath, outputDir, fold=None, maxScans=None, progress=None, shouldCancel=None):
+        """Group-level occlusion map (accuracy drop per cube) over independent AD and NC scans;
+        return its summary (see ``BrainImageNetTrainingLib.group_occlusion``)."""
+        from BrainImageNetTrainingLib.group_occlusion import group_occlusion
+
+        return group_occlusion(
+            bundleDir, manifestPath, outputDir, fold=fold, max_scans=maxScans, progress=progress, should_cancel=shouldCancel
+        )
+
+    def makeDemo(self, outputDir, progress=None, shouldCancel=None, **settings):
+        """Make the demonstration ensemble from synthetic cohorts (``settings``: fields of
+        ``BrainImageNetTrainingLib.demo.DemoSettings``); resumable. Returns ``demo.json``'s content."""
+        from BrainImageNetTrainingLib.demo import DemoSettings, run_demo
+
+        return run_demo(outputDir, DemoSettings(**settings), progress, shouldCancel)
+
 
 class BrainImageNetTrainingTest(ScriptedLoadableModuleTest):
     def setUp(self):
@@ -98,17 +116,14 @@ class BrainImageNetTrainingTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        self.test_WritePlaceholderBundle()
+        self.test_WriteResources()
         self.test_TrainOnSyntheticCohort()
 
-    def test_WritePlaceholderBundle(self):
-        from BrainImageNetADLib.bundle import load_fold_models
-
+    def test_WriteResources(self):
         outputDir = os.path.join(slicer.app.temporaryPath, "BrainImageNetTrainingTest")
-        bundle = BrainImageNetTrainingLogic().writePlaceholder(outputDir)
-        card, models = load_fold_models(bundle)
-        self.assertFalse(card.trained)
-        self.assertEqual(len(models), 5)
+        written = BrainImageNetTrainingLogic().writeResources(outputDir)
+        self.assertEqual(len(written), 3)
+        self.assertTrue(all(os.path.isfile(path) for path in written))
         self.delayDisplay("Test passed")
 
     def test_TrainOnSyntheticCohort(self):

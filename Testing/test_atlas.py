@@ -1,4 +1,4 @@
-"""Shipped resources: the hippocampus/parahippocampal atlas on the MNI grid and the sample T1."""
+"""Shipped resources: the AAL atlas (with the hippocampal regions) on the MNI grid and the sample T1."""
 
 from __future__ import annotations
 
@@ -8,16 +8,21 @@ import nibabel as nib
 import numpy as np
 
 from BrainImageNetADLib import grid
-from BrainImageNetADLib.atlas import ATLAS_FILE, REGIONS, build_atlas, load_atlas
+from BrainImageNetADLib.atlas import NAMES_FILE, REGIONS, build_atlas, hippocampal_labels, load_atlas, region_names
+from BrainImageNetADLib.resources import resources_dir
 
 
 def test_shipped_atlas_is_reproduced_by_the_project_code(tmp_path: Path) -> None:
-    rebuilt = np.asanyarray(nib.load(str(build_atlas(tmp_path / ATLAS_FILE))).dataobj)
+    rebuilt = np.asanyarray(nib.load(str(build_atlas(tmp_path))).dataobj)
     np.testing.assert_array_equal(rebuilt, load_atlas())
+    assert (tmp_path / NAMES_FILE).read_text() == (resources_dir() / "Atlas" / NAMES_FILE).read_text()
+    names = region_names()
+    assert len(names) == 116 and all(names[k] == v for k, v in REGIONS.items())
+    assert set(np.unique(load_atlas())) == {0, *names}
 
 
 def test_regions_have_plausible_volumes_and_sides() -> None:
-    labels = load_atlas()
+    labels = hippocampal_labels()
     assert labels.shape == grid.MNI_SHAPE and set(np.unique(labels)) == {0, *REGIONS}
     for value, name in REGIONS.items():
         voxels = np.argwhere(labels == value)

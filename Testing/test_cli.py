@@ -27,7 +27,19 @@ def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 def test_predict_sample_writes_result_json(tmp_path: Path, sample: dict[str, Path], tiny_bundle: Path) -> None:
     result = run_cli(
-        "predict", "--gmd", sample["GMD"], "--gmv", sample["GMV"], "--model", tiny_bundle, "--threshold", "0.2", "--out", tmp_path
+        "predict",
+        "--gmd",
+        sample["GMD"],
+        "--gmv",
+        sample["GMV"],
+        "--model",
+        tiny_bundle,
+        "--threshold",
+        "0.2",
+        "--out",
+        tmp_path,
+        "--occlusion",
+        "none",
     )
     assert result.returncode == 0, result.stderr
     out = json.loads((tmp_path / "result.json").read_text())
@@ -44,16 +56,25 @@ def test_predict_sample_writes_result_json(tmp_path: Path, sample: dict[str, Pat
 
 @pytest.mark.slow
 def test_predict_sample_t1_end_to_end_with_the_shipped_bundle(tmp_path: Path) -> None:
-    result = run_cli("predict", "--sample", "--progress", "--out", tmp_path)
+    result = run_cli("predict", "--sample", "--progress", "--occlusion-fold", "0", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     stages = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("progress: ")]
-    assert stages == ["read", "affine", "n4", "syn", "segment", "write"]
+    assert stages[:6] == ["read", "affine", "n4", "syn", "segment", "write"] and set(stages[6:]) == {"occlusion"}
     out = json.loads((tmp_path / "result.json").read_text())
-    assert out["trained"] is False and "UNTRAINED" in out["intended_use"]
-    assert out["sensitivity"] is None and 0.0 < out["probability"] < 1.0
+    assert out["trained"] is True and out["demo"] is True and "DEMONSTRATION MODEL" in out["intended_use"]
+    assert out["sensitivity"] is not None and 0.0 < out["probability"] < 1.0
     assert out["qc"]["verdict"] in ("pass", "warn") and out["qc"]["volumes_ml"]["GM_ml"] > 0
     assert out["input_checks"]["GMD"]["file"] == "gmd.nii.gz"
     assert (tmp_path / "preprocessing" / "qc_gmd.png").stat().st_size > 1000
+    # The heat map on the patient's own T1 grid, beside the one on the MNI grid.
+    occlusion = out["occlusion"]
+    assert occlusion["method"] == "incremental" and occlusion["fold"] == 0
+    assert occlusion["files"] == {"mni": "occlusion.nii.gz", "native": "occlusion_native.nii.gz"}
+    t1, native = nib.load(str(COLIN27_T1)), nib.load(str(tmp_path / "occlusion_native.nii.gz"))
+    assert native.shape == t1.shape
+    np.testing.assert_allclose(native.affine, t1.affine, atol=1e-3)
+    mni = np.asanyarray(nib.load(str(tmp_path / "occlusion.nii.gz")).dataobj)
+    assert np.abs(mni).max() > 0 and np.abs(np.asanyarray(native.dataobj)).max() > 0
 
 
 def _write(path: Path, data: np.ndarray, affine: np.ndarray = grid.MNI_AFFINE) -> Path:

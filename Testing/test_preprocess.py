@@ -136,7 +136,7 @@ def test_storage_does_not_change_the_maps(
 
 
 def test_atlas_labels_reach_the_native_grid(colin: tuple[Path, dict]) -> None:
-    from BrainImageNetADLib.atlas import REGIONS, atlas_to_native, load_atlas
+    from BrainImageNetADLib.atlas import REGIONS, atlas_to_native, hippocampal_labels
 
     out, _ = colin
     native = atlas_to_native(out).numpy()
@@ -147,7 +147,7 @@ def test_atlas_labels_reach_the_native_grid(colin: tuple[Path, dict]) -> None:
     for value in REGIONS:
         overlap = ((native == value) & (aal == value)).sum() / max((aal == value).sum(), 1)
         assert overlap > 0.5, (value, overlap)
-    assert load_atlas().dtype == np.uint8
+    assert hippocampal_labels().dtype == np.uint8
 
 
 def test_mni152_t1_gives_the_template_grey_matter(tmp_path: Path) -> None:

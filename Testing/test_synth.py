@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from BrainImageNetADLib import grid
-from BrainImageNetADLib.atlas import load_atlas
+from BrainImageNetADLib.atlas import hippocampal_labels
 from BrainImageNetADLib.maps import load_model_input
 from BrainImageNetTrainingLib.manifest import read_manifest
 from BrainImageNetTrainingLib.synth import CohortGenerator, Site, write_cohort
@@ -25,7 +25,7 @@ def generator() -> CohortGenerator:
 
 
 def _region_means(maps: list[np.ndarray]) -> tuple[float, float]:
-    labels = grid.crop_to_model_grid(load_atlas())
+    labels = grid.crop_to_model_grid(hippocampal_labels())
     hippocampal = labels > 0
     occipital = np.zeros(grid.MODEL_SHAPE, bool)
     occipital[:, :25, 20:60] = True  # posterior slab, far from the medial temporal lobe
@@ -42,7 +42,7 @@ def test_ad_atrophy_is_medial_temporal(generator: CohortGenerator) -> None:
 
 
 def test_left_hippocampus_loses_more(generator: CohortGenerator) -> None:
-    labels = grid.crop_to_model_grid(load_atlas())
+    labels = grid.crop_to_model_grid(hippocampal_labels())
     nc = np.mean([generator.subject("NC", "M", 70.0, QUIET_SITE)[0] for _ in range(3)], axis=0)
     ad = np.mean([generator.subject("AD", "M", 70.0, QUIET_SITE)[0] for _ in range(3)], axis=0)
     left_loss = 1 - ad[labels == 37].mean() / nc[labels == 37].mean()

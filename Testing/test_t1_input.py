@@ -86,7 +86,7 @@ def test_non_t1_contrast_fails_qc_and_stops_prediction(tmp_path: Path) -> None:
     qc = json.loads((tmp_path / "out" / "preprocessing" / "qc.json").read_text())
     assert qc["verdict"] == "fail"
     assert not (tmp_path / "out" / "result.json").exists()
-    forced = run_cli("predict", path, "--out", tmp_path / "out", "--force")
+    forced = run_cli("predict", path, "--out", tmp_path / "out", "--force", "--occlusion", "none")
     assert forced.returncode == 0, forced.stderr
     assert json.loads((tmp_path / "out" / "result.json").read_text())["qc"]["verdict"] == "fail"
 

@@ -184,3 +184,32 @@ def test_torchrun_two_processes_train_the_same_procedure(cohort: Path, base_run:
     assert result.returncode == 0, result.stderr[-3000:]
     card, models = load_fold_models(tmp_path / "ddp" / "bundle")
     assert len(models) == 2 and card.trained
+
+
+def test_group_occlusion_averages_per_scan_drops_and_guards_leakage(ad_run: Path, cohort: Path, tmp_path: Path) -> None:
+    from BrainImageNetADLib.occlusion import OcclusionSettings, cube_positions, occlusion_map
+
+    independent = write_cohort(tmp_path / "independent", 6, n_sites=2, n_datasets=1, seed=22)
+    out = tmp_path / "occlusion"
+    result = run_train_cli("occlusion", "--model", ad_run / "bundle", "--manifest", independent, "--out", out, "--stride", "30")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "group_occlusion.json").read_text())
+    scans = read_manifest(independent)
+    ad = [i for i, s in enumerate(scans) if s.diagnosis == "AD"]
+    assert summary["scans"] == {"AD": len(ad), "NC": sum(s.diagnosis == "NC" for s in scans)} and ad
+    assert summary["settings"]["stride_mm"] == 45.0
+    rows = list(csv.DictReader((out / "cubes.tsv").open(), delimiter="\t"))
+    positions = cube_positions(12, 30)
+    assert len(rows) == len(positions)
+    # The AD map is the mean over AD scans of each scan's exact per-cube probability drop.
+    _, models = load_fold_models(ad_run / "bundle")
+    store = MapStore(scans, ["GMD", "GMV"])
+    drops = np.mean([occlusion_map(models, store.one(i), OcclusionSettings(stride=30), positions=positions).drops for i in ad], axis=0)
+    np.testing.assert_allclose([float(r["ad_probability_drop"]) for r in rows], drops, atol=1e-5)
+    accuracy = np.array([float(r["accuracy_drop"]) for r in rows])
+    assert (np.abs(accuracy) <= 1).all()
+    assert {"accuracy_drop", "ad_probability_drop"} == set(summary["regions"])
+    assert_input_error(
+        run_train_cli("occlusion", "--model", ad_run / "bundle", "--manifest", cohort, "--out", out, "--stride", "30"),
+        "were used to train",
+    )

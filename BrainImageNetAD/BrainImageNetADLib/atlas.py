@@ -1,8 +1,8 @@
-"""Hippocampus and parahippocampal gyrus labels on the MNI grid, and on a patient's native grid.
+"""AAL atlas labels on the MNI grid, the hippocampal regions, and their mapping to native space.
 
 Labels come from the AAL atlas shipped in Debian's ``mricron-data`` (BSD-3-Clause per its
-copyright file); ``build_atlas`` resamples them to the 121x145x121 MNI 1.5 mm grid and the result
-is shipped in ``Resources/Atlas`` (see ``Resources/PROVENANCE.md``).
+copyright file); ``build_atlas`` resamples all 116 regions to the 121x145x121 MNI 1.5 mm grid and
+the result is shipped in ``Resources/Atlas`` with its label names (see ``Resources/PROVENANCE.md``).
 """
 
 from __future__ import annotations
@@ -13,34 +13,55 @@ import nibabel as nib
 import numpy as np
 
 from . import grid
-from .atomic import write_nifti_atomic
+from .atomic import write_bytes_atomic, write_nifti_atomic
 from .resources import resources_dir
 
 AAL_SOURCE = Path("/usr/share/mricron/templates/aal.nii.gz")
-#: Label value -> name on the shipped atlas (values as in AAL).
+#: The hippocampal regions: label value -> name (values as in AAL).
 REGIONS: dict[int, str] = {37: "Hippocampus_L", 38: "Hippocampus_R", 39: "ParaHippocampal_L", 40: "ParaHippocampal_R"}
-ATLAS_FILE = "aal_hippocampus_mni1.5mm.nii.gz"
+ATLAS_FILE = "aal_mni1.5mm.nii.gz"
+NAMES_FILE = "aal_labels.tsv"
 
 
-def build_atlas(out_path: str | Path, source: Path = AAL_SOURCE) -> Path:
-    """Write the four regions of ``REGIONS`` from AAL, nearest-neighbour resampled onto the
-    121x145x121 MNI grid (uint8 labels, 0 elsewhere), to ``out_path``."""
-    if not source.is_file():
-        raise FileNotFoundError(f"{source} is missing: install Debian's mricron-data")
+def build_atlas(out_dir: str | Path, source: Path = AAL_SOURCE) -> Path:
+    """Write every AAL region, nearest-neighbour resampled onto the 121x145x121 MNI grid (uint8
+    labels, 0 elsewhere), as ``ATLAS_FILE`` and the label names as ``NAMES_FILE`` (label, name)
+    into ``out_dir``. Returns the atlas path."""
+    names_source = source.with_suffix("").with_suffix(".nii.txt")
+    if not source.is_file() or not names_source.is_file():
+        raise FileNotFoundError(f"{source} or {names_source.name} is missing: install Debian's mricron-data")
+    out_dir = Path(out_dir)
     image = nib.load(str(source))
-    labels = grid.resample_to_mni_grid(np.asanyarray(image.dataobj).astype(np.uint8), image.affine, order=0)
-    labels = np.where(np.isin(labels, list(REGIONS)), labels, 0).astype(np.uint8)
-    return write_nifti_atomic(out_path, labels, grid.MNI_AFFINE, "AAL hippocampus/parahippocampal labels 37-40")
+    labels = grid.resample_to_mni_grid(np.asanyarray(image.dataobj).astype(np.uint8), image.affine, order=0).astype(np.uint8)
+    rows = ["label\tname"]
+    for line in names_source.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            rows.append(f"{int(parts[0])}\t{parts[1]}")
+    write_bytes_atomic(out_dir / NAMES_FILE, ("\n".join(rows) + "\n").encode())
+    return write_nifti_atomic(out_dir / ATLAS_FILE, labels, grid.MNI_AFFINE, "AAL labels 1-116 on the MNI 1.5 mm grid")
 
 
 def load_atlas() -> np.ndarray:
-    """The shipped labels on the MNI grid: uint8 array (121, 145, 121) in MNI voxel order."""
+    """The shipped AAL labels on the MNI grid: uint8 array (121, 145, 121) in MNI voxel order."""
     image = nib.load(str(resources_dir() / "Atlas" / ATLAS_FILE))
     return np.asanyarray(image.dataobj).astype(np.uint8)
 
 
+def hippocampal_labels() -> np.ndarray:
+    """``load_atlas`` restricted to ``REGIONS`` (other voxels 0)."""
+    labels = load_atlas()
+    return np.where(np.isin(labels, list(REGIONS)), labels, 0).astype(np.uint8)
+
+
+def region_names() -> dict[int, str]:
+    """Label value -> AAL region name."""
+    lines = (resources_dir() / "Atlas" / NAMES_FILE).read_text().splitlines()[1:]
+    return {int(value): name for value, name in (line.split("\t") for line in lines if line)}
+
+
 def atlas_to_native(preprocessing_dir: str | Path):
-    """The labels mapped onto the patient's native T1 grid (ANTs image of label values)."""
+    """The hippocampal regions mapped onto the patient's native T1 grid (ANTs image of label values)."""
     from .transforms import mni_to_native
 
-    return mni_to_native(load_atlas().astype(np.float32), preprocessing_dir, interpolator="genericLabel")
+    return mni_to_native(hippocampal_labels().astype(np.float32), preprocessing_dir, interpolator="genericLabel")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .atomic import write_json_atomic
+from .atomic import write_json_atomic, write_nifti_atomic
 from .errors import BrainImageNetError
 from .resources import default_bundle, sample_t1
 
@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    predict.add_argument(
+        "--occlusion",
+        default="incremental",
+        choices=["incremental", "naive", "gradient", "none"],
+        help="heat map: occlusion (incremental: exact and fast; naive: reference), gradient x input (a quick preview), or none",
+    )
+    predict.add_argument("--occlusion-fold", type=int, default=None, help="map one fold model instead of the ensemble")
+    predict.add_argument("--occlusion-batch", type=int, default=16, help="cube positions computed together (memory grows with it)")
     preprocess = sub.add_parser("preprocess", help="T1 to GMD/GMV on the MNI grid, with transforms and QC")
     preprocess.add_argument(
         "inputs", nargs="+", type=Path, help="T1 files, DICOM folders, folders of T1 files, BIDS datasets or CSV lists (column t1)"
@@ -71,18 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_argument("--overwrite", action="store_true", help="redo subjects that are already finished")
     preprocess.add_argument("--progress", action="store_true", help="print 'progress: STAGE FRACTION' lines on stderr (one T1)")
     bench = sub.add_parser("bench", help="benchmarks (speed, memory) printed as a table")
-    bench.add_argument("target", choices=["predict", "preprocess"], help="what to measure")
+    bench.add_argument("target", choices=["predict", "preprocess", "occlusion", "train"], help="what to measure")
     bench.add_argument(
         "--presets",
         nargs="+",
         default=None,
-        help="network presets (predict: tiny small paper) or preprocessing presets (preprocess: fast accurate)",
+        help="network presets (predict: tiny small paper; occlusion: small paper; train: paper) or preprocessing presets (preprocess: fast accurate)",
     )
     bench.add_argument(
         "--t1", type=Path, default=Path("/usr/share/mricron/templates/ch2.nii.gz"), help="T1 for 'preprocess' (default: Colin27)"
     )
-    bench.add_argument("--batch", type=int, default=4, help="batch size compared with batch size 1")
-    bench.add_argument("--repeats", type=int, default=1)
+    bench.add_argument(
+        "--batch", type=int, default=4, help="batch size (predict: compared with batch size 1; occlusion: cubes per pass; train: per step)"
+    )
+    bench.add_argument("--repeats", type=int, default=1, help="timed repeats (train: steps)")
     bench.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     bench.add_argument("--device", default="cpu")
     return parser
@@ -92,12 +102,18 @@ def run_bench(args: argparse.Namespace) -> None:
     """Run the ``bench`` command and print its table."""
     import torch
 
-    from .bench import bench_predict, bench_preprocess, print_rows
+    from .bench import bench_occlusion, bench_predict, bench_preprocess, bench_train, print_rows
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.target == "preprocess":
         print_rows(bench_preprocess(str(args.t1), args.presets or ["fast", "accurate"]))
+    elif args.target == "train":
+        print_rows(bench_train(args.presets or ["paper"], batch=args.batch, steps=args.repeats, device=args.device))
+    elif args.target == "occlusion":
+        rows, last = bench_occlusion(args.presets or ["small", "paper"], batch=args.batch)
+        print_rows(rows)
+        print(last)
     else:
         print_rows(bench_predict(args.presets or ["tiny", "small", "paper"], batch=args.batch, repeats=args.repeats, device=args.device))
 
@@ -164,9 +180,45 @@ def run_predict(args: argparse.Namespace) -> Path:
         "threshold_presets": ensemble.card.threshold_presets,
         "input_checks": checks,
         "qc": None if qc_report is None else {k: qc_report[k] for k in ("verdict", "failures", "warnings", "measures", "volumes_ml")},
-        "seconds": round(time.perf_counter() - start, 3),
     }
+    if args.occlusion != "none":
+        native = Path(args.out) / "preprocessing" if args.t1 is not None else None
+        result["occlusion"] = run_occlusion(ensemble, x, args, native)
+    result["seconds"] = round(time.perf_counter() - start, 3)
     return write_json_atomic(Path(args.out) / "result.json", result)
+
+
+def run_occlusion(ensemble, x, args: argparse.Namespace, preprocessing: Path | None) -> dict:  # noqa: ANN001
+    """Occlusion map of ``predict``: ``occlusion.nii.gz`` on the MNI grid, ``occlusion_native.nii.gz``
+    on the T1's grid (with a T1), and the summary for ``result.json``."""
+    from . import grid
+    from .errors import InputError
+    from .occlusion import OcclusionSettings, occlusion_map, region_summary, write_native_map
+
+    models = ensemble.models
+    if args.occlusion_fold is not None:
+        if not 0 <= args.occlusion_fold < len(models):
+            raise InputError(f"--occlusion-fold must lie in 0..{len(models) - 1}")
+        models = [models[args.occlusion_fold]]
+    progress = print_progress if args.progress else None
+    result = occlusion_map(models, x, OcclusionSettings(batch_size=max(1, args.occlusion_batch)), args.occlusion, progress=progress)
+    out = Path(args.out)
+    files = {
+        "mni": write_nifti_atomic(
+            out / "occlusion.nii.gz", grid.uncrop_to_mni_grid(result.importance), grid.MNI_AFFINE, "AD occlusion map"
+        ).name
+    }
+    if preprocessing is not None:
+        files["native"] = write_native_map(result.importance, preprocessing, out / "occlusion_native.nii.gz").name
+    return {
+        "method": result.method,
+        "fold": args.occlusion_fold,
+        "units": "drop in AD probability when the cube is masked (gradient: gradient x input)",
+        "seconds": round(result.seconds, 2),
+        "stats": result.stats,
+        "regions": region_summary(result.importance),
+        "files": files,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,10 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="brainimagenet-train", description="Training tools of BrainImageNet-AD.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    placeholder = sub.add_parser("placeholder", help="write the placeholder sample case, untrained bundle and hippocampus atlas")
-    placeholder.add_argument("--out", type=Path, required=True, help="resources folder; Models/ and Sample/ are written there")
-    placeholder.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"])
-    placeholder.add_argument("--seed", type=int, default=0)
+    shipped = sub.add_parser("resources", help="write the shipped quick sample maps (Sample/) and AAL atlas (Atlas/)")
+    shipped.add_argument("--out", type=Path, required=True, help="resources folder, e.g. Resources")
     synth = sub.add_parser("synth", help="write a synthetic multi-site cohort (GMD/GMV maps and manifest.csv)")
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--subjects", type=int, default=200)
@@ -44,6 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--permutations", type=int, default=10_000, help="label shuffles of the field-strength test")
     evaluate.add_argument("--progress", action="store_true")
+    occlusion = sub.add_parser("occlusion", help="group-level occlusion map: accuracy drop per cube over independent AD and NC scans")
+    occlusion.add_argument("--model", type=Path, required=True, help="AD bundle folder")
+    occlusion.add_argument("--manifest", type=Path, required=True)
+    occlusion.add_argument("--out", type=Path, required=True)
+    occlusion.add_argument("--fold", type=int, help="use one fold model instead of the ensemble (5x faster)")
+    occlusion.add_argument("--scans", type=int, help="at most this many scans, alternating AD and NC (default: all)")
+    occlusion.add_argument("--stride", type=int, default=6, help="cube step in voxels of 1.5 mm (paper: 6, i.e. 9 mm)")
+    occlusion.add_argument("--threshold", type=float, default=0.5)
+    occlusion.add_argument("--progress", action="store_true")
+    demo = sub.add_parser("demo", help="make the demonstration ensemble from synthetic cohorts (pretrain, transfer, evaluate); resumable")
+    demo.add_argument("--out", type=Path, required=True, help="demo folder (cohorts, run folders, evaluation, demo.json)")
+    demo.add_argument("--subjects", type=int, default=300, help="training cohort size")
+    demo.add_argument("--sites", type=int, default=10, help="sites of the training cohort")
+    demo.add_argument("--preset", choices=["paper", "small", "tiny"], default="tiny")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--threads", type=int, help="CPU threads for torch")
+    demo.add_argument("--export", type=Path, help="also copy the ensemble bundle to this folder (e.g. Resources/Models/demo-tiny)")
+    demo.add_argument("--progress", action="store_true", help="print 'progress: STAGE FRACTION' lines on stderr")
     return parser
 
 
@@ -63,6 +79,12 @@ def _training_options(parser: argparse.ArgumentParser, folds_help: str) -> None:
     parser.add_argument("--allocations", type=int, default=10_000, help="random fold allocations tried; the most size-balanced is kept")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--freeze-stem", action="store_true", help="train only the layers above the stem (its outputs are computed once)")
+    parser.add_argument(
+        "--precise-bn",
+        type=int,
+        default=1000,
+        help="training scans over which batch-norm statistics are recomputed after each epoch (0: off)",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -74,8 +96,11 @@ def _training_options(parser: argparse.ArgumentParser, folds_help: str) -> None:
 def _train(args: argparse.Namespace, task: str) -> int:
     import torch
 
+    from BrainImageNetADLib.cpu import keep_freed_memory
+
     from .training import TrainConfig, train
 
+    keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     config = TrainConfig(
@@ -93,6 +118,7 @@ def _train(args: argparse.Namespace, task: str) -> int:
         allocations=args.allocations,
         seed=args.seed,
         freeze_stem=args.freeze_stem,
+        precise_bn=args.precise_bn,
         intact=getattr(args, "intact", False),
         base=getattr(args, "base", None),
         device=args.device,
@@ -105,6 +131,27 @@ def _train(args: argparse.Namespace, task: str) -> int:
     if summary:  # only the main process of a torchrun job reports
         print(json.dumps(summary["pooled"], indent=2))
         print(args.out / "bundle")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from BrainImageNetADLib.cpu import keep_freed_memory
+
+    from .demo import DemoSettings, export_bundle, run_demo
+
+    keep_freed_memory()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.subjects < 50 or args.sites < 5:
+        print("error: the demo needs --subjects >= 50 and --sites >= 5 (five leave-sites-out folds)", file=sys.stderr)
+        return 2
+    settings = DemoSettings(subjects=args.subjects, sites=args.sites, preset=args.preset, seed=args.seed)
+    summary = run_demo(args.out, settings, progress=print_progress if args.progress else None, log=_log)
+    print(json.dumps({"seconds": summary["seconds"], "cross_validation": summary["cross_validation"]}, indent=2))
+    if args.export:
+        print(export_bundle(args.out, args.export))
     return 0
 
 
@@ -128,6 +175,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command in ("pretrain", "transfer"):
         return _train(args, getattr(args, "task", "ad"))
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "occlusion":
+        from BrainImageNetADLib.occlusion import OcclusionSettings
+
+        from .group_occlusion import group_occlusion
+
+        if args.stride < 1:
+            print("error: --stride must be at least 1", file=sys.stderr)
+            return 2
+        summary = group_occlusion(
+            args.model,
+            args.manifest,
+            args.out,
+            OcclusionSettings(stride=args.stride),
+            args.threshold,
+            args.fold,
+            args.scans,
+            print_progress if args.progress else None,
+        )
+        top = summary["regions"]["accuracy_drop"]["top_regions"][:5]
+        print(f"accuracy {summary['accuracy']:.3f} on {summary['scans']}; largest accuracy drops: " + ", ".join(r["name"] for r in top))
+        print(args.out / "group_occlusion.json")
     if args.command == "evaluate":
         from .evaluation import evaluate, format_table
 
@@ -143,19 +213,14 @@ def _run(args: argparse.Namespace) -> int:
             print("error: need --subjects >= 1, --sites >= 1 and 1 <= --datasets <= --sites", file=sys.stderr)
             return 2
         print(write_cohort(args.out, args.subjects, args.sites, args.datasets, args.seed))
-    if args.command == "placeholder":
-        from .placeholder import make_colin27_sample, make_untrained_bundle
+    if args.command == "resources":
+        from BrainImageNetADLib.atlas import build_atlas
 
-        try:
-            for path in make_colin27_sample(args.out / "Sample").values():
-                print(path)
-        except FileNotFoundError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        from BrainImageNetADLib.atlas import ATLAS_FILE, build_atlas
+        from .sample import make_colin27_sample
 
-        print(build_atlas(args.out / "Atlas" / ATLAS_FILE))
-        print(make_untrained_bundle(args.out / "Models" / f"placeholder-{args.preset}", args.preset, seed=args.seed))
+        for path in make_colin27_sample(args.out / "Sample").values():
+            print(path)
+        print(build_atlas(args.out / "Atlas"))
     return 0
 
 

@@ -55,6 +55,12 @@ class TrainConfig:
     ``freeze_stem``: keep the (pretrained) stem fixed and train the layers above it only; its
     outputs are then computed once per scan, which makes training several times cheaper.
     ``base``: a pretraining run folder or bundle whose stem starts the AD network.
+    ``precise_bn``: after each epoch, the batch-norm statistics are recomputed with the epoch's
+    final weights over this many training scans (0: keep the running averages). Running
+    averages lag behind weights that are still moving; a network whose decision rests on small
+    differences between large activations then scores well in training mode but is shifted in
+    evaluation mode (seen here on the synthetic cohort: pooled leave-sites-out AUC 0.54 without,
+    0.90 with). Costs one forward pass over those scans per epoch.
     ``precision``: ``auto`` (bf16 autocast on CUDA, float32 elsewhere), ``fp32`` or ``bf16``.
     ``card_name``, ``demo``, ``training_data``: what the exported bundle's card says.
     """
@@ -75,6 +81,7 @@ class TrainConfig:
     allocations: int = 10_000
     seed: int = 0
     freeze_stem: bool = False
+    precise_bn: int = 1000
     intact: bool = False
     base: str | None = None
     device: str = "auto"
@@ -98,6 +105,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(config, name) < 1:
                 raise InputError(f"{name} must be at least 1")
+        if config.precise_bn < 0:
+            raise InputError("precise_bn must be 0 (off) or a number of scans")
         if config.folds == 1 or config.folds < 0:
             raise InputError("folds must be 0 (one model, no test folds) or at least 2")
         if not config.lr or config.lr <= 0 or config.decay is None or config.decay < 0:
@@ -278,6 +287,8 @@ class _FoldTrainer:
                     writer.add_scalar("train/lr", lr, state["iteration"])
                 run.report(self.fold.index, (epoch + (b + 1) / batches_per_epoch) / config.epochs, f"epoch {epoch + 1}/{config.epochs}")
             train_loss = run.processes.all_mean(float(np.mean(losses)))
+            if config.precise_bn:
+                self._recompute_batch_norm(epoch)
             _, val_loss = self.outputs(self.val_idx)
             record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr}
             state["history"].append(record)
@@ -303,6 +314,31 @@ class _FoldTrainer:
         if writer is not None:
             writer.close()
         return self._result(state)
+
+    def _recompute_batch_norm(self, epoch: int) -> None:
+        """Precise batch norm: replace the running statistics of the trained batch-norm layers by
+        their exact averages over up to ``precise_bn`` training scans (same scans on every
+        process, so every replica ends with the same statistics)."""
+        config = self.config
+        layers = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if config.freeze_stem:
+            frozen = set(self.model.stem.modules())
+            layers = [m for m in layers if m not in frozen]
+        rng = np.random.default_rng([config.seed, self.fold.index, epoch, 1])
+        scans = sorted(rng.choice(self.train_idx, min(config.precise_bn, len(self.train_idx)), replace=False).tolist())
+        momenta = [m.momentum for m in layers]
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        self.model.train()
+        if config.freeze_stem:
+            self.model.stem.eval()
+        with torch.no_grad(), self._autocast():
+            for start in range(0, len(scans), config.batch_size):
+                x = self._inputs(scans[start : start + config.batch_size])
+                self.model.forward_from_stem(x) if config.freeze_stem else self.model(x)
+        for m, momentum in zip(layers, momenta, strict=True):
+            m.momentum = momentum
 
     def _result(self, state: dict[str, Any]) -> dict[str, Any]:
         test = list(self.fold.test)

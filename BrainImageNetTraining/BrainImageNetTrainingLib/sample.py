@@ -1,9 +1,5 @@
-"""The placeholder sample case and the untrained placeholder bundle shipped in ``Resources/``.
-
-Both are produced here, deterministically, from material that is installed by package managers:
-the Colin27 single-subject T1 (Debian package ``mricron-data``, BSD-3-Clause) and torch's
-random initialisation.
-"""
+"""The quick sample maps shipped in ``Resources/Sample``, produced here deterministically from
+the Colin27 single-subject T1 (Debian package ``mricron-data``, BSD-3-Clause)."""
 
 from __future__ import annotations
 
@@ -11,14 +7,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
 
 from BrainImageNetADLib import grid
 from BrainImageNetADLib.atomic import write_nifti_atomic
-from BrainImageNetADLib.bundle import save_bundle
-from BrainImageNetADLib.networks import build_network
-
-from .cards import INTENDED_USE, model_card
 
 #: Colin27 brain-extracted T1 (1 mm, MNI space) from Debian's ``mricron-data``.
 COLIN27_BRAIN = Path("/usr/share/mricron/templates/ch2bet.nii.gz")
@@ -48,7 +39,7 @@ def make_colin27_sample(out_dir: str | Path, source: Path = COLIN27_BRAIN) -> di
 
     GMD is the grey-matter posterior of a three-class intensity mixture inside the Colin27 brain
     mask, resampled to the grid. Colin27 already lies in MNI space, so the Jacobian determinant of
-    its warp is 1 and GMV equals GMD. A simple split for a placeholder, not a VBM pipeline.
+    its warp is 1 and GMV equals GMD. A simple split for trying the networks without preprocessing, not a VBM pipeline.
     """
     if not source.is_file():
         raise FileNotFoundError(f"{source} is missing: install Debian's mricron-data")
@@ -63,33 +54,6 @@ def make_colin27_sample(out_dir: str | Path, source: Path = COLIN27_BRAIN) -> di
     written: dict[str, Path] = {}
     for kind, data in (("gmd", gmd), ("gmv", gmd)):
         written[kind.upper()] = write_nifti_atomic(
-            out_dir / f"colin27_{kind}.nii.gz", data, grid.MNI_AFFINE, f"Colin27 placeholder {kind.upper()}"
+            out_dir / f"colin27_{kind}.nii.gz", data, grid.MNI_AFFINE, f"Colin27 quick sample {kind.upper()}"
         )
     return written
-
-
-def make_untrained_bundle(out_dir: str | Path, preset: str = "tiny", folds: int = 5, seed: int = 0) -> Path:
-    """Write a bundle of ``folds`` randomly initialised AD transfer networks (GMD+GMV input).
-
-    The card marks it ``trained: false`` and records no ROC operating points: its output says
-    nothing about disease. Deterministic for a given torch version, preset and seed.
-    """
-    models = []
-    for fold in range(folds):
-        torch.manual_seed(seed + fold)
-        models.append(build_network("ad_transfer", preset, 2).eval())
-    card = model_card(
-        f"placeholder-{preset} (untrained)",
-        "ad_transfer",
-        preset,
-        ["GMD", "GMV"],
-        f"None. Weights are torch's random initialisation (seeds {seed}..{seed + folds - 1}); the model has learnt nothing.",
-        demo=True,
-        trained=False,
-        intended_use="UNTRAINED PLACEHOLDER: its output is meaningless and exists only to exercise the software. " + INTENDED_USE,
-        folds=[{"fold": f, "seed": seed + f, "metrics": None} for f in range(folds)],
-        metrics=None,
-        operating_points=[],
-        threshold_presets={"balanced": 0.5, "screening": 0.2},
-    )
-    return save_bundle(out_dir, models, card)
