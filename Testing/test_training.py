@@ -213,3 +213,28 @@ def test_group_occlusion_averages_per_scan_drops_and_guards_leakage(ad_run: Path
         run_train_cli("occlusion", "--model", ad_run / "bundle", "--manifest", cohort, "--out", out, "--stride", "30"),
         "were used to train",
     )
+
+
+def test_demo_makes_a_demonstration_bundle_and_resumes(tmp_path: Path) -> None:
+    from BrainImageNetADLib.bundle import read_card
+    from BrainImageNetTrainingLib.demo import DemoSettings, export_bundle, run_demo
+
+    settings = DemoSettings(
+        subjects=24,
+        sites=5,
+        independent_subjects=8,
+        independent_sites=2,
+        pretrain_epochs=1,
+        pretrain_validation=4,
+        transfer_epochs=2,
+        transfer_validation=4,
+    )
+    summary = run_demo(tmp_path / "demo", settings, log=lambda m: None)
+    assert len(summary["seconds"]) == 6 and summary["seconds"]["total"] > 0
+    assert summary["independent"]["table"][0]["samples"] > 0
+    card = read_card(export_bundle(tmp_path / "demo", tmp_path / "Models" / "demo-tiny"))
+    assert card.demo and card.trained and card.intended_use.startswith("DEMONSTRATION MODEL")
+    assert card.data["training"]["base_task"] == "sex" and len(card.data["folds"]) == 5
+    messages: list[str] = []
+    run_demo(tmp_path / "demo", settings, log=messages.append)
+    assert len(messages) == 5 and all(m.endswith("already done") for m in messages)

@@ -185,9 +185,11 @@ def _gradient_x_input(models: list[torch.nn.Module], x: np.ndarray, started: flo
 
 
 def region_summary(importance: np.ndarray, top: int = 10) -> dict[str, Any]:
-    """Mean and peak importance (probability drop) per AAL region of a map on the model grid
-    (96, 120, 86): ``hippocampal`` for the regions of ``atlas.REGIONS``, ``top_regions`` the
-    ``top`` regions by mean importance, each ``{label, name, mean, peak, voxels}``."""
+    """Mean and peak importance per AAL region of a map on the model grid (96, 120, 86):
+    ``hippocampal`` for the regions of ``atlas.REGIONS``, ``top_regions`` the ``top`` regions,
+    each ``{label, name, mean, peak, voxels, rank}``. Regions are ranked by the size of their
+    mean, whatever its sign: masking grey matter can lower the AD probability (positive drop) or
+    raise it (negative drop: a masked cube looks like atrophy); both mark a place the model uses."""
     from .atlas import REGIONS, load_atlas, region_names
 
     labels = grid.crop_to_model_grid(load_atlas())
@@ -197,9 +199,15 @@ def region_summary(importance: np.ndarray, top: int = 10) -> dict[str, Any]:
         inside = importance[labels == value]
         if inside.size:
             rows.append(
-                {"label": value, "name": name, "mean": float(inside.mean()), "peak": float(inside.max()), "voxels": int(inside.size)}
+                {
+                    "label": value,
+                    "name": name,
+                    "mean": float(inside.mean()),
+                    "peak": float(inside[np.abs(inside).argmax()]),
+                    "voxels": int(inside.size),
+                }
             )
-    ranked = sorted(rows, key=lambda r: -r["mean"])
+    ranked = sorted(rows, key=lambda r: -abs(r["mean"]))
     for rank, row in enumerate(ranked, start=1):
         row["rank"] = rank
     return {

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 #: Name of the bundle used when none is given.
-DEFAULT_MODEL = "placeholder-tiny"
+DEFAULT_MODEL = "demo-tiny"
 #: Environment variable that points to another resources folder (with Models/ and Sample/).
 RESOURCES_ENV = "BRAINIMAGENET_AD_RESOURCES"
 
