@@ -5,9 +5,10 @@ Each subject's maps are built on the MNI grid from the MNI152 2009 tissue probab
 - anatomy: a smooth random deformation (individual shape) and a head-size factor;
 - age: global grey-matter loss and periventricular loss with age;
 - sex: larger head size in males and a regional difference (cerebellum, hypothalamus);
-- disease: AD-like atrophy in hippocampus and parahippocampal gyrus (left 20 % stronger) and,
-  more weakly, the wider medial temporal lobe; MCI subjects have partial atrophy (progressive
-  MCI more than stable MCI); MMSE tracks atrophy with noise;
+- disease: AD-like atrophy strongest in hippocampus and parahippocampal gyrus (left 20 %
+  stronger), weaker over the medial and lateral temporal lobe, and a mild loss everywhere (an AD
+  subject loses about 45 % of hippocampal and 5-10 % of occipital grey matter); MCI subjects
+  have partial atrophy (progressive MCI more than stable MCI); MMSE tracks atrophy with noise;
 - site/scanner: contrast scaling, noise, smoothness and a smooth bias, with a field strength.
 GMD is the resulting grey-matter probability; GMV = GMD x Jacobian (head size, individual
 deformation, local atrophy), as preprocessing computes it. Maps are written on the 96x120x86
@@ -29,7 +30,8 @@ from BrainImageNetADLib.atlas import REGIONS, hippocampal_labels
 from BrainImageNetADLib.atomic import write_bytes_atomic, write_nifti_atomic
 
 DIAGNOSIS_SHARES = {"NC": 0.4, "AD": 0.3, "sMCI": 0.15, "pMCI": 0.15}
-#: Mean hippocampal atrophy (fraction of GM lost) per diagnosis; individual severity varies.
+#: Mean severity per diagnosis: the fraction of grey matter the focal component removes at the
+#: hippocampal core (the temporal and global components add to it); individuals vary.
 ATROPHY = {"NC": 0.0, "sMCI": 0.06, "pMCI": 0.14, "AD": 0.25}
 #: Share of the core atrophy lost everywhere (AD brains have about 5 % less grey matter overall).
 GLOBAL_ATROPHY = 0.2
