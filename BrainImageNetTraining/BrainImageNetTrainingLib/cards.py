@@ -1,4 +1,4 @@
-"""Model cards of the bundles this module writes (placeholder, base networks, AD ensembles)."""
+"""Model cards of the bundles this module writes (base networks and AD ensembles, the demonstration one included)."""
 
 from __future__ import annotations
 
