@@ -135,12 +135,16 @@ def test_storage_does_not_change_the_maps(
     assert _corr(_model_grid(variant_out / "gmv.nii.gz"), _model_grid(out / "gmv.nii.gz")) >= min_gmv_correlation
 
 
-def test_atlas_labels_reach_the_native_grid(colin: tuple[Path, dict]) -> None:
-    from BrainImageNetADLib.atlas import REGIONS, atlas_to_native, hippocampal_labels
+def test_atlas_labels_reach_the_native_grid(colin: tuple[Path, dict], tmp_path: Path) -> None:
+    from BrainImageNetADLib.atlas import REGIONS, hippocampal_labels, write_native_regions
 
     out, _ = colin
-    native = atlas_to_native(out).numpy()
-    assert native.shape == nib.load(str(COLIN27_T1)).shape
+    image = nib.load(str(write_native_regions(out, tmp_path / "regions.nii.gz")))
+    native = np.asanyarray(image.dataobj)
+    t1 = nib.load(str(COLIN27_T1))
+    assert native.shape == t1.shape and native.dtype == np.uint8
+    np.testing.assert_allclose(image.affine, t1.affine, atol=1e-3)
+    assert not list(tmp_path.glob(".*tmp*"))
     assert set(np.unique(native).astype(int)) == {0, *REGIONS}
     # Colin27 lies in MNI space: the labels land where AAL put them (AAL was drawn on Colin27).
     aal = np.asanyarray(nib.load("/usr/share/mricron/templates/aal.nii.gz").dataobj)

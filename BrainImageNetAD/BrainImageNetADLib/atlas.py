@@ -60,8 +60,9 @@ def region_names() -> dict[int, str]:
     return {int(value): name for value, name in (line.split("\t") for line in lines if line)}
 
 
-def atlas_to_native(preprocessing_dir: str | Path):
-    """The hippocampal regions mapped onto the patient's native T1 grid (ANTs image of label values)."""
-    from .transforms import mni_to_native
+def write_native_regions(preprocessing_dir: str | Path, path: str | Path) -> Path:
+    """Write the hippocampal and parahippocampal labels (``REGIONS``) on the patient's native T1
+    grid (through the transforms kept by preprocessing) as a uint8 NIfTI label map, atomically."""
+    from .transforms import write_native
 
-    return mni_to_native(hippocampal_labels().astype(np.float32), preprocessing_dir, interpolator="genericLabel")
+    return write_native(hippocampal_labels(), preprocessing_dir, path, labels=True)

@@ -172,6 +172,8 @@ def run_predict(args: argparse.Namespace) -> Path:
     x, checks = load_model_input(paths, ensemble.card.channels)
     threshold = ensemble.card.threshold_presets.get("balanced", 0.5) if args.threshold is None else args.threshold
     prediction = ensemble.predict(x, threshold)
+    if args.progress:
+        print_progress("ensemble", 1.0)
     result = {
         "version": __version__,
         **prediction.to_dict(),
@@ -181,8 +183,12 @@ def run_predict(args: argparse.Namespace) -> Path:
         "input_checks": checks,
         "qc": None if qc_report is None else {k: qc_report[k] for k in ("verdict", "failures", "warnings", "measures", "volumes_ml")},
     }
+    native = Path(args.out) / "preprocessing" if args.t1 is not None else None
+    if native is not None:
+        from .atlas import write_native_regions
+
+        result["regions_native"] = write_native_regions(native, Path(args.out) / "regions_native.nii.gz").name
     if args.occlusion != "none":
-        native = Path(args.out) / "preprocessing" if args.t1 is not None else None
         result["occlusion"] = run_occlusion(ensemble, x, args, native)
     result["seconds"] = round(time.perf_counter() - start, 3)
     return write_json_atomic(Path(args.out) / "result.json", result)
@@ -193,7 +199,8 @@ def run_occlusion(ensemble, x, args: argparse.Namespace, preprocessing: Path | N
     on the T1's grid (with a T1), and the summary for ``result.json``."""
     from . import grid
     from .errors import InputError
-    from .occlusion import OcclusionSettings, occlusion_map, region_summary, write_native_map
+    from .occlusion import OcclusionSettings, occlusion_map, region_summary
+    from .transforms import write_native
 
     models = ensemble.models
     if args.occlusion_fold is not None:
@@ -209,7 +216,7 @@ def run_occlusion(ensemble, x, args: argparse.Namespace, preprocessing: Path | N
         ).name
     }
     if preprocessing is not None:
-        files["native"] = write_native_map(result.importance, preprocessing, out / "occlusion_native.nii.gz").name
+        files["native"] = write_native(result.importance, preprocessing, out / "occlusion_native.nii.gz").name
     return {
         "method": result.method,
         "fold": args.occlusion_fold,

@@ -14,12 +14,14 @@ from . import grid
 from .errors import InputError
 
 
-def read_volume_node(path: str | Path, scene: object, name: str | None = None) -> object:
-    """Read an image file (NIfTI, NRRD, ...) into a new ``vtkMRMLScalarVolumeNode`` of ``scene``
-    through Slicer's volume archetype storage node; return the node."""
+def read_volume_node(
+    path: str | Path, scene: object, name: str | None = None, class_name: str = "vtkMRMLScalarVolumeNode"
+) -> object:
+    """Read an image file (NIfTI, NRRD, ...) into a new volume node of ``scene`` (``class_name``:
+    a scalar or a label map volume) through Slicer's volume archetype storage node; return it."""
 
     path = Path(path)
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name or path.name.split(".")[0])
+    node = scene.AddNewNodeByClass(class_name, name or path.name.split(".")[0])
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     storage.SetFileName(str(path))
     node.SetAndObserveStorageNodeID(storage.GetID())
@@ -31,7 +33,8 @@ def read_volume_node(path: str | Path, scene: object, name: str | None = None) -
 
 
 def volume_node_array(node: object) -> tuple[np.ndarray, np.ndarray]:
-    """The voxels of a scalar volume node as float32 (I, J, K) and its IJK-to-RAS affine (4x4, mm)."""
+    """The voxels of a scalar (or label map) volume node as float32 (I, J, K) and its IJK-to-RAS
+    affine (4x4, mm)."""
     import slicer.util
     import vtk
 

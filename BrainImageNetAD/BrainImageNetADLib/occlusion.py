@@ -215,18 +215,3 @@ def region_summary(importance: np.ndarray, top: int = 10) -> dict[str, Any]:
         "top_regions": ranked[:top],
         "regions_ranked": len(ranked),
     }
-
-
-def write_native_map(importance: np.ndarray, preprocessing_dir: str | Path, path: str | Path) -> Path:
-    """Write a map on the model grid onto the patient's native T1 grid (through the inverse
-    transforms kept by preprocessing, linear interpolation) as a NIfTI file, atomically."""
-    import ants
-
-    from .transforms import mni_to_native
-
-    path = Path(path)
-    image = mni_to_native(importance.astype(np.float32), preprocessing_dir)
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    ants.image_write(image, str(tmp))
-    tmp.replace(path)
-    return path

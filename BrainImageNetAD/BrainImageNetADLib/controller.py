@@ -1,0 +1,234 @@
+"""The single-case workflow as one object that both skins drive: the Slicer Qt widget and the web
+page. It owns the state (kept in the scene's parameter node, so a saved scene restores it), runs
+predictions in a child process (``job``), loads the results into the scene (``scene``) and answers
+threshold changes from the model card without running a network.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import scene as mrml_scene
+from .bundle import ModelCard, read_card
+from .ensemble import Prediction, classify
+from .errors import InputError
+from .job import JobStatus, PredictionJob, RunOptions
+from .resources import default_bundle, sample_t1
+
+#: Text of the banner shown above every result of a demonstration model.
+DEMO_BANNER = "Demonstration model trained on synthetic data: not for diagnosis."
+
+
+class CaseController:
+    """One case in one scene.
+
+    scene: the MRML scene; app_logic: its application logic (``slicer.app.applicationLogic()`` in
+    Slicer, ``SlicerApp().app_logic`` on slicer-core); work_dir: where runs write their files (a
+    new temporary folder when None, removed by ``close()``).
+    """
+
+    def __init__(self, scene: Any, app_logic: Any, work_dir: str | Path | None = None) -> None:
+        self.scene = scene
+        self.app_logic = app_logic
+        self._own_work_dir = work_dir is None
+        self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="brainimagenet-ad-"))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.job: PredictionJob | None = None
+        self.warnings: list[str] = []
+        self._runs = 0
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def parameter_node(self) -> Any:
+        return mrml_scene.parameter_node(self.scene)
+
+    @property
+    def state(self) -> mrml_scene.SceneState:
+        """The workflow state read from the parameter node."""
+        return mrml_scene.load_state(self.parameter_node)
+
+    def _update(self, **changes: Any) -> mrml_scene.SceneState:
+        state = mrml_scene.SceneState(**{**asdict(self.state), **changes})
+        mrml_scene.save_state(self.parameter_node, state)
+        return state
+
+    def node(self, role: str) -> Any:
+        """The node the parameter node references under ``role`` (``scene.ROLES``), or None."""
+        return self.parameter_node.GetNodeReference(role)
+
+    def _set_node(self, role: str, node: Any) -> None:
+        self.parameter_node.SetNodeReferenceID(role, node.GetID() if node is not None else None)
+
+    # -- input and model -----------------------------------------------------------------------
+    def load_t1(self, path: str | Path, name: str | None = None) -> Any:
+        """Read a T1 image file into the scene, make it the input and show it; return its node."""
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"file not found: {path}")
+        node = mrml_scene.read_volume(self.scene, path, name or path.name.split(".")[0])
+        self.set_input(node)
+        return node
+
+    def load_sample(self) -> Any:
+        """Load the bundled sample case (the Colin27 T1) as the input."""
+        return self.load_t1(sample_t1(), "Sample T1 (Colin27)")
+
+    def set_input(self, node: Any) -> None:
+        """Make a scalar volume node of the scene (loaded from a file or from DICOM) the input T1."""
+        if node is not None and not node.IsA("vtkMRMLScalarVolumeNode"):
+            raise InputError(f"{node.GetName()} is not a scalar volume")
+        self._set_node("InputVolume", node)
+        if node is not None:
+            mrml_scene.set_up_views(self.app_logic, node, None, self.state.opacity, None)
+
+    def bundle_path(self) -> Path:
+        """Folder of the chosen model bundle (the shipped default when none is chosen)."""
+        return Path(self.state.model_path) if self.state.model_path else default_bundle()
+
+    def set_model(self, path: str | Path | None) -> ModelCard:
+        """Choose a model bundle folder (None: the shipped default); its card is read and checked."""
+        card = read_card(path or default_bundle())
+        self._update(model_path=str(path or ""), threshold=card.threshold_presets.get("balanced", 0.5), result=None)
+        return card
+
+    def card(self) -> ModelCard:
+        """The model card of the chosen bundle."""
+        return read_card(self.bundle_path())
+
+    def notice(self) -> dict[str, Any]:
+        """What the panel always shows about the model: name, intended use, the demo banner."""
+        card = self.card()
+        return {"name": card.name, "intended_use": card.intended_use, "banner": DEMO_BANNER if card.demo else ""}
+
+    # -- run -----------------------------------------------------------------------------------
+    def start(self, options: RunOptions | None = None, python: str | None = None) -> PredictionJob:
+        """Start preprocessing, ensemble and occlusion on the input T1 in a child process.
+
+        The input node is written to the run folder first (so volumes loaded from DICOM or edited
+        in the scene are used as shown). Poll with ``poll()``; stop with ``cancel()``.
+        """
+        if self.job is not None and self.job.status.state == "running":
+            raise InputError("a run is already in progress")
+        volume = self.node("InputVolume")
+        if volume is None:
+            raise InputError("choose an input T1 volume first")
+        self._runs += 1
+        run_dir = self.work_dir / f"run-{self._runs}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        t1_path = run_dir / "input_t1.nii.gz"
+        storage = volume.CreateDefaultStorageNode()
+        storage.SetFileName(str(t1_path))
+        if not storage.WriteData(volume):
+            raise InputError(f"could not write {volume.GetName()} for the run")
+        options = options or RunOptions(occlusion=self.state.occlusion)
+        self.warnings = []
+        self.job = PredictionJob(t1_path, run_dir / "output", self.bundle_path(), options, python)
+        return self.job
+
+    def poll(self) -> JobStatus | None:
+        """The running job's status (None when there is none); loads the results when it is done."""
+        if self.job is None:
+            return None
+        before = self.job.status.state
+        status = self.job.poll()
+        if before == "running" and status.state == "done":
+            self.load_results(self.job.out_dir)
+        if status.state != "running":
+            self.warnings = self.job.warnings()
+        return status
+
+    def cancel(self) -> None:
+        """Stop the running job, if any."""
+        if self.job is not None:
+            self.job.cancel()
+
+    def load_results(self, out_dir: str | Path) -> dict[str, Any]:
+        """Load a finished run's folder (``result.json``, native heat map, native regions) into the
+        scene, replacing earlier results; set up the views; return the result."""
+        import json
+
+        out_dir = Path(out_dir)
+        result = json.loads((out_dir / "result.json").read_text())
+        for role in ("HeatMap", "Regions", "RegionTable"):
+            old = self.node(role)
+            if old is not None:
+                self.scene.RemoveNode(old)
+        heat = regions = centre = None
+        occlusion = result.get("occlusion") or {}
+        if "native" in occlusion.get("files", {}):
+            heat = mrml_scene.read_volume(self.scene, out_dir / occlusion["files"]["native"], mrml_scene.HEAT_MAP_NAME)
+            mrml_scene.show_heat_map(heat, self.state.cutoff)
+            self._set_node("RegionTable", mrml_scene.region_table(self.scene, occlusion["regions"]["top_regions"]))
+        if result.get("regions_native"):
+            from .atlas import REGIONS
+
+            labels = mrml_scene.read_volume(self.scene, out_dir / result["regions_native"], "regions", labelmap=True)
+            centre = mrml_scene.centroid_ras(labels)
+            regions = mrml_scene.regions_segmentation(self.scene, labels, REGIONS)
+            self.scene.RemoveNode(labels)
+        self._set_node("HeatMap", heat)
+        self._set_node("Regions", regions)
+        self._update(result=result, threshold=result["threshold"])
+        mrml_scene.set_up_views(self.app_logic, self.node("InputVolume"), heat, self.state.opacity, centre)
+        return result
+
+    # -- results -------------------------------------------------------------------------------
+    def prediction(self) -> Prediction | None:
+        """The last result at the current threshold (None before a run)."""
+        state = self.state
+        if state.result is None:
+            return None
+        return classify(state.result["probability"], state.result["fold_probabilities"], self.card(), state.threshold)
+
+    def set_threshold(self, threshold: float) -> Prediction | None:
+        """Move the decision threshold in [0, 1]: label, sensitivity and specificity come from the
+        model card; no network runs."""
+        if not 0.0 <= threshold <= 1.0:
+            raise InputError(f"threshold must lie in [0, 1], got {threshold}")
+        self._update(threshold=float(threshold))
+        return self.prediction()
+
+    def set_threshold_preset(self, name: str) -> Prediction | None:
+        """Set the threshold to one of the card's presets ("balanced", "screening")."""
+        presets = self.card().threshold_presets
+        if name not in presets:
+            raise InputError(f"the model card has no '{name}' threshold (it has: {', '.join(presets) or 'none'})")
+        return self.set_threshold(presets[name])
+
+    def set_opacity(self, opacity: float) -> None:
+        """Opacity of the heat map over the T1, in [0, 1]."""
+        self._update(opacity=float(opacity))
+        mrml_scene.set_opacity(self.scene, opacity)
+
+    def set_cutoff(self, cutoff: float) -> None:
+        """Hide heat-map values smaller than ``cutoff`` (a fraction in [0, 1]) of the largest |value|."""
+        self._update(cutoff=float(cutoff))
+        mrml_scene.occlusion_color_node(self.scene, cutoff)
+
+    def save_scene(self, path: str | Path) -> Path:
+        """Save the scene, results and state included, as a ``.mrb`` bundle."""
+        return mrml_scene.save_scene_bundle(self.app_logic, path)
+
+    def write_report(self, folder: str | Path) -> Path:
+        """Write the case report (HTML with PNG slices, and JSON) into ``folder``; return the HTML path."""
+        from .report import write_report
+
+        state = self.state
+        if state.result is None:
+            raise InputError("run the prediction first")
+        return write_report(
+            folder, state.result, self.prediction(), self.notice(), self.node("InputVolume"), self.node("HeatMap"), self.node("Regions"),
+            state.cutoff,
+        )
+
+    def close(self) -> None:
+        """Stop any run and remove the temporary work folder this controller created."""
+        self.cancel()
+        if self.job is not None:
+            self.job.wait(timeout=30)
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)

@@ -1,0 +1,158 @@
+"""The case report: an HTML page with PNG slices and a JSON file, written from the scene's nodes.
+
+The report carries the prediction, the QC verdict, the regions of the occlusion map and the
+model's intended-use statement. It adds no patient identifier: no names, dates of birth, file
+names or paths of the input, only the date of the analysis.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .atomic import write_bytes_atomic, write_json_atomic
+from .ensemble import Prediction
+from .mrml import volume_node_array
+
+REPORT_HTML = "report.html"
+REPORT_JSON = "report.json"
+SLICES_PNG = "report_slices.png"
+
+
+def report_content(result: dict[str, Any], prediction: Prediction, notice: dict[str, Any]) -> dict[str, Any]:
+    """The report's facts as a JSON-ready dict (no identifiers of the patient or of the input)."""
+    occlusion = result.get("occlusion") or {}
+    qc = result.get("qc") or {}
+    return {
+        "product": f"BrainImageNet-AD {__version__}",
+        "analysis_date": datetime.date.today().isoformat(),
+        "model": notice["name"],
+        "banner": notice["banner"],
+        "intended_use": notice["intended_use"],
+        "probability": prediction.probability,
+        "fold_probabilities": prediction.fold_probabilities,
+        "threshold": prediction.threshold,
+        "label": prediction.label,
+        "sensitivity": prediction.sensitivity,
+        "specificity": prediction.specificity,
+        "qc": {k: qc.get(k) for k in ("verdict", "failures", "warnings", "volumes_ml")},
+        "occlusion": {
+            "method": occlusion.get("method"),
+            "units": occlusion.get("units"),
+            "hippocampal": (occlusion.get("regions") or {}).get("hippocampal", []),
+            "top_regions": (occlusion.get("regions") or {}).get("top_regions", []),
+        },
+    }
+
+
+def _canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Reorder (I, J, K) voxels to the closest RAS axis order (voxel axes ~ R, A, S)."""
+    import nibabel as nib
+
+    orientation = nib.orientations.io_orientation(affine)
+    return nib.orientations.apply_orientation(data, orientation)
+
+
+def slices_png(t1: Any, heat: Any | None, labels: np.ndarray | None, cutoff: float) -> bytes:
+    """Axial, coronal and sagittal slices (radiological: patient's right on the left) through the
+    centre of the labelled regions (else the volume's centre): the T1 in grey, the heat map where
+    its size reaches ``cutoff`` times its largest |value|, the region outlines. Returns PNG bytes."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t1_data, affine = volume_node_array(t1)
+    t1_data = _canonical(t1_data, affine)
+    heat_data = None if heat is None else _canonical(volume_node_array(heat)[0], affine)
+    label_data = None if labels is None else _canonical(labels, affine)
+    if label_data is not None and label_data.any():
+        centre = np.rint(np.argwhere(label_data > 0).mean(axis=0)).astype(int)
+    else:
+        centre = np.array(t1_data.shape) // 2
+    low, high = np.percentile(t1_data[t1_data > 0], [1, 99.5]) if (t1_data > 0).any() else (0, 1)
+    peak = float(np.abs(heat_data).max()) if heat_data is not None and heat_data.any() else 1.0
+    cuts = [("Axial", 2), ("Coronal", 1), ("Sagittal", 0)]
+    figure, axes = plt.subplots(1, 3, figsize=(12, 4.4), facecolor="black")
+    for ax, (title, axis) in zip(axes, cuts):
+
+        def cut(volume: np.ndarray) -> np.ndarray:
+            plane = np.take(volume, centre[axis], axis=axis).T  # rows: the higher axis (A or S)
+            return plane[:, ::-1] if axis != 0 else plane  # radiological: patient's right on the left
+
+        ax.imshow(cut(t1_data), cmap="gray", vmin=low, vmax=high, origin="lower")
+        if heat_data is not None:
+            plane = cut(heat_data)
+            ax.imshow(np.ma.masked_where(np.abs(plane) < cutoff * peak, plane), cmap="coolwarm", vmin=-peak, vmax=peak, origin="lower", alpha=0.7)
+        if label_data is not None and cut(label_data).any():
+            ax.contour(cut(label_data) > 0, levels=[0.5], colors="lime", linewidths=1.0, origin="lower")
+        ax.set_title(title, color="white")
+        ax.axis("off")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, facecolor="black")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _html(content: dict[str, Any]) -> str:
+    def percent(value: float | None) -> str:
+        return "not recorded" if value is None else f"{100 * value:.1f}%"
+
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{r['rank']}</td><td>{e(r['name'])}</td><td>{r['mean']:+.4f}</td><td>{r['peak']:+.4f}</td></tr>"
+        for r in content["occlusion"]["hippocampal"] + content["occlusion"]["top_regions"]
+    )
+    qc = content["qc"]
+    banner = f'<p class="banner">{e(content["banner"])}</p>' if content["banner"] else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>BrainImageNet-AD report</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:auto}} .banner{{background:#b00020;color:white;padding:.5em}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #999;padding:.2em .5em}}</style></head><body>
+<h1>BrainImageNet-AD report</h1>
+{banner}
+<p><b>Intended use:</b> {e(content["intended_use"])}</p>
+<p>Model: {e(content["model"])}. Analysis date: {e(content["analysis_date"])}. {e(content["product"])}.</p>
+<h2>Result</h2>
+<p>AD probability <b>{content["probability"]:.3f}</b> (folds: {", ".join(f"{p:.3f}" for p in content["fold_probabilities"])}).
+At threshold {content["threshold"]:.3f}: <b>{e(content["label"])}</b>; sensitivity {percent(content["sensitivity"])},
+specificity {percent(content["specificity"])} (from the model card's validation).</p>
+<p>Quality control: {e(str(qc.get("verdict")))}. {e("; ".join((qc.get("failures") or []) + (qc.get("warnings") or [])))}</p>
+<h2>Occlusion map</h2>
+<p>Colour: change of the AD probability when a cube of grey matter is masked (red: the region supports the
+AD probability; blue: masking it raised the probability). Green outlines: hippocampus and parahippocampal gyrus.</p>
+<img src="{SLICES_PNG}" alt="Slices through the hippocampus with the occlusion map" style="width:100%">
+<table><tr><th>Rank</th><th>Region (AAL)</th><th>Mean drop</th><th>Peak drop</th></tr>{rows}</table>
+</body></html>
+"""
+
+
+def write_report(
+    folder: str | Path,
+    result: dict[str, Any],
+    prediction: Prediction,
+    notice: dict[str, Any],
+    t1: Any,
+    heat: Any | None,
+    regions: Any | None,
+    cutoff: float = 0.2,
+) -> Path:
+    """Write ``report.html``, ``report.json`` and ``report_slices.png`` into ``folder`` (each
+    atomically) from the run's ``result`` and the scene's T1, heat-map and region nodes (native
+    space); return the HTML path."""
+    from .scene import segmentation_labels
+
+    folder = Path(folder)
+    content = report_content(result, prediction, notice)
+    labels = None if regions is None else segmentation_labels(regions, t1)
+    write_bytes_atomic(folder / SLICES_PNG, slices_png(t1, heat, labels, cutoff))
+    write_json_atomic(folder / REPORT_JSON, content)
+    return write_bytes_atomic(folder / REPORT_HTML, _html(content).encode("utf-8"))
