@@ -221,7 +221,13 @@ class CaseController:
         if state.result is None:
             raise InputError("run the prediction first")
         return write_report(
-            folder, state.result, self.prediction(), self.notice(), self.node("InputVolume"), self.node("HeatMap"), self.node("Regions"),
+            folder,
+            state.result,
+            self.prediction(),
+            self.notice(),
+            self.node("InputVolume"),
+            self.node("HeatMap"),
+            self.node("Regions"),
             state.cutoff,
         )
 

@@ -14,9 +14,7 @@ from . import grid
 from .errors import InputError
 
 
-def read_volume_node(
-    path: str | Path, scene: object, name: str | None = None, class_name: str = "vtkMRMLScalarVolumeNode"
-) -> object:
+def read_volume_node(path: str | Path, scene: object, name: str | None = None, class_name: str = "vtkMRMLScalarVolumeNode") -> object:
     """Read an image file (NIfTI, NRRD, ...) into a new volume node of ``scene`` (``class_name``:
     a scalar or a label map volume) through Slicer's volume archetype storage node; return it."""
 

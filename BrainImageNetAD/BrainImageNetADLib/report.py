@@ -81,16 +81,18 @@ def slices_png(t1: Any, heat: Any | None, labels: np.ndarray | None, cutoff: flo
     peak = float(np.abs(heat_data).max()) if heat_data is not None and heat_data.any() else 1.0
     cuts = [("Axial", 2), ("Coronal", 1), ("Sagittal", 0)]
     figure, axes = plt.subplots(1, 3, figsize=(12, 4.4), facecolor="black")
-    for ax, (title, axis) in zip(axes, cuts):
+    for ax, (title, axis) in zip(axes, cuts, strict=True):
 
-        def cut(volume: np.ndarray) -> np.ndarray:
+        def cut(volume: np.ndarray, axis: int = axis) -> np.ndarray:
             plane = np.take(volume, centre[axis], axis=axis).T  # rows: the higher axis (A or S)
             return plane[:, ::-1] if axis != 0 else plane  # radiological: patient's right on the left
 
         ax.imshow(cut(t1_data), cmap="gray", vmin=low, vmax=high, origin="lower")
         if heat_data is not None:
             plane = cut(heat_data)
-            ax.imshow(np.ma.masked_where(np.abs(plane) < cutoff * peak, plane), cmap="coolwarm", vmin=-peak, vmax=peak, origin="lower", alpha=0.7)
+            ax.imshow(
+                np.ma.masked_where(np.abs(plane) < cutoff * peak, plane), cmap="coolwarm", vmin=-peak, vmax=peak, origin="lower", alpha=0.7
+            )
         if label_data is not None and cut(label_data).any():
             ax.contour(cut(label_data) > 0, levels=[0.5], colors="lime", linewidths=1.0, origin="lower")
         ax.set_title(title, color="white")

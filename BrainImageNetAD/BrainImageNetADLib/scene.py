@@ -175,7 +175,9 @@ def centroid_ras(labels: Any) -> tuple[float, float, float]:
     return float(ras[0]), float(ras[1]), float(ras[2])
 
 
-def set_up_views(app_logic: Any, background: Any, foreground: Any | None, opacity: float, centre: tuple[float, float, float] | None) -> None:
+def set_up_views(
+    app_logic: Any, background: Any, foreground: Any | None, opacity: float, centre: tuple[float, float, float] | None
+) -> None:
     """Show ``background`` (the T1) under ``foreground`` (the heat map) at ``opacity`` in every
     slice view, fit the views, then centre them on ``centre`` (RAS, mm), e.g. the hippocampus."""
     scene = app_logic.GetMRMLScene()
