@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_argument("--shard", default=None, help="i/n: process only shard i of n (cluster job arrays)")
     preprocess.add_argument("--overwrite", action="store_true", help="redo subjects that are already finished")
     preprocess.add_argument("--progress", action="store_true", help="print 'progress: STAGE FRACTION' lines on stderr (one T1)")
+    web = sub.add_parser("web", help="the single-case workflow as a web page with Slicer views (teaching)")
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    web.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free port)")
+    web.add_argument("--max-upload-mb", type=float, default=200.0, help="largest T1 file accepted for upload, in MB")
+    web.add_argument("--heat-map", default="ensemble", choices=["ensemble", "fold", "gradient", "none"], help="default heat map of a run")
     bench = sub.add_parser("bench", help="benchmarks (speed, memory) printed as a table")
     bench.add_argument("target", choices=["predict", "preprocess", "occlusion", "train"], help="what to measure")
     bench.add_argument(
@@ -237,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(path)
         elif args.command == "preprocess":
             print(run_preprocess(args))
+        elif args.command == "web":
+            from .web import serve
+
+            serve(args.host, args.port, args.max_upload_mb, args.heat_map)
         elif args.command == "bench":
             run_bench(args)
         return 0

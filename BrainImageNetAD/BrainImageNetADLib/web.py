@@ -1,0 +1,376 @@
+"""The web page (``brainimagenet-ad web``): the single-case workflow in a browser, with Slicer's own
+slice and 3D views rendered on this machine by trame-slicer.
+
+One server process is one session: it listens on 127.0.0.1 only, keeps uploads and results in a
+temporary folder of its own, and deletes that folder when the last browser tab closes (and when
+the server stops). Nothing leaves the machine; the page needs no internet access.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .controller import CaseController
+from .errors import BrainImageNetError
+from .job import STAGE_GROUPS, RunOptions
+from .resources import resources_dir
+
+#: Heat-map choices: name -> (label on the page, occlusion method, fold model or None for all).
+HEAT_MAPS = {
+    "ensemble": ("Occlusion, whole ensemble (exact)", "incremental", None),
+    "fold": ("Occlusion, first fold model (about 5x faster)", "incremental", 0),
+    "gradient": ("Gradient x input (seconds, a preview)", "gradient", None),
+    "none": ("No heat map", "none", None),
+}
+#: File name endings accepted for upload.
+UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: The 2x2 view layout: axial, coronal, sagittal and 3D.
+LAYOUT_NAME = "BrainImageNetAD"
+
+
+def safe_upload_name(name: str) -> str:
+    """A file name for an uploaded file: its last path part, with characters outside
+    ``[A-Za-z0-9._-]`` replaced; the suffix must be an image format the pipeline reads."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name.replace("\\", "/")).name).lstrip(".") or "upload"
+    if not base.lower().endswith(UPLOAD_SUFFIXES):
+        raise BrainImageNetError(f"{base}: upload a T1 image file ({', '.join(UPLOAD_SUFFIXES)})")
+    return base
+
+
+def model_choices() -> list[str]:
+    """Names of the model bundles shipped in ``Resources/Models``."""
+    return sorted(p.name for p in (resources_dir() / "Models").iterdir() if (p / "model_card.json").is_file())
+
+
+class WebApp:
+    """The trame application: a drawer with the workflow's controls and a 2x2 grid of Slicer views.
+
+    server: a trame server (``trame.app.get_server``); max_upload_mb: the largest accepted upload;
+    heat_map: the default choice of ``HEAT_MAPS``.
+    """
+
+    def __init__(self, server: Any, max_upload_mb: float = 200.0, heat_map: str = "ensemble") -> None:
+        from trame_slicer import module as trame_slicer_module
+        from trame_slicer.core import LayoutManager, SlicerApp
+        from trame_slicer.rca_view import register_rca_factories
+
+        self.server = server
+        self.server.enable_module(trame_slicer_module)
+        self.max_upload_bytes = int(max_upload_mb * 1e6)
+        self.slicer_app = SlicerApp()  # keep a reference: the scene lives as long as the app
+        register_rca_factories(self.slicer_app.view_manager, self.server)
+        self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
+        self.layout_manager.register_layout_dict({LAYOUT_NAME: LayoutManager.default_grid_configuration()["Quad View"]})
+        self.controller = CaseController(self.slicer_app.scene, self.slicer_app.app_logic)
+        self._poll_task: asyncio.Task | None = None
+        self._clients = 0
+        state = self.server.state
+        state.trame__title = "BrainImageNet-AD"
+        state.update(
+            {
+                "models": model_choices(),
+                "model": self.controller.bundle_path().name,
+                "heat_maps": [{"value": name, "title": label} for name, (label, _, _) in HEAT_MAPS.items()],
+                "heat_map": heat_map,
+                "max_upload_mb": max_upload_mb,
+                "input_name": "",
+                "running": False,
+                "stages": dict.fromkeys(STAGE_GROUPS, 0),
+                "stage_message": "",
+                "error": "",
+                "warnings": [],
+                "has_result": False,
+                "threshold": 0.5,
+                "opacity": self.controller.state.opacity,
+                "cutoff": self.controller.state.cutoff,
+            }
+        )
+        self._show_notice()
+        self.server.state.change("threshold")(self._on_threshold)
+        self.server.state.change("opacity")(self._on_opacity)
+        self.server.state.change("cutoff")(self._on_cutoff)
+        self.server.state.change("model")(self._on_model)
+        self.server.controller.on_client_connected.add(self._on_connect)
+        self.server.controller.on_client_exited.add(self._on_exit)
+        self.server.controller.on_server_exited.add(self._on_server_exit)
+        self._build_ui()
+        self.layout_manager.set_layout(LAYOUT_NAME)
+
+    # -- state ---------------------------------------------------------------------------------
+    def _show_notice(self) -> None:
+        self.server.state.update({f"notice_{k}": v for k, v in self.controller.notice().items()})
+
+    def _show_prediction(self) -> None:
+        prediction = self.controller.prediction()
+        state = self.server.state
+        if prediction is None:
+            state.has_result = False
+            return
+        result = self.controller.state.result
+        occlusion = result.get("occlusion") or {}
+        state.update(
+            {
+                "has_result": True,
+                "probability": round(prediction.probability, 4),
+                "fold_probabilities": ", ".join(f"{p:.3f}" for p in prediction.fold_probabilities),
+                "label": prediction.label,
+                "sensitivity": "not recorded" if prediction.sensitivity is None else f"{100 * prediction.sensitivity:.1f}%",
+                "specificity": "not recorded" if prediction.specificity is None else f"{100 * prediction.specificity:.1f}%",
+                "qc_verdict": (result.get("qc") or {}).get("verdict", "not run"),
+                "qc_volumes": (result.get("qc") or {}).get("volumes_ml") or {},
+                "regions": [
+                    {"rank": r["rank"], "name": r["name"], "mean": f"{r['mean']:+.4f}", "peak": f"{r['peak']:+.4f}"}
+                    for r in (occlusion.get("regions") or {}).get("top_regions", [])
+                ],
+            }
+        )
+
+    def _report(self, error: Exception) -> None:
+        self.server.state.error = str(error)
+
+    # -- actions -------------------------------------------------------------------------------
+    def load_sample(self) -> None:
+        """Load the bundled sample T1 as the input."""
+        self.server.state.error = ""
+        node = self.controller.load_sample()
+        self.server.state.input_name = node.GetName()
+
+    def upload(self, files: list[dict] | dict | None) -> None:
+        """Load an uploaded T1 (a trame file dict: name, size, content) as the input."""
+        from trame.app.file_upload import ClientFile
+
+        state = self.server.state
+        state.error = ""
+        if not files:
+            return
+        file = ClientFile(files[0] if isinstance(files, list) else files)
+        try:
+            if file.size > self.max_upload_bytes:
+                raise BrainImageNetError(f"{file.name} is {file.size / 1e6:.0f} MB; the limit is {self.max_upload_bytes / 1e6:.0f} MB")
+            path = self.controller.work_dir / "uploads" / safe_upload_name(file.name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(file.content)
+            node = self.controller.load_t1(path)
+        except BrainImageNetError as exc:
+            self._report(exc)
+            return
+        state.input_name = node.GetName()
+
+    def run(self) -> None:
+        """Start a prediction on the input and poll it until it ends."""
+        state = self.server.state
+        _, method, fold = HEAT_MAPS[state.heat_map]
+        try:
+            self.controller.start(RunOptions(occlusion=method, occlusion_fold=fold))
+        except BrainImageNetError as exc:
+            self._report(exc)
+            return
+        state.update({"error": "", "warnings": [], "running": True, "has_result": False, "stages": dict.fromkeys(STAGE_GROUPS, 0)})
+        self._poll_task = asyncio.ensure_future(self._poll())
+
+    def cancel(self) -> None:
+        """Stop the running prediction."""
+        self.controller.cancel()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(0.4)
+            try:
+                status = self.controller.poll()
+            except BrainImageNetError as exc:
+                with self.server.state:
+                    self._report(exc)
+                    self.server.state.running = False
+                return
+            with self.server.state:
+                state = self.server.state
+                state.stages = {k: round(100 * v) for k, v in status.stages.items()}
+                state.stage_message = status.message
+                if status.state == "running":
+                    continue
+                state.running = False
+                state.warnings = self.controller.warnings
+                if status.state == "failed":
+                    state.error = status.message
+                elif status.state == "done":
+                    state.threshold = self.controller.state.threshold
+                    self._show_prediction()
+                    self._render()
+            return
+
+    def _on_threshold(self, threshold: float, **_: Any) -> None:
+        if self.controller.state.result is not None and float(threshold) != self.controller.state.threshold:
+            self.controller.set_threshold(float(threshold))
+            self._show_prediction()
+
+    def set_preset(self, name: str) -> None:
+        """Set the threshold to a model-card preset ("balanced", "screening")."""
+        try:
+            self.controller.set_threshold_preset(name)
+        except BrainImageNetError as exc:
+            self._report(exc)
+            return
+        self.server.state.threshold = self.controller.state.threshold
+        self._show_prediction()
+
+    def _on_opacity(self, opacity: float, **_: Any) -> None:
+        self.controller.set_opacity(float(opacity))
+        self._render()
+
+    def _on_cutoff(self, cutoff: float, **_: Any) -> None:
+        self.controller.set_cutoff(float(cutoff))
+        self._render()
+
+    def _render(self) -> None:
+        """Re-render every view (display changes that the views do not observe themselves)."""
+        for view in self.slicer_app.view_manager.get_views():
+            view.schedule_render()
+
+    def _on_model(self, model: str, **_: Any) -> None:
+        if model != self.controller.bundle_path().name:
+            self.controller.set_model(resources_dir() / "Models" / model)
+            self._show_notice()
+            self._show_prediction()
+
+    def download_scene(self) -> Any:
+        """The scene as ``.mrb`` bytes, as a download attachment."""
+        path = self.controller.save_scene(self.controller.work_dir / "downloads" / "case.mrb")
+        return self.server.protocol.addAttachment(path.read_bytes())
+
+    def download_report(self) -> Any:
+        """The report as one HTML file (the slices embedded), as a download attachment."""
+        import base64
+
+        from .report import SLICES_PNG
+
+        html_path = self.controller.write_report(self.controller.work_dir / "report")
+        png = base64.b64encode((html_path.parent / SLICES_PNG).read_bytes()).decode()
+        html = html_path.read_text().replace(f'src="{SLICES_PNG}"', f'src="data:image/png;base64,{png}"')
+        return self.server.protocol.addAttachment(html.encode())
+
+    # -- session -------------------------------------------------------------------------------
+    def _on_connect(self, **_: Any) -> None:
+        self._clients += 1
+
+    def _on_exit(self, **_: Any) -> None:
+        self._clients = max(0, self._clients - 1)
+        if self._clients == 0:
+            self.end_session()
+
+    def _on_server_exit(self, **_: Any) -> None:
+        self.controller.close()
+
+    def end_session(self) -> None:
+        """Stop any run, delete the session's files and start a fresh, empty session."""
+        self.controller.close()
+        self.slicer_app.scene.Clear(False)
+        self.controller = CaseController(self.slicer_app.scene, self.slicer_app.app_logic)
+        self.server.state.update({"input_name": "", "has_result": False, "error": "", "running": False})
+
+    # -- page ----------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        from trame.widgets import html
+        from trame.widgets import vuetify3 as v
+        from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
+
+        ctrl = self.server.controller
+        upload_check = (
+            "if ($event && [].concat($event)[0] && [].concat($event)[0].size > max_upload_mb * 1e6) "
+            "{ error = [].concat($event)[0].name + ' is larger than the ' + max_upload_mb + ' MB limit'; } "
+            f"else {{ trigger('{ctrl.trigger_name(self.upload)}', [$event]); }}"
+        )
+        with SinglePageWithDrawerLayout(self.server, full_height=True) as layout:
+            layout.title.set_text("BrainImageNet-AD")
+            layout.drawer.width = 400
+            with layout.toolbar:
+                v.VSpacer()
+                html.Span("Research and teaching only: not for diagnosis", classes="text-caption mr-4")
+            with layout.drawer, v.VContainer(classes="pa-2"):
+                v.VAlert(v_if=("notice_banner",), text=("notice_banner",), type="warning", density="compact", id="demo-banner")
+                html.Div("Intended use: {{ notice_intended_use }}", classes="text-caption my-2", id="intended-use")
+                v.VSelect(label="Model", v_model=("model",), items=("models",), density="compact", disabled=("running",))
+                with v.VRow(dense=True, classes="my-1"):
+                    v.VBtn(
+                        "Load sample case", click=self.load_sample, disabled=("running",), id="load-sample", size="small", classes="ma-1"
+                    )
+                v.VFileInput(
+                    label=("`Upload a T1 (${max_upload_mb} MB at most)`",),
+                    accept=",".join(UPLOAD_SUFFIXES),
+                    update_modelValue=upload_check,
+                    density="compact",
+                    disabled=("running",),
+                    id="upload",
+                )
+                html.Div("Input: {{ input_name || 'none' }}", classes="text-body-2", id="input-name")
+                v.VSelect(label="Heat map", v_model=("heat_map",), items=("heat_maps",), density="compact", disabled=("running",))
+                with v.VRow(dense=True, classes="my-1"):
+                    v.VBtn("Run", click=self.run, disabled=("running || !input_name",), color="primary", id="run", classes="ma-1")
+                    v.VBtn("Cancel", click=self.cancel, v_if=("running",), color="error", id="cancel", classes="ma-1")
+                for group in STAGE_GROUPS:
+                    html.Div(group, classes="text-caption")
+                    v.VProgressLinear(model_value=(f"stages['{group}']",), height=8, color="primary")
+                html.Div("{{ stage_message }}", v_if=("running",), classes="text-caption", id="stage-message")
+                v.VAlert(v_if=("error",), text=("error",), type="error", density="compact", id="error", classes="my-2")
+                v.VAlert(v_for="w in warnings", text=("w",), type="warning", density="compact", classes="my-1")
+                with html.Div(v_if=("has_result",), id="result"):
+                    html.Div(
+                        "AD probability <b id='probability'>{{ probability }}</b>: <b id='label'>{{ label }}</b>",
+                        classes="text-h6 mt-2",
+                    )
+                    html.Div("Fold models: {{ fold_probabilities }}", classes="text-caption")
+                    with html.Div(id="threshold"):
+                        v.VSlider(label="Threshold", v_model=("threshold",), min=0, max=1, step=0.005, thumb_label=True, hide_details=True)
+                    html.Div(
+                        "Sensitivity <span id='sensitivity'>{{ sensitivity }}</span>, "
+                        "specificity <span id='specificity'>{{ specificity }}</span> (model card)",
+                        classes="text-body-2",
+                    )
+                    with v.VRow(dense=True, classes="my-1"):
+                        v.VBtn("Balanced", click=(self.set_preset, "['balanced']"), size="small", classes="ma-1", id="preset-balanced")
+                        v.VBtn("Screening", click=(self.set_preset, "['screening']"), size="small", classes="ma-1", id="preset-screening")
+                    html.Div("QC: {{ qc_verdict }}", classes="text-body-2", id="qc")
+                    html.Div(
+                        "<span v-for='(value, key) in qc_volumes'>{{ key }} {{ value }} &nbsp;</span>",
+                        classes="text-caption",
+                    )
+                    for name, label in (("opacity", "Opacity"), ("cutoff", "Cut-off")):
+                        with html.Div(id=name):
+                            v.VSlider(label=label, v_model=(name,), min=0, max=1, step=0.05, hide_details=True)
+                    with v.VTable(density="compact", id="regions"):
+                        html.Thead(html.Tr([html.Th("#"), html.Th("Region"), html.Th("Mean"), html.Th("Peak")]))
+                        with html.Tbody():
+                            with html.Tr(v_for="r in regions", key="r.rank"):
+                                html.Td("{{ r.rank }}")
+                                html.Td("{{ r.name }}")
+                                html.Td("{{ r.mean }}")
+                                html.Td("{{ r.peak }}")
+                    with v.VRow(dense=True, classes="my-1"):
+                        v.VBtn(
+                            "Scene (.mrb)",
+                            click=f"utils.download('case.mrb', trigger('{ctrl.trigger_name(self.download_scene)}'), 'application/octet-stream')",
+                            size="small",
+                            classes="ma-1",
+                        )
+                        v.VBtn(
+                            "Report (HTML)",
+                            click=f"utils.download('report.html', trigger('{ctrl.trigger_name(self.download_report)}'), 'text/html')",
+                            size="small",
+                            classes="ma-1",
+                        )
+            with layout.content, html.Div(classes="fill-height d-flex flex-row flex-grow-1"):
+                self.layout_manager.initialize_layout_grid(layout)
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, max_upload_mb: float = 200.0, heat_map: str = "ensemble") -> None:
+    """Start the page on ``host:port`` (blocking until the server stops)."""
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    from trame.app import get_server
+
+    server = get_server("brainimagenet-ad", client_type="vue3")
+    app = WebApp(server, max_upload_mb, heat_map)
+    server.start(host=host, port=port, open_browser=False, timeout=0)
+    app.controller.close()

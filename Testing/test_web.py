@@ -1,0 +1,158 @@
+"""The web page in a real browser (Debian's Chromium, headless): load the sample, run the demo
+ensemble, move the threshold slider, and see the heat map over the brain in Slicer's slice views."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from browser import Browser, chromium_path
+from PIL import Image
+
+from BrainImageNetADLib.errors import BrainImageNetError
+from BrainImageNetADLib.resources import sample_t1
+from BrainImageNetADLib.web import safe_upload_name
+
+pytestmark = pytest.mark.slow
+#: Where the page test leaves its screenshots (the README's come from here).
+SCREENSHOTS = Path(os.environ.get("BRAINIMAGENET_SCREENSHOTS", "")) if os.environ.get("BRAINIMAGENET_SCREENSHOTS") else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def page_server(tmp_path: Path):
+    port = free_port()
+    env = dict(os.environ, TMPDIR=str(tmp_path))  # the session's temporary folder is made in here
+    process = subprocess.Popen(
+        [sys.executable, "-m", "BrainImageNetADLib.cli", "web", "--port", str(port), "--heat-map", "fold", "--max-upload-mb", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    end = time.monotonic() + 120
+    while True:
+        assert process.poll() is None, process.stdout.read()
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert time.monotonic() < end, "the page server did not start"
+        time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}/", tmp_path
+    process.terminate()
+    process.wait(30)
+
+
+def view_pixels(screenshot: bytes, box: dict[str, float]) -> np.ndarray:
+    image = np.asarray(Image.open(io.BytesIO(screenshot)).convert("RGB")).astype(int)
+    x, y, w, h = (int(round(box[k])) for k in ("x", "y", "width", "height"))
+    return image[y : y + h, x : x + w]
+
+
+def heat_inside_brain(pixels: np.ndarray) -> float:
+    """Fraction of the brain's pixels (not black) that are coloured (heat map), in a slice view."""
+    inside = pixels.max(axis=2) > 40
+    inside[-40:] = False  # the view's slice slider
+    coloured = (pixels.max(axis=2) - pixels.min(axis=2)) > 60
+    return float(coloured[inside].mean()) if inside.any() else 0.0
+
+
+async def slice_views_heat(browser: Browser) -> list[float]:
+    shot = await browser.screenshot()
+    boxes = await browser.js(
+        "Array.from(document.querySelectorAll('img.image-display-area')).map(e => { const r = e.getBoundingClientRect();"
+        " return {x: r.x, y: r.y, width: r.width, height: r.height}; })"
+    )
+    return [heat_inside_brain(view_pixels(shot, box)) for box in boxes]
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="Chromium is not installed (scripts/setup.sh installs it)")
+def test_page_runs_the_sample_and_shows_the_heat_map(page_server: tuple[str, Path]) -> None:
+    url, tmp = page_server
+
+    async def drive() -> None:
+        async with Browser() as browser:
+            await browser.goto(url)
+            await browser.wait_for("document.querySelector('#load-sample')", 90)
+            assert "not for diagnosis" in await browser.js("document.querySelector('#demo-banner').innerText")
+            assert "DEMONSTRATION MODEL" in await browser.js("document.querySelector('#intended-use').innerText")
+            # Uploads: a file over the limit is refused in the page; a T1 under it becomes the input.
+            big = tmp / "big_t1.nii.gz"
+            big.write_bytes(os.urandom(6_000_000))
+            await browser.set_file("input#upload[type=file], #upload input[type=file]", big)
+            await browser.wait_for(
+                "document.querySelector('#error') && document.querySelector('#error').innerText.includes('5 MB limit')", 30
+            )
+            small = tmp / "upload_t1.nii.gz"
+            small.write_bytes(sample_t1().read_bytes())
+            await browser.set_file("input#upload[type=file], #upload input[type=file]", small)
+            await browser.wait_for("document.querySelector('#input-name').innerText.includes('upload_t1')", 60)
+            assert list(tmp.glob("brainimagenet-ad-*/uploads/upload_t1.nii.gz"))
+            await browser.click("#load-sample")
+            await browser.wait_for("document.querySelector('#input-name').innerText.includes('Sample T1')", 60)
+            before = await slice_views_heat(browser)
+            assert max(before) < 0.01, "coloured pixels before any run"
+            await browser.click("#run")
+            await browser.wait_for("document.querySelector('#cancel') && document.querySelector('#stage-message')", 30)
+            await browser.wait_for("document.querySelector('#probability')", 600, every=2)
+            assert not await browser.js("document.querySelector('#error')")
+            label = await browser.js("document.querySelector('#label').innerText")
+            probability = float(await browser.js("document.querySelector('#probability').innerText"))
+            assert label == ("AD" if probability >= 0.5 else "NC")  # the card's balanced threshold
+            sensitivity = await browser.js("document.querySelector('#sensitivity').innerText")
+            # The run left files in the session's own temporary folder.
+            assert list(tmp.glob("brainimagenet-ad-*/run-1/output/result.json"))
+            # The heat map appears over the brain in the slice views (rendered by Slicer, on the server).
+            end = time.monotonic() + 60
+            while max(heat := await slice_views_heat(browser)) < 0.02:
+                assert time.monotonic() < end, f"no heat map in the slice views: {heat}"
+                await asyncio.sleep(1)
+            if SCREENSHOTS is not None:
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                await browser.screenshot(SCREENSHOTS / "web.png")
+            # A real click at the left end of the threshold slider: threshold 0, every case is AD,
+            # sensitivity 100 % from the card, and no network ran (the probability is unchanged).
+            track = await browser.rect("#threshold .v-slider-track")
+            await browser.click_at(track["x"] + 1, track["y"] + track["height"] / 2)
+            await browser.wait_for("document.querySelector('#label').innerText === 'AD'", 30)
+            assert await browser.js("document.querySelector('#sensitivity').innerText") != sensitivity or label == "AD"
+            assert float(await browser.js("document.querySelector('#probability').innerText")) == probability
+            await browser.click("#preset-screening")
+            await browser.wait_for("document.querySelector('#threshold input').value === '0.425'", 30)
+            # Opacity 0 hides the heat map without a re-run.
+            opacity = await browser.rect("#opacity .v-slider-track")
+            await browser.click_at(opacity["x"] + 1, opacity["y"] + opacity["height"] / 2)
+            end = time.monotonic() + 30
+            while max(faded := await slice_views_heat(browser)) > 0.5 * max(heat):
+                if time.monotonic() > end:
+                    await browser.screenshot(tmp / "faded.png")
+                    pytest.fail(f"opacity 0 did not fade the heat map: {heat} -> {faded}")
+                await asyncio.sleep(1)
+            await browser.goto("about:blank")  # the page closes: the session ends
+
+    asyncio.run(drive())
+    # Closing the page ended the session: its temporary folder is gone, the server still serves.
+    end = time.monotonic() + 30
+    while list(tmp.glob("brainimagenet-ad-*/run-1")):
+        assert time.monotonic() < end, "the session's files were not deleted"
+        time.sleep(0.5)
+
+
+def test_upload_names_are_made_safe() -> None:
+    assert safe_upload_name("../../etc/sub 01_T1w.nii.gz") == "sub_01_T1w.nii.gz"
+    assert safe_upload_name("C:\\scans\\t1.nrrd") == "t1.nrrd"
+    with pytest.raises(BrainImageNetError, match="upload a T1 image file"):
+        safe_upload_name("notes.txt")
