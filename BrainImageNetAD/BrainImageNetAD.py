@@ -5,14 +5,12 @@ tested without Slicer). Research use only: not a medical device.
 """
 
 import logging
-import os
-from typing import Annotated
+import shutil
 
+import qt
 import slicer
-import vtk
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -22,7 +20,14 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 #: Python packages the library needs, as (import name, pip requirement).
-REQUIRED_PACKAGES = [("torch", "torch"), ("safetensors", "safetensors"), ("nibabel", "nibabel"), ("scipy", "scipy")]
+REQUIRED_PACKAGES = [
+    ("torch", "torch"),
+    ("safetensors", "safetensors"),
+    ("nibabel", "nibabel"),
+    ("scipy", "scipy"),
+    ("ants", "antspyx"),
+    ("matplotlib", "matplotlib"),
+]
 
 
 class BrainImageNetAD(ScriptedLoadableModule):
@@ -33,8 +38,9 @@ class BrainImageNetAD(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["BrainImageNet-AD contributors"]
         self.parent.helpText = _(
-            "Alzheimer's disease classifier for brain MRI: a 5-fold ensemble of 3D Inception-ResNet-V2 "
-            "transfer networks (Lu et al., 2022) applied to grey-matter density and volume maps. "
+            "Alzheimer's disease classifier for brain MRI: a T1 is preprocessed into grey-matter density and "
+            "volume maps, a 5-fold ensemble of 3D Inception-ResNet-V2 transfer networks (Lu et al., 2022) gives "
+            "the AD probability, and an occlusion map shows the regions the networks use, over the T1. "
             "<b>Research and teaching only; not for diagnosis.</b> "
             "See the extension's README for the command line and the model cards."
         )
@@ -44,29 +50,16 @@ class BrainImageNetAD(ScriptedLoadableModule):
         )
 
 
-@parameterNodeWrapper
-class BrainImageNetADParameterNode:
-    """State of the module, saved with the scene.
-
-    gmdVolume, gmvVolume: grey-matter density and volume maps on the MNI 1.5 mm grid.
-    modelPath: folder of the model bundle ("" = the shipped default).
-    threshold: decision threshold on the AD probability.
-    """
-
-    gmdVolume: slicer.vtkMRMLScalarVolumeNode
-    gmvVolume: slicer.vtkMRMLScalarVolumeNode
-    modelPath: str = ""
-    threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
-
-
 class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: every action is a call to ``BrainImageNetADLib.controller.CaseController``."""
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._prediction = None
+        self.timer = qt.QTimer()
+        self.timer.setInterval(500)
+        self.timer.connect("timeout()", self.onPoll)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -75,71 +68,151 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = BrainImageNetADLogic()
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.thresholdSlider.connect("valueChanged(double)", self.onThresholdChanged)
-        self.initializeParameterNode()
+        from BrainImageNetADLib.job import HEAT_MAPS
+
+        for name, (label, _method, _fold) in HEAT_MAPS.items():
+            self.ui.heatMapComboBox.addItem(label, name)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneChanged)
+        self.ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
+        self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
+        self.ui.modelPathEdit.connect("currentPathChanged(QString)", self.onModelChanged)
+        self.ui.applyButton.connect("clicked(bool)", self.onApply)
+        self.ui.cancelButton.connect("clicked(bool)", lambda: self.logic.controller().cancel())
+        self.ui.thresholdSlider.connect("valueChanged(double)", self.onThreshold)
+        self.ui.balancedButton.connect("clicked(bool)", lambda: self.onPreset("balanced"))
+        self.ui.screeningButton.connect("clicked(bool)", lambda: self.onPreset("screening"))
+        self.ui.opacitySlider.connect("valueChanged(double)", lambda v: self.logic.controller().set_opacity(v))
+        self.ui.cutoffSlider.connect("valueChanged(double)", lambda v: self.logic.controller().set_cutoff(v))
+        self.ui.saveSceneButton.connect("clicked(bool)", self.onSaveScene)
+        self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
+        self.updateGUIFromState()
 
     def cleanup(self) -> None:
+        self.timer.stop()
         self.removeObservers()
 
-    def enter(self) -> None:
-        self.initializeParameterNode()
+    def onSceneChanged(self, caller=None, event=None) -> None:
+        self.updateGUIFromState()
 
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+    def updateGUIFromState(self) -> None:
+        """Show the state held by the parameter node (also after a scene is loaded)."""
+        controller = self.logic.controller()
+        state = controller.state
+        self.ui.inputSelector.blockSignals(True)
+        self.ui.inputSelector.setCurrentNode(controller.node("InputVolume"))
+        self.ui.inputSelector.blockSignals(False)
+        for widget, value in ((self.ui.opacitySlider, state.opacity), (self.ui.cutoffSlider, state.cutoff)):
+            widget.blockSignals(True)
+            widget.value = value
+            widget.blockSignals(False)
+        from BrainImageNetADLib.errors import BrainImageNetError
 
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
+        try:
+            notice = controller.notice()
+        except (BrainImageNetError, FileNotFoundError) as exc:  # a broken bundle folder: say so in the panel
+            notice = {"banner": str(exc), "intended_use": "-"}
+        self.ui.demoBannerLabel.text = notice["banner"]
+        self.ui.demoBannerLabel.visible = bool(notice["banner"])
+        self.ui.intendedUseLabel.text = notice["intended_use"]
+        self.ui.applyButton.enabled = controller.node("InputVolume") is not None and not self.timer.isActive()
+        self.ui.regionTableView.setMRMLTableNode(controller.node("RegionTable"))
+        self.showPrediction()
 
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
-
-    def _checkCanApply(self, caller=None, event=None) -> None:
-        ready = bool(self._parameterNode and self._parameterNode.gmdVolume and self._parameterNode.gmvVolume)
-        self.ui.applyButton.enabled = ready
-        self.ui.applyButton.toolTip = _("Compute the AD probability") if ready else _("Select GMD and GMV volumes")
-
-    def onApplyButton(self) -> None:
-        if not ensureDependencies():
+    def showPrediction(self) -> None:
+        controller = self.logic.controller()
+        prediction = controller.prediction()
+        self.ui.resultsCollapsibleButton.enabled = prediction is not None
+        if prediction is None:
             return
-        with slicer.util.tryWithErrorDisplay(_("Prediction failed."), waitCursor=True):
-            p = self._parameterNode
-            self._prediction = self.logic.predict(p.gmdVolume, p.gmvVolume, p.modelPath or None, p.threshold)
-            self.showPrediction(self._prediction)
 
-    def onThresholdChanged(self, value: float) -> None:
-        if self._prediction is not None:
-            self._prediction = self.logic.classify(self._prediction, self._parameterNode.modelPath or None, value)
-            self.showPrediction(self._prediction)
-
-    def showPrediction(self, prediction) -> None:
         def percent(value):
             return _("not recorded") if value is None else f"{100 * value:.1f}%"
 
+        self.ui.thresholdSlider.blockSignals(True)
+        self.ui.thresholdSlider.value = prediction.threshold
+        self.ui.thresholdSlider.blockSignals(False)
         self.ui.probabilityLabel.text = f"{prediction.probability:.3f} ({prediction.label})"
         self.ui.foldsLabel.text = ", ".join(f"{p:.3f}" for p in prediction.fold_probabilities)
-        self.ui.sensitivityLabel.text = percent(prediction.sensitivity)
-        self.ui.specificityLabel.text = percent(prediction.specificity)
-        self.ui.intendedUseLabel.text = prediction.intended_use
+        self.ui.performanceLabel.text = _("sensitivity {sensitivity}, specificity {specificity} (model card)").format(
+            sensitivity=percent(prediction.sensitivity), specificity=percent(prediction.specificity)
+        )
+        qc = controller.state.result.get("qc") or {}
+        volumes = ", ".join(f"{k} {v}" for k, v in (qc.get("volumes_ml") or {}).items())
+        self.ui.qcLabel.text = f"{qc.get('verdict', '-')}. {'; '.join(qc.get('warnings') or [])} {volumes}"
+
+    def onInputChanged(self, node) -> None:
+        with slicer.util.tryWithErrorDisplay(_("This volume cannot be used."), waitCursor=True):
+            self.logic.controller().set_input(node)
+        self.updateGUIFromState()
+
+    def onLoadSample(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not load the sample case."), waitCursor=True):
+            self.logic.controller().load_sample()
+        self.updateGUIFromState()
+
+    def onModelChanged(self, path: str) -> None:
+        with slicer.util.tryWithErrorDisplay(_("This folder is not a usable model bundle."), waitCursor=True):
+            self.logic.controller().set_model(path or None)
+        self.updateGUIFromState()
+
+    def onApply(self) -> None:
+        if not ensureDependencies():
+            return
+        from BrainImageNetADLib.job import RunOptions
+
+        options = RunOptions.for_heat_map(self.ui.heatMapComboBox.currentData)
+        with slicer.util.tryWithErrorDisplay(_("Could not start the prediction."), waitCursor=True):
+            self.logic.controller().start(options, python=self.logic.python())
+            self.ui.statusLabel.text = _("starting")
+            self.ui.cancelButton.enabled = True
+            self.ui.applyButton.enabled = False
+            self.timer.start()
+
+    def onPoll(self) -> None:
+        """Timer tick: show the run's progress; when it ends, show its result or its error."""
+        status = self.logic.controller().poll()
+        bars = {
+            "Preprocessing": self.ui.preprocessingProgressBar,
+            "Ensemble": self.ui.ensembleProgressBar,
+            "Occlusion map": self.ui.occlusionProgressBar,
+        }
+        for group, bar in bars.items():
+            bar.value = int(100 * status.stages.get(group, 0))
+        self.ui.statusLabel.text = status.message
+        if status.state == "running":
+            return
+        self.timer.stop()
+        self.ui.cancelButton.enabled = False
+        warnings = self.logic.controller().warnings
+        if status.state == "failed":
+            slicer.util.errorDisplay(_("Prediction failed: {message}").format(message=status.message))
+        elif warnings:
+            slicer.util.warningDisplay("\n".join(warnings), windowTitle=_("BrainImageNet AD warnings"))
+        self.updateGUIFromState()
+
+    def onThreshold(self, value: float) -> None:
+        if self.logic.controller().state.result is not None:
+            self.logic.controller().set_threshold(value)
+            self.showPrediction()
+
+    def onPreset(self, name: str) -> None:
+        with slicer.util.tryWithErrorDisplay(_("No such threshold preset."), waitCursor=False):
+            self.logic.controller().set_threshold_preset(name)
+        self.showPrediction()
+
+    def onSaveScene(self) -> None:
+        path = qt.QFileDialog.getSaveFileName(None, _("Save scene"), "case.mrb", "Medical Reality Bundle (*.mrb)")
+        if path:
+            with slicer.util.tryWithErrorDisplay(_("Could not save the scene."), waitCursor=True):
+                self.logic.controller().save_scene(path)
+
+    def onSaveReport(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(None, _("Folder for the report"))
+        if folder:
+            with slicer.util.tryWithErrorDisplay(_("Could not write the report."), waitCursor=True):
+                path = self.logic.controller().write_report(folder)
+                qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(path)))
 
 
 def ensureDependencies() -> bool:
@@ -153,7 +226,10 @@ def ensureDependencies() -> bool:
         _("BrainImageNet AD needs these Python packages: {packages}. Install them now (internet access needed)?").format(
             packages=", ".join(missing)
         ),
-        _("Offline? Install them with pip into Slicer's Python from local wheel files, then restart Slicer."),
+        _(
+            "Offline? Install them with pip into Slicer's Python from local wheel files "
+            "(PythonSlicer -m pip install --no-index --find-links FOLDER ...), then restart Slicer."
+        ),
     ):
         return False
     if "torch" in missing:
@@ -170,62 +246,65 @@ def ensureDependencies() -> bool:
 
 
 class BrainImageNetADLogic(ScriptedLoadableModuleLogic):
-    """Runs the library's ensemble on volume nodes; usable without the widget (Python console, tests)."""
+    """Gives the module's controller for the current scene; usable without the widget
+    (Python console, self-test): ``BrainImageNetADLogic().controller().load_sample()``..."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._ensembles = {}
+        self._controller = None
 
-    def getParameterNode(self):
-        return BrainImageNetADParameterNode(super().getParameterNode())
+    def controller(self):
+        """The ``CaseController`` of ``slicer.mrmlScene`` (its state lives in the parameter node)."""
+        from BrainImageNetADLib.controller import CaseController
 
-    def ensemble(self, bundlePath=None):
-        """The (cached) ensemble of a bundle folder; None selects the shipped default bundle."""
-        from BrainImageNetADLib.ensemble import Ensemble
-        from BrainImageNetADLib.resources import default_bundle
+        if self._controller is None or self._controller.scene is not slicer.mrmlScene:
+            self._controller = CaseController(slicer.mrmlScene, slicer.app.applicationLogic())
+        return self._controller
 
-        path = os.fspath(bundlePath or default_bundle())
-        if path not in self._ensembles:
-            self._ensembles[path] = Ensemble.from_bundle(path)
-        return self._ensembles[path]
+    @staticmethod
+    def python() -> str:
+        """The Python interpreter that runs predictions: Slicer's own (PythonSlicer)."""
+        import sys
 
-    def predict(self, gmdVolume, gmvVolume, bundlePath=None, threshold=0.5):
-        """AD prediction (``BrainImageNetADLib.ensemble.Prediction``) from GMD and GMV volume nodes."""
-        from BrainImageNetADLib.mrml import model_input_from_nodes
-
-        ensemble = self.ensemble(bundlePath)
-        x = model_input_from_nodes({"GMD": gmdVolume, "GMV": gmvVolume}, ensemble.card.channels)
-        return ensemble.predict(x, threshold)
-
-    def classify(self, prediction, bundlePath, threshold):
-        """The same probabilities at another threshold: reads the model card, runs no network."""
-        from BrainImageNetADLib.ensemble import classify
-
-        return classify(prediction.probability, prediction.fold_probabilities, self.ensemble(bundlePath).card, threshold)
+        return shutil.which("PythonSlicer") or sys.executable
 
 
 class BrainImageNetADTest(ScriptedLoadableModuleTest):
-    """Self-test inside Slicer: loads the bundled sample case and runs the ensemble."""
+    """Self-test inside Slicer: the whole workflow on the bundled sample case."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_PredictSample()
+        self.test_WorkflowOnSample()
 
-    def test_PredictSample(self):
-        from BrainImageNetADLib.resources import sample_maps
+    def test_WorkflowOnSample(self):
+        import tempfile
+        import time
 
-        self.delayDisplay("Loading the sample case")
-        maps = sample_maps()
-        gmd = slicer.util.loadVolume(str(maps["GMD"]))
-        gmv = slicer.util.loadVolume(str(maps["GMV"]))
+        from BrainImageNetADLib.job import RunOptions
+
         logic = BrainImageNetADLogic()
-        prediction = logic.predict(gmd, gmv, None, 0.5)
+        controller = logic.controller()
+        self.delayDisplay("Loading the sample case")
+        controller.load_sample()
+        self.delayDisplay("Running preprocessing, ensemble and occlusion (one fold)")
+        controller.start(RunOptions(occlusion_fold=0), python=logic.python())
+        end = time.monotonic() + 900
+        while controller.poll().state == "running":
+            self.assertLess(time.monotonic(), end)
+            slicer.app.processEvents()
+            time.sleep(0.2)
+        self.assertEqual(controller.poll().state, "done", controller.poll().message)
+        prediction = controller.prediction()
         self.assertTrue(0.0 < prediction.probability < 1.0)
         self.assertEqual(len(prediction.fold_probabilities), 5)
-        self.assertEqual(prediction.label, "AD" if prediction.probability >= 0.5 else "NC")
-        again = logic.classify(prediction, None, 0.0)
-        self.assertEqual(again.label, "AD")
-        self.delayDisplay("Test passed")
+        for role in ("InputVolume", "HeatMap", "Regions", "RegionTable"):
+            self.assertIsNotNone(controller.node(role), role)
+        self.assertEqual(controller.set_threshold(0.0).label, "AD")
+        folder = tempfile.mkdtemp()
+        controller.save_scene(f"{folder}/case.mrb")
+        controller.write_report(folder)
+        slicer.util.mainWindow().grab().save(f"{folder}/desktop.png")
+        self.delayDisplay(f"Test passed; scene, report and screenshot in {folder}")

@@ -2,7 +2,9 @@
 
 Modules: ``grid`` (the model grid), ``networks`` (3D Inception-ResNet-V2 and the AD transfer
 network), ``bundle`` (safetensors model bundles and model cards), ``ensemble`` (prediction),
-``maps`` (GMD/GMV input checks), ``mrml`` (Slicer scene helpers), ``cli`` (command line).
+``maps`` (GMD/GMV input checks), ``preprocess`` (T1 to GMD/GMV), ``occlusion`` (heat maps),
+``controller`` (the single-case workflow both skins drive), ``job`` (runs in a child process),
+``scene`` and ``mrml`` (Slicer scene nodes), ``report``, ``web`` (the web page), ``cli``.
 """
 
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ from typing import NoReturn
 from . import __version__
 from .atomic import write_json_atomic, write_nifti_atomic
 from .errors import BrainImageNetError
+from .job import HEAT_MAPS
 from .resources import default_bundle, sample_t1
 
 
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     web.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free port)")
     web.add_argument("--max-upload-mb", type=float, default=200.0, help="largest T1 file accepted for upload, in MB")
-    web.add_argument("--heat-map", default="ensemble", choices=["ensemble", "fold", "gradient", "none"], help="default heat map of a run")
+    web.add_argument("--heat-map", default="ensemble", choices=list(HEAT_MAPS), help="default heat map of a run")
     bench = sub.add_parser("bench", help="benchmarks (speed, memory) printed as a table")
     bench.add_argument("target", choices=["predict", "preprocess", "occlusion", "train"], help="what to measure")
     bench.add_argument(

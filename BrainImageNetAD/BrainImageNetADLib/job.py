@@ -24,6 +24,15 @@ STAGE_GROUPS = {
 }
 
 
+#: Heat-map choices of both skins: name -> (label, occlusion method, fold model or None for all).
+HEAT_MAPS = {
+    "ensemble": ("Occlusion, whole ensemble (exact)", "incremental", None),
+    "fold": ("Occlusion, first fold model (about 5x faster)", "incremental", 0),
+    "gradient": ("Gradient x input (seconds, a preview)", "gradient", None),
+    "none": ("No heat map", "none", None),
+}
+
+
 @dataclass
 class RunOptions:
     """What a run computes.
@@ -38,6 +47,12 @@ class RunOptions:
     occlusion_fold: int | None = None
     force: bool = False
     threads: int | None = None
+
+    @classmethod
+    def for_heat_map(cls, name: str) -> RunOptions:
+        """Options of a ``HEAT_MAPS`` choice."""
+        _, method, fold = HEAT_MAPS[name]
+        return cls(occlusion=method, occlusion_fold=fold)
 
 
 @dataclass

@@ -16,16 +16,9 @@ from typing import Any
 
 from .controller import CaseController
 from .errors import BrainImageNetError
-from .job import STAGE_GROUPS, RunOptions
+from .job import HEAT_MAPS, STAGE_GROUPS, RunOptions
 from .resources import resources_dir
 
-#: Heat-map choices: name -> (label on the page, occlusion method, fold model or None for all).
-HEAT_MAPS = {
-    "ensemble": ("Occlusion, whole ensemble (exact)", "incremental", None),
-    "fold": ("Occlusion, first fold model (about 5x faster)", "incremental", 0),
-    "gradient": ("Gradient x input (seconds, a preview)", "gradient", None),
-    "none": ("No heat map", "none", None),
-}
 #: File name endings accepted for upload.
 UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: The 2x2 view layout: axial, coronal, sagittal and 3D.
@@ -163,9 +156,8 @@ class WebApp:
     def run(self) -> None:
         """Start a prediction on the input and poll it until it ends."""
         state = self.server.state
-        _, method, fold = HEAT_MAPS[state.heat_map]
         try:
-            self.controller.start(RunOptions(occlusion=method, occlusion_fold=fold))
+            self.controller.start(RunOptions.for_heat_map(state.heat_map))
         except BrainImageNetError as exc:
             self._report(exc)
             return
