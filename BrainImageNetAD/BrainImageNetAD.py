@@ -161,7 +161,7 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         from BrainImageNetADLib.job import RunOptions
 
-        options = RunOptions.for_heat_map(self.ui.heatMapComboBox.currentData)
+        options = RunOptions.for_heat_map(self.ui.heatMapComboBox.currentData, self.ui.forceCheckBox.checked)
         with slicer.util.tryWithErrorDisplay(_("Could not start the prediction."), waitCursor=True):
             self.logic.controller().start(options, python=self.logic.python())
             self.ui.statusLabel.text = _("starting")

@@ -138,7 +138,9 @@ class CaseController:
         if before == "running" and status.state == "done":
             self.load_results(self.job.out_dir)
         if status.state != "running":
-            self.warnings = self.job.warnings()
+            result = self.state.result if status.state == "done" else None
+            qc_warnings = ((result or {}).get("qc") or {}).get("warnings") or []
+            self.warnings = self.job.warnings() + [f"QC: {w}" for w in qc_warnings]
         return status
 
     def cancel(self) -> None:

@@ -49,10 +49,10 @@ class RunOptions:
     threads: int | None = None
 
     @classmethod
-    def for_heat_map(cls, name: str) -> RunOptions:
-        """Options of a ``HEAT_MAPS`` choice."""
+    def for_heat_map(cls, name: str, force: bool = False) -> RunOptions:
+        """Options of a ``HEAT_MAPS`` choice (``force``: predict even when QC fails)."""
         _, method, fold = HEAT_MAPS[name]
-        return cls(occlusion=method, occlusion_fold=fold)
+        return cls(occlusion=method, occlusion_fold=fold, force=force)
 
 
 @dataclass

@@ -72,6 +72,7 @@ class WebApp:
                 "max_upload_mb": max_upload_mb,
                 "input_name": "",
                 "running": False,
+                "force": False,
                 "stages": dict.fromkeys(STAGE_GROUPS, 0),
                 "stage_message": "",
                 "error": "",
@@ -157,7 +158,7 @@ class WebApp:
         """Start a prediction on the input and poll it until it ends."""
         state = self.server.state
         try:
-            self.controller.start(RunOptions.for_heat_map(state.heat_map))
+            self.controller.start(RunOptions.for_heat_map(state.heat_map, bool(state.force)))
         except BrainImageNetError as exc:
             self._report(exc)
             return
@@ -299,6 +300,7 @@ class WebApp:
                 )
                 html.Div("Input: {{ input_name || 'none' }}", classes="text-body-2", id="input-name")
                 v.VSelect(label="Heat map", v_model=("heat_map",), items=("heat_maps",), density="compact", disabled=("running",))
+                v.VCheckbox(label="Predict even when QC fails", v_model=("force",), density="compact", hide_details=True)
                 with v.VRow(dense=True, classes="my-1"):
                     v.VBtn("Run", click=self.run, disabled=("running || !input_name",), color="primary", id="run", classes="ma-1")
                     v.VBtn("Cancel", click=self.cancel, v_if=("running",), color="error", id="cancel", classes="ma-1")
