@@ -196,6 +196,7 @@ def test_saved_scene_restores_nodes_and_state(ran: CaseController, tmp_path: Pat
     np.testing.assert_allclose(heat_after, heat_before)
     assert restored.node("Regions").GetSegmentation().GetNumberOfSegments() == 4
     assert restored.node("RegionTable").GetNumberOfRows() == ran.node("RegionTable").GetNumberOfRows()
+    assert coloured(other.pixels(0)).mean() > 0.01, "the restored views do not show the heat map"
     ran.set_threshold_preset("balanced")
 
 

@@ -238,3 +238,22 @@ def test_demo_makes_a_demonstration_bundle_and_resumes(tmp_path: Path) -> None:
     messages: list[str] = []
     run_demo(tmp_path / "demo", settings, log=messages.append)
     assert len(messages) == 5 and all(m.endswith("already done") for m in messages)
+
+
+def test_precise_batch_norm_gives_evaluation_the_statistics_training_used(cohort: Path, tmp_path: Path) -> None:
+    """Without precise batch norm, a short training leaves the running statistics far from the
+    ones the network was trained with, and evaluation-mode outputs drift; with it they agree."""
+    store = MapStore(read_manifest(cohort), ["GMD", "GMV"])
+    x = store.get(list(range(len(store.scans))))
+
+    def drift(precise_bn: int) -> float:
+        out = tmp_path / f"precise{precise_bn}"
+        train(TrainConfig(task="sex", folds=0, epochs=2, precise_bn=precise_bn, seed=3, **QUICK), cohort, out, log=lambda m: None)
+        _, (model,) = load_fold_models(out / "bundle")
+        with torch.no_grad():
+            evaluation = torch.sigmoid(model.eval()(x)).flatten()
+            batch_statistics = torch.sigmoid(model.train()(x)).flatten()  # every scan in one batch
+        return float((evaluation - batch_statistics).abs().mean())
+
+    with_precise, without = drift(1000), drift(0)
+    assert with_precise < 0.5 * without, (with_precise, without)
