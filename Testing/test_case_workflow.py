@@ -25,6 +25,7 @@ from BrainImageNetADLib.controller import DEMO_BANNER, CaseController  # noqa: E
 from BrainImageNetADLib.errors import InputError  # noqa: E402
 from BrainImageNetADLib.job import STAGE_GROUPS, RunOptions  # noqa: E402
 from BrainImageNetADLib.mrml import volume_node_array  # noqa: E402
+from BrainImageNetADLib.report import standalone_html  # noqa: E402
 from BrainImageNetADLib.resources import default_bundle, sample_t1  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -212,6 +213,8 @@ def test_report_has_result_intended_use_and_slices_without_identifiers(ran: Case
         assert "colin27" not in text.lower() and str(ran.work_dir) not in text and "Sample T1" not in text
     pixels = np.asarray(Image.open(tmp_path / "report_slices.png").convert("RGB"))
     assert coloured(pixels).mean() > 0.01
+    page = standalone_html(tmp_path / "report.html")
+    assert 'src="data:image/png;base64,' in page and "report_slices.png" not in page
 
 
 def test_cancel_stops_the_run_and_a_bad_input_fails_with_its_message(viewer: Viewer, tmp_path: Path) -> None:

@@ -158,3 +158,13 @@ def write_report(
     write_bytes_atomic(folder / SLICES_PNG, slices_png(t1, heat, labels, cutoff))
     write_json_atomic(folder / REPORT_JSON, content)
     return write_bytes_atomic(folder / REPORT_HTML, _html(content).encode("utf-8"))
+
+
+def standalone_html(html_path: str | Path) -> str:
+    """The report page of ``write_report`` as one self-contained HTML text (the PNG embedded), for
+    a download."""
+    import base64
+
+    html_path = Path(html_path)
+    png = base64.b64encode((html_path.parent / SLICES_PNG).read_bytes()).decode()
+    return html_path.read_text().replace(f'src="{SLICES_PNG}"', f'src="data:image/png;base64,{png}"')

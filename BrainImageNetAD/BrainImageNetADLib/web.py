@@ -236,14 +236,10 @@ class WebApp:
 
     def download_report(self) -> Any:
         """The report as one HTML file (the slices embedded), as a download attachment."""
-        import base64
-
-        from .report import SLICES_PNG
+        from .report import standalone_html
 
         html_path = self.controller.write_report(self.controller.work_dir / "report")
-        png = base64.b64encode((html_path.parent / SLICES_PNG).read_bytes()).decode()
-        html = html_path.read_text().replace(f'src="{SLICES_PNG}"', f'src="data:image/png;base64,{png}"')
-        return self.server.protocol.addAttachment(html.encode())
+        return self.server.protocol.addAttachment(standalone_html(html_path).encode())
 
     # -- session -------------------------------------------------------------------------------
     def _on_connect(self, **_: Any) -> None:
