@@ -130,7 +130,11 @@ class WebApp:
     def load_sample(self) -> None:
         """Load the bundled sample T1 as the input."""
         self.server.state.error = ""
-        node = self.controller.load_sample()
+        try:
+            node = self.controller.load_sample()
+        except (BrainImageNetError, FileNotFoundError) as exc:
+            self._report(exc)
+            return
         self.server.state.input_name = node.GetName()
 
     def upload(self, files: list[dict] | dict | None) -> None:
@@ -225,7 +229,11 @@ class WebApp:
 
     def _on_model(self, model: str, **_: Any) -> None:
         if model != self.controller.bundle_path().name:
-            self.controller.set_model(resources_dir() / "Models" / model)
+            try:
+                self.controller.set_model(resources_dir() / "Models" / model)
+            except (BrainImageNetError, FileNotFoundError) as exc:
+                self._report(exc)
+                return
             self._show_notice()
             self._show_prediction()
 
