@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -367,6 +368,9 @@ def serve(host: str = "127.0.0.1", port: int = 8080, max_upload_mb: float = 200.
     """Start the page on ``host:port`` (blocking until the server stops)."""
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     from trame.app import get_server
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {host}: anyone who reaches this address can use the page and see its case", file=sys.stderr)
 
     server = get_server("brainimagenet-ad", client_type="vue3")
     app = WebApp(server, max_upload_mb, heat_map)
