@@ -54,6 +54,7 @@ def page_server(tmp_path: Path):
     yield f"http://127.0.0.1:{port}/", tmp_path
     process.terminate()
     process.wait(30)
+    assert not list(tmp_path.glob("brainimagenet-ad-*")), "the server left its session folder behind"
 
 
 def view_pixels(screenshot: bytes, box: dict[str, float]) -> np.ndarray:

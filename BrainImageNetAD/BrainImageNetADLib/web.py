@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -365,7 +366,8 @@ class WebApp:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8080, max_upload_mb: float = 200.0, heat_map: str = "ensemble") -> None:
-    """Start the page on ``host:port`` (blocking until the server stops)."""
+    """Start the page on ``host:port``, blocking until the server stops (Ctrl-C or SIGTERM); the
+    session's files are deleted then."""
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     from trame.app import get_server
 
@@ -374,5 +376,8 @@ def serve(host: str = "127.0.0.1", port: int = 8080, max_upload_mb: float = 200.
 
     server = get_server("brainimagenet-ad", client_type="vue3")
     app = WebApp(server, max_upload_mb, heat_map)
-    server.start(host=host, port=port, open_browser=False, timeout=0)
-    app.controller.close()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop as Ctrl-C does, through the finally below
+    try:
+        server.start(host=host, port=port, open_browser=False, timeout=0)
+    finally:
+        app.controller.close()
