@@ -59,7 +59,7 @@ def test_predict_sample_t1_end_to_end_with_the_shipped_bundle(tmp_path: Path) ->
     result = run_cli("predict", "--sample", "--progress", "--occlusion-fold", "0", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     stages = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("progress: ")]
-    assert stages[:6] == ["read", "affine", "n4", "syn", "segment", "write"] and set(stages[6:]) == {"occlusion"}
+    assert stages[:7] == ["read", "affine", "n4", "syn", "segment", "write", "ensemble"] and set(stages[7:]) == {"occlusion"}
     out = json.loads((tmp_path / "result.json").read_text())
     assert out["trained"] is True and out["demo"] is True and "DEMONSTRATION MODEL" in out["intended_use"]
     assert out["sensitivity"] is not None and 0.0 < out["probability"] < 1.0
@@ -73,6 +73,8 @@ def test_predict_sample_t1_end_to_end_with_the_shipped_bundle(tmp_path: Path) ->
     t1, native = nib.load(str(COLIN27_T1)), nib.load(str(tmp_path / "occlusion_native.nii.gz"))
     assert native.shape == t1.shape
     np.testing.assert_allclose(native.affine, t1.affine, atol=1e-3)
+    regions = nib.load(str(tmp_path / out["regions_native"]))
+    assert regions.shape == t1.shape and set(np.unique(np.asanyarray(regions.dataobj))) == {0, 37, 38, 39, 40}
     mni = np.asanyarray(nib.load(str(tmp_path / "occlusion.nii.gz")).dataobj)
     assert np.abs(mni).max() > 0 and np.abs(np.asanyarray(native.dataobj)).max() > 0
 
