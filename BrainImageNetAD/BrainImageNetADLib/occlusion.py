@@ -180,7 +180,9 @@ def _gradient_x_input(models: list[torch.nn.Module], x: np.ndarray, started: flo
     probability = torch.stack([torch.sigmoid(m(xt))[0] for m in models]).mean()
     (gradient,) = torch.autograd.grad(probability, xt)
     importance = (gradient * xt).detach()[0].sum(dim=0).numpy().astype(np.float32)
-    return OcclusionMap(importance, np.zeros((0, 3), int), np.zeros(0), float(probability), "gradient", time.perf_counter() - started)
+    return OcclusionMap(
+        importance, np.zeros((0, 3), int), np.zeros(0), float(probability.detach()), "gradient", time.perf_counter() - started
+    )
 
 
 def region_summary(importance: np.ndarray, top: int = 10) -> dict[str, Any]:
