@@ -97,6 +97,12 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateGUIFromState(self) -> None:
         """Show the state held by the parameter node (also after a scene is loaded)."""
+        if missingPackages():
+            self.ui.demoBannerLabel.text = _("Python packages needed: {packages}. Press Run to install them.").format(
+                packages=", ".join(missingPackages())
+            )
+            self.ui.applyButton.enabled = True
+            return
         controller = self.logic.controller()
         state = controller.state
         self.ui.inputSelector.blockSignals(True)
@@ -157,7 +163,9 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUIFromState()
 
     def onApply(self) -> None:
-        if not ensureDependencies():
+        if missingPackages():
+            if ensureDependencies():
+                self.updateGUIFromState()  # installed: now choose an input and press Run
             return
         from BrainImageNetADLib.job import RunOptions
 
@@ -215,11 +223,16 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(path)))
 
 
-def ensureDependencies() -> bool:
-    """Check the Python packages the library needs; offer to install the missing ones."""
+def missingPackages() -> list:
+    """pip requirements of the packages the library needs that Slicer's Python lacks."""
     import importlib.util
 
-    missing = [req for name, req in REQUIRED_PACKAGES if importlib.util.find_spec(name) is None]
+    return [req for name, req in REQUIRED_PACKAGES if importlib.util.find_spec(name) is None]
+
+
+def ensureDependencies() -> bool:
+    """Offer to install the missing packages (``missingPackages``); True once they are present."""
+    missing = missingPackages()
     if not missing:
         return True
     if not slicer.util.confirmOkCancelDisplay(
@@ -242,7 +255,10 @@ def ensureDependencies() -> bool:
             logging.info("PyTorch extension not installed; installing torch with pip")
     with slicer.util.WaitCursor():
         slicer.util.pip_install(missing)
-    return True
+    import importlib
+
+    importlib.invalidate_caches()
+    return not missingPackages()
 
 
 class BrainImageNetADLogic(ScriptedLoadableModuleLogic):
