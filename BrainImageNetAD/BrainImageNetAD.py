@@ -131,9 +131,7 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsCollapsibleButton.enabled = prediction is not None
         if prediction is None:
             return
-
-        def percent(value):
-            return _("not recorded") if value is None else f"{100 * value:.1f}%"
+        from BrainImageNetADLib.ensemble import percent
 
         self.ui.thresholdSlider.blockSignals(True)
         self.ui.thresholdSlider.value = prediction.threshold

@@ -40,6 +40,7 @@ class CaseController:
         self.job: PredictionJob | None = None
         self.warnings: list[str] = []
         self._runs = 0
+        self._cards: dict[Path, ModelCard] = {}
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -87,7 +88,8 @@ class CaseController:
 
     def bundle_path(self) -> Path:
         """Folder of the chosen model bundle (the shipped default when none is chosen)."""
-        return Path(self.state.model_path) if self.state.model_path else default_bundle()
+        model_path = self.state.model_path
+        return Path(model_path) if model_path else default_bundle()
 
     def set_model(self, path: str | Path | None) -> ModelCard:
         """Choose a model bundle folder (None: the shipped default); its card is read and checked."""
@@ -96,8 +98,11 @@ class CaseController:
         return card
 
     def card(self) -> ModelCard:
-        """The model card of the chosen bundle."""
-        return read_card(self.bundle_path())
+        """The model card of the chosen bundle (read once per bundle: a slider move reads no file)."""
+        path = self.bundle_path()
+        if path not in self._cards:
+            self._cards[path] = read_card(path)
+        return self._cards[path]
 
     def notice(self) -> dict[str, Any]:
         """What the panel always shows about the model: name, intended use, the demo banner."""
@@ -124,7 +129,7 @@ class CaseController:
         storage.SetFileName(str(t1_path))
         if not storage.WriteData(volume):
             raise InputError(f"could not write {volume.GetName()} for the run")
-        options = options or RunOptions(occlusion=self.state.occlusion)
+        options = options or RunOptions()
         self.warnings = []
         self.job = PredictionJob(t1_path, run_dir / "output", self.bundle_path(), options, python)
         return self.job
@@ -159,12 +164,12 @@ class CaseController:
             old = self.node(role)
             if old is not None:
                 self.scene.RemoveNode(old)
-        heat = regions = centre = None
+        heat = regions = table = centre = None
         occlusion = result.get("occlusion") or {}
         if "native" in occlusion.get("files", {}):
             heat = mrml_scene.read_volume(self.scene, out_dir / occlusion["files"]["native"], mrml_scene.HEAT_MAP_NAME)
             mrml_scene.show_heat_map(heat, self.state.cutoff)
-            self._set_node("RegionTable", mrml_scene.region_table(self.scene, occlusion["regions"]["top_regions"]))
+            table = mrml_scene.region_table(self.scene, occlusion["regions"]["top_regions"])
         if result.get("regions_native"):
             from .atlas import REGIONS
 
@@ -174,6 +179,7 @@ class CaseController:
             self.scene.RemoveNode(labels)
         self._set_node("HeatMap", heat)
         self._set_node("Regions", regions)
+        self._set_node("RegionTable", table)
         self._update(result=result, threshold=result["threshold"])
         mrml_scene.set_up_views(self.app_logic, self.node("InputVolume"), heat, self.state.opacity, centre)
         return result

@@ -38,6 +38,11 @@ class Prediction:
         return asdict(self)
 
 
+def percent(rate: float | None) -> str:
+    """A sensitivity or specificity in [0, 1] as text for people ("87.4%"); "not recorded" for None."""
+    return "not recorded" if rate is None else f"{100 * rate:.1f}%"
+
+
 def classify(probability: float, fold_probabilities: list[float], card: ModelCard, threshold: float) -> Prediction:
     """Apply ``threshold`` to an ensemble probability and read the operating point from ``card``.
 

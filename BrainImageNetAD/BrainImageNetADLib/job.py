@@ -159,7 +159,8 @@ class PredictionJob:
         return self.status
 
     def warnings(self) -> list[str]:
-        """Lines the child printed that are neither progress nor the final error (QC warnings)."""
+        """Lines the child printed that are neither progress nor the final error (warnings of the
+        libraries it ran; the QC warnings are in the result)."""
         return [e for e in self._errors if not e.startswith("error: ")]
 
     def cancel(self) -> None:

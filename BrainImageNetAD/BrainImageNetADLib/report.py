@@ -16,7 +16,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import write_bytes_atomic, write_json_atomic
-from .ensemble import Prediction
+from .ensemble import Prediction, percent
 from .mrml import volume_node_array
 
 REPORT_HTML = "report.html"
@@ -105,9 +105,6 @@ def slices_png(t1: Any, heat: Any | None, labels: np.ndarray | None, cutoff: flo
 
 
 def _html(content: dict[str, Any]) -> str:
-    def percent(value: float | None) -> str:
-        return "not recorded" if value is None else f"{100 * value:.1f}%"
-
     e = html.escape
     rows = "".join(
         f"<tr><td>{r['rank']}</td><td>{e(r['name'])}</td><td>{r['mean']:+.4f}</td><td>{r['peak']:+.4f}</td></tr>"

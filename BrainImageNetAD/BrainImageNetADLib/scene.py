@@ -8,7 +8,6 @@ All volumes here live in the patient's native space (RAS, mm), on the grid of th
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import replacing
 from .errors import InputError
 
 #: Name of the module; its parameter node is the scene's singleton of that tag.
@@ -83,10 +83,7 @@ def show_heat_map(node: Any, cutoff: float = 0.2) -> None:
 
     scene = node.GetScene()
     peak = float(np.abs(arrayFromVolume(node)).max()) or 1.0
-    display = node.GetDisplayNode()
-    if display is None:
-        node.CreateDefaultDisplayNodes()
-        display = node.GetDisplayNode()
+    display = node.GetDisplayNode()  # made by read_volume
     display.SetAndObserveColorNodeID(occlusion_color_node(scene, cutoff).GetID())
     display.SetAutoWindowLevel(False)
     display.SetWindowLevelMinMax(-peak, peak)
@@ -214,7 +211,6 @@ class SceneState:
     threshold: float = 0.5
     opacity: float = 0.6
     cutoff: float = 0.2
-    occlusion: str = "incremental"
     result: dict[str, Any] | None = None
 
 
@@ -224,7 +220,6 @@ def save_state(node: Any, state: SceneState) -> None:
     node.SetParameter("Threshold", repr(float(state.threshold)))
     node.SetParameter("Opacity", repr(float(state.opacity)))
     node.SetParameter("Cutoff", repr(float(state.cutoff)))
-    node.SetParameter("Occlusion", state.occlusion)
     node.SetParameter("Result", "" if state.result is None else json.dumps(state.result))
 
 
@@ -242,7 +237,6 @@ def load_state(node: Any) -> SceneState:
         threshold=number("Threshold", default.threshold),
         opacity=number("Opacity", default.opacity),
         cutoff=number("Cutoff", default.cutoff),
-        occlusion=node.GetParameter("Occlusion") or default.occlusion,
         result=json.loads(result) if result else None,
     )
 
@@ -252,17 +246,14 @@ def save_scene_bundle(app_logic: Any, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".mrb":
         raise InputError(f"a scene bundle must end in .mrb, got {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="brainimagenet-mrb-") as folder:
         bundle_dir = Path(folder) / path.stem
         bundle_dir.mkdir()
         if not app_logic.SaveSceneToSlicerDataBundleDirectory(str(bundle_dir), None):
             raise InputError(f"could not save the scene to {path}")
-        tmp = Path(folder) / path.name
-        if not app_logic.Zip(str(tmp), str(bundle_dir)):
-            raise InputError(f"could not write {path}")
-        shutil.move(str(tmp), str(path.with_name(f".{path.name}.tmp")))
-        path.with_name(f".{path.name}.tmp").replace(path)
+        with replacing(path) as tmp:
+            if not app_logic.Zip(str(tmp), str(bundle_dir)):
+                raise InputError(f"could not write {path}")
     return path
 
 

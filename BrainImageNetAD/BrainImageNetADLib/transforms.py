@@ -4,8 +4,6 @@ native T1 grid, with the transforms a preprocessing folder keeps (``transforms/`
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -74,18 +72,8 @@ def write_native(data: np.ndarray, preprocessing_dir: str | Path, path: str | Pa
     """Write a map on the model grid (96, 120, 86) or the MNI grid (121, 145, 121) onto the
     patient's native T1 grid as a NIfTI file, atomically. ``labels``: nearest-label interpolation
     and an unsigned 8-bit label map; otherwise linear interpolation and float32."""
-    import ants
+    from .atomic import write_nifti_atomic
 
-    path = Path(path)
     image = mni_to_native(data, preprocessing_dir, interpolator="genericLabel" if labels else "linear")
-    if labels:
-        image = image.clone("unsigned char")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        ants.image_write(image, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    values = np.rint(image.numpy()).astype(np.uint8) if labels else image.numpy().astype(np.float32)
+    return write_nifti_atomic(path, values, templates.ras_affine(image), "native T1 grid")

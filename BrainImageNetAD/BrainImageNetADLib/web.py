@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .controller import CaseController
+from .ensemble import percent
 from .errors import BrainImageNetError
 from .job import HEAT_MAPS, STAGE_GROUPS, RunOptions
 from .resources import resources_dir
@@ -114,8 +115,8 @@ class WebApp:
                 "probability": round(prediction.probability, 4),
                 "fold_probabilities": ", ".join(f"{p:.3f}" for p in prediction.fold_probabilities),
                 "label": prediction.label,
-                "sensitivity": "not recorded" if prediction.sensitivity is None else f"{100 * prediction.sensitivity:.1f}%",
-                "specificity": "not recorded" if prediction.specificity is None else f"{100 * prediction.specificity:.1f}%",
+                "sensitivity": percent(prediction.sensitivity),
+                "specificity": percent(prediction.specificity),
                 "qc_verdict": (result.get("qc") or {}).get("verdict", "not run"),
                 "qc_volumes": (result.get("qc") or {}).get("volumes_ml") or {},
                 "regions": [
