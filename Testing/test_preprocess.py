@@ -13,7 +13,10 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from BrainImageNetADLib import grid, templates, transforms
+from BrainImageNetADLib.ensemble import Ensemble
+from BrainImageNetADLib.maps import load_model_input
 from BrainImageNetADLib.preprocess import OUTPUT_FILES, preprocess_t1
+from BrainImageNetADLib.resources import default_bundle
 from BrainImageNetADLib.worker import run_isolated
 
 COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
@@ -51,17 +54,20 @@ def test_outputs_are_on_the_spm_mni_grid(colin: tuple[Path, dict]) -> None:
     gmd = np.asanyarray(nib.load(str(out / "gmd.nii.gz")).dataobj)
     gmv = np.asanyarray(nib.load(str(out / "gmv.nii.gz")).dataobj)
     assert gmd.min() >= 0.0 and gmd.max() <= 1.0 and gmv.min() >= 0.0
-    assert list(report["seconds"]) == ["read", "affine", "n4", "syn", "segment", "write", "total"]
+    assert list(report["seconds"]) == ["read", "affine", "n4", "segment", "syn", "write", "total"]
     written = json.loads((out / "qc.json").read_text())
     assert written["verdict"] in ("pass", "warn") and written["seconds"]["total"] > 0
 
 
 def test_grey_matter_follows_the_template(colin: tuple[Path, dict]) -> None:
-    """Fidelity: measured 0.71 on Colin27 (README); GM must sit in grey matter, not white matter."""
+    """Fidelity: target 0.85, measured 0.88 on Colin27 (README); GM must sit in grey matter, not
+    white matter, and the reported figure must be that of the written map."""
     out, report = colin
     tm = templates.mni_templates_on_grid()
     gmd = np.asanyarray(nib.load(str(out / "gmd.nii.gz")).dataobj)
-    assert report["measures"]["gm_template_correlation"] >= 0.65
+    inside = tm["mask"] > 0
+    assert _corr(gmd[inside], tm["GM"][inside]) == pytest.approx(report["measures"]["gm_template_correlation"], abs=1e-3)
+    assert report["measures"]["gm_template_correlation"] >= 0.85
     assert gmd[tm["GM"] > 0.7].mean() > 0.7
     assert gmd[tm["WM"] > 0.9].mean() < 0.05
     volumes = report["volumes_ml"]
@@ -122,8 +128,8 @@ def _variant(tmp_path: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize(
     ("kind", "min_gmd_correlation", "min_gmv_correlation"),
-    # Measured: flipped 1.00/1.00, anisotropic 0.96/0.94, rotated 0.95/0.92 (README).
-    [("flipped_axes", 0.99, 0.99), ("anisotropic", 0.95, 0.93), ("rotated", 0.945, 0.91)],
+    # Target 0.95 for both maps. Measured: flipped 1.00/1.00, anisotropic 0.99/0.99, rotated 0.99/0.99 (README).
+    [("flipped_axes", 0.99, 0.99), ("anisotropic", 0.95, 0.95), ("rotated", 0.95, 0.95)],
 )
 def test_storage_does_not_change_the_maps(
     colin: tuple[Path, dict], tmp_path: Path, kind: str, min_gmd_correlation: float, min_gmv_correlation: float
@@ -133,6 +139,15 @@ def test_storage_does_not_change_the_maps(
     preprocess(_variant(tmp_path, kind), variant_out)
     assert _corr(_model_grid(variant_out / "gmd.nii.gz"), _model_grid(out / "gmd.nii.gz")) >= min_gmd_correlation
     assert _corr(_model_grid(variant_out / "gmv.nii.gz"), _model_grid(out / "gmv.nii.gz")) >= min_gmv_correlation
+    # The shipped ensemble gives nearly the same probability for both copies.
+    ensemble = Ensemble.from_bundle(default_bundle())
+    probabilities = [
+        ensemble.predict_proba(
+            load_model_input({c: folder / f"{c.lower()}.nii.gz" for c in ensemble.card.channels}, ensemble.card.channels)[0][None]
+        )[0][0]
+        for folder in (out, variant_out)
+    ]
+    assert abs(probabilities[0] - probabilities[1]) < 0.05, probabilities
 
 
 def test_atlas_labels_reach_the_native_grid(colin: tuple[Path, dict], tmp_path: Path) -> None:
@@ -155,7 +170,7 @@ def test_atlas_labels_reach_the_native_grid(colin: tuple[Path, dict], tmp_path: 
 
 
 def test_mni152_t1_gives_the_template_grey_matter(tmp_path: Path) -> None:
-    """Fidelity on the template's own scan: measured 0.90 (README); the target is 0.85."""
+    """Fidelity on the template's own scan: measured 0.95 (README); the target is 0.85."""
     report = preprocess(templates.template_path(templates.MNI_T1), tmp_path)
     assert report["measures"]["gm_template_correlation"] >= 0.85
     assert report["verdict"] == "pass"

@@ -91,6 +91,24 @@ def test_non_t1_contrast_fails_qc_and_stops_prediction(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "out" / "result.json").read_text())["qc"]["verdict"] == "fail"
 
 
+@pytest.mark.slow
+def test_a_very_noisy_scan_fails_qc_on_contrast_to_noise(tmp_path: Path) -> None:
+    """Noise at 35% of the white-matter intensity: the GM map follows the template priors (its
+    template correlation stays high), so the tissue model's contrast-to-noise ratio must fail it."""
+    from BrainImageNetADLib.preprocess import preprocess_t1
+
+    data, affine = _colin()
+    rng = np.random.default_rng(0)
+    sigma = 0.35 * float(np.percentile(data[data > 0], 95))
+    noisy = np.hypot(data + rng.normal(0, sigma, data.shape), rng.normal(0, sigma, data.shape)).astype(np.float32)  # Rician
+    path = tmp_path / "noisy.nii.gz"
+    nib.save(nib.Nifti1Image(noisy, affine), str(path))
+    report = run_isolated(preprocess_t1, path, tmp_path / "out")
+    assert report["verdict"] == "fail"
+    assert report["measures"]["gm_wm_contrast_to_noise"] < 0.8
+    assert any("contrast-to-noise" in failure for failure in report["failures"])
+
+
 def test_collect_jobs_reads_bids_csv_and_folders(tmp_path: Path) -> None:
     bids = tmp_path / "bids"
     for subject, session in (("sub-01", None), ("sub-02", "ses-1"), ("sub-02", "ses-2")):

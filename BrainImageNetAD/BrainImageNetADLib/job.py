@@ -18,7 +18,7 @@ from pathlib import Path
 
 #: Stage groups shown as progress bars, and the stage names the command line prints for each.
 STAGE_GROUPS = {
-    "Preprocessing": ("read", "affine", "n4", "syn", "segment", "write"),
+    "Preprocessing": ("read", "affine", "n4", "segment", "syn", "write"),
     "Ensemble": ("ensemble",),
     "Occlusion map": ("occlusion",),
 }

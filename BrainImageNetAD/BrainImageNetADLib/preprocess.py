@@ -1,11 +1,14 @@
 """T1 preprocessing: a raw T1 in native space to GMD and GMV maps on the MNI 1.5 mm grid.
 
-Stages (ANTsPy): read and validate -> affine to the Colin27 head (3 mm) -> template brain mask ->
-N4 bias correction (low resolution, field applied at full resolution) -> affine + SyN of the
-brain to the MNI152 2009 T1 (2 mm) -> T1 resampled onto the 121x145x121 MNI grid -> three-class
-segmentation with template priors there -> GMD = GM posterior; GMV = GMD x Jacobian determinant
-of the MNI-to-native mapping (native mm^3 per MNI mm^3) -> QC. The transforms are kept so that
-maps move between the model grid and the patient's native grid (see ``transforms``).
+The order is that of SPM's VBM with DARTEL, which produced the paper's maps: segment first, then
+register the tissue maps to tissue templates. Stages (ANTsPy): read and validate -> affine to
+the Colin27 head (3 mm), then affine of the brain to the MNI152 2009 T1 inside its brain mask
+(3 mm) -> N4 bias correction (low resolution, field applied at full resolution) -> T1 resampled
+onto the 121x145x121 MNI grid with the affine and segmented there into CSF, GM and WM with
+template priors -> diffeomorphic SyN of the GM and WM maps to the template GM and WM maps (the
+role DARTEL plays in SPM) -> GMD = GM map warped; GMV = GMD x Jacobian determinant of the
+MNI-to-native mapping (native mm^3 per MNI mm^3) -> QC. The transforms are kept so that maps move
+between the model grid and the patient's native grid (see ``transforms``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,7 @@ from . import grid, qc, templates
 from .atomic import write_json_atomic, write_nifti_atomic
 from .progress import CancelCallback, ProgressCallback, check_cancel
 from .segment import TISSUES, segment_tissues
-from .t1io import read_t1
+from .t1io import T1Image, read_t1
 
 REGISTRATION_SEED = 20220421
 
@@ -34,17 +38,20 @@ OUTPUT_FILES = ("gmd.nii.gz", "gmv.nii.gz", "t1_mni.nii.gz", "transforms", "qc_g
 
 @dataclass(frozen=True)
 class PreprocessSettings:
-    """Registration and segmentation settings of a preset (times for 2 cores, see README)."""
+    """Settings of a preset (times for 2 cores, see README): N4 fitting grid (mm), grid of the
+    tissue-map SyN (mm) and its iterations per level (coarse to fine; the levels run at 4, 2 and
+    1 times that spacing), EM iterations of the segmentation."""
 
     name: str
     n4_spacing_mm: float
+    syn_spacing_mm: float
     syn_iterations: tuple[int, int, int]
     segmentation_iterations: int
 
 
 PRESETS = {
-    "fast": PreprocessSettings("fast", 3.0, (40, 20, 0), 15),
-    "accurate": PreprocessSettings("accurate", 2.0, (100, 70, 30), 25),
+    "fast": PreprocessSettings("fast", 3.0, 2.5, (40, 20, 10), 15),
+    "accurate": PreprocessSettings("accurate", 2.0, 2.0, (60, 40, 20), 25),
 }
 
 
@@ -92,7 +99,7 @@ def preprocess_t1(
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
-    stages = ["read", "affine", "n4", "syn", "segment", "write"]
+    stages = ["read", "affine", "n4", "segment", "syn", "write"]
 
     def stage_done(name: str) -> None:
         now = time.perf_counter()
@@ -103,13 +110,98 @@ def preprocess_t1(
         check_cancel(should_cancel, "preprocessing")
 
     t1 = read_t1(t1_path)
-    native = t1.image
     # Work on a grid fixed in physical space: the same anatomy stored with other axis orders,
     # flips or voxel sizes then enters registration and segmentation identically.
-    working = ants.resample_image_to_target(native, canonical_grid(native), interp_type="linear")
+    working = ants.resample_image_to_target(t1.image, canonical_grid(t1.image), interp_type="linear")
     stage_done("read")
 
+    # ANTs writes its transforms to files: keep them in a folder removed at the end, whatever happens.
+    with tempfile.TemporaryDirectory(prefix="brainimagenet-ants-") as scratch:
+        return _normalise(t1_path, t1, working, out_dir, settings, Path(scratch), timings, stage_done)
+
+
+def _normalise(
+    t1_path: str | Path,
+    t1: T1Image,
+    working,
+    out_dir: Path,
+    settings: PreprocessSettings,
+    scratch: Path,
+    timings: dict[str, float],
+    stage_done: Callable[[str], None],
+) -> dict[str, Any]:
+    """The stages after reading (see the module docstring); ANTs files go to ``scratch``."""
+    import ants
+
+    native = t1.image
     tm = templates.mni_templates_on_grid()
+    mni_mask = templates.ants_from_ras(tm["mask"], grid.MNI_AFFINE)
+    brain_affine = _affine_to_mni(working, tm, mni_mask, scratch)
+    stage_done("affine")
+
+    lowres = ants.resample_image(working, (settings.n4_spacing_mm,) * 3, use_voxels=False, interp_type=0)
+    mask_low = ants.apply_transforms(lowres, mni_mask, brain_affine, interpolator="linear", whichtoinvert=[True])
+    mask_low = ants.threshold_image(mask_low, 0.5, 2.0).morphology("dilate", 2)
+    bias_low = ants.n4_bias_field_correction(lowres, mask=mask_low, shrink_factor=2, return_bias_field=True)
+    # Outside the head the fitted field can approach zero: bound it so that dividing cannot explode.
+    floor = 0.2 * float(np.median(bias_low.numpy()[mask_low.numpy() > 0]))
+    bias = ants.resample_image_to_target(bias_low, working, interp_type="linear").numpy()
+    corrected = working.new_image_like(working.numpy() / np.maximum(bias, floor))
+    stage_done("n4")
+
+    reference = templates.mni_grid_reference()
+    mask = tm["mask"] > 0
+    priors = np.stack([tm[t] for t in TISSUES], axis=-1)
+    t1_affine = ants.apply_transforms(reference, corrected, brain_affine, interpolator="linear").numpy()
+    affine_posteriors, tissue_model = segment_tissues(t1_affine, priors, mask, iterations=settings.segmentation_iterations)
+    stage_done("segment")
+
+    registration = _register_tissues(affine_posteriors, tm, settings, scratch)
+    warp = registration["fwdtransforms"][0]
+    posteriors = np.stack(
+        [
+            ants.apply_transforms(reference, templates.ants_from_ras(affine_posteriors[..., k], grid.MNI_AFFINE), [warp]).numpy()
+            for k in range(len(TISSUES))
+        ],
+        axis=-1,
+    ).clip(0.0, 1.0)
+    t1_mni = ants.apply_transforms(reference, corrected, [warp, *brain_affine], interpolator="linear").numpy()
+    warp_jacobian = ants.create_jacobian_determinant_image(registration["fixed"], warp)
+    warp_jacobian = ants.resample_image_to_target(warp_jacobian, reference, interp_type="linear").numpy()
+    affine_matrix = np.array(ants.read_transform(brain_affine[0]).parameters[:9]).reshape(3, 3)
+    jacobian = (warp_jacobian * abs(np.linalg.det(affine_matrix))).astype(np.float32)
+    gmd = posteriors[..., 1]
+    gmv = gmd * jacobian
+    stage_done("syn")
+
+    report = qc.assess(
+        gmd=gmd,
+        posteriors=posteriors,
+        jacobian=jacobian,
+        t1_mni=t1_mni,
+        templates_on_grid=tm,
+        tissue_model=tissue_model,
+        read_warnings=t1.warnings,
+    )
+    report.update(
+        {
+            "input": {**t1.info, "path": str(Path(t1_path).resolve())},
+            "preset": settings.name,
+            "affine_determinant": float(abs(np.linalg.det(affine_matrix))),
+        }
+    )
+    transform_files = [warp, brain_affine[0], registration["invtransforms"][1]]
+    _write_outputs(out_dir, gmd, gmv, t1_mni, transform_files, native, report, timings, stage_done)
+    return report
+
+
+def _affine_to_mni(working, tm: dict[str, np.ndarray], mni_mask, scratch: Path) -> list[str]:
+    """Affine of the T1 (canonical grid, native space) to MNI: skull to skull with the Colin27
+    head, then brain to brain with the MNI152 T1, the metric taken inside the template's brain
+    mask only, so that the brain's own outline, not a mask drawn from the first step, sets the
+    scale. Both at 3 mm. Returns the ANTs transform list (one file, MNI points to native points)."""
+    import ants
+
     head = ants.image_read(str(templates.template_path("colin27_head"))).clone("float")
     head3 = ants.resample_image(head, (3, 3, 3), use_voxels=False, interp_type=0)
     native3 = ants.resample_image(working, (3, 3, 3), use_voxels=False, interp_type=0)
@@ -120,82 +212,60 @@ def preprocess_t1(
         aff_shrink_factors=(4, 2, 1),
         aff_smoothing_sigmas=(2, 1, 0),
         aff_iterations=(1000, 500, 100),
+        outprefix=str(scratch / "head_"),
     )
-    mni_mask = templates.ants_from_ras(tm["mask"], grid.MNI_AFFINE)
-    stage_done("affine")
-
-    lowres = ants.resample_image(working, (settings.n4_spacing_mm,) * 3, use_voxels=False, interp_type=0)
-    mask_low = ants.apply_transforms(lowres, mni_mask, head_affine["invtransforms"], interpolator="linear", whichtoinvert=[True])
-    mask_low = ants.threshold_image(mask_low, 0.5, 2.0).morphology("dilate", 2)
-    bias_low = ants.n4_bias_field_correction(lowres, mask=mask_low, shrink_factor=2, return_bias_field=True)
-    # Outside the head the fitted field can approach zero: bound it so that dividing cannot explode.
-    floor = 0.2 * float(np.median(bias_low.numpy()[mask_low.numpy() > 0]))
-    bias = ants.resample_image_to_target(bias_low, working, interp_type="linear").numpy()
-    corrected = working.new_image_like(working.numpy() / np.maximum(bias, floor))
-    stage_done("n4")
-
-    moving2 = ants.resample_image(corrected, (2, 2, 2), use_voxels=False, interp_type=0)
-    mask2 = ants.resample_image_to_target(mask_low, moving2, interp_type="nearestNeighbor")
-    fixed2 = ants.resample_image(templates.ants_from_ras(tm["T1"], grid.MNI_AFFINE), (2, 2, 2), use_voxels=False, interp_type=0)
-    registration = ants.registration(
-        fixed2,
-        moving2 * mask2,
-        type_of_transform="SyN",
+    mni3 = ants.resample_image(templates.ants_from_ras(tm["T1"], grid.MNI_AFFINE), (3, 3, 3), use_voxels=False, interp_type=0)
+    mask3 = ants.resample_image_to_target(mni_mask, mni3, interp_type="nearestNeighbor").morphology("dilate", 2)
+    brain = ants.registration(
+        mni3,
+        native3,
+        mask=mask3,
+        type_of_transform="Affine",
         initial_transform=head_affine["fwdtransforms"],
-        reg_iterations=settings.syn_iterations,
         aff_shrink_factors=(4, 2, 1),
         aff_smoothing_sigmas=(2, 1, 0),
-        aff_iterations=(500, 200, 50),
+        aff_iterations=(100, 50, 10),
         aff_random_sampling_rate=1.0,
+        outprefix=str(scratch / "brain_"),
     )
-    stage_done("syn")
+    return brain["fwdtransforms"]
 
-    reference = templates.mni_grid_reference()
-    t1_mni = ants.apply_transforms(reference, corrected, registration["fwdtransforms"], interpolator="linear").numpy()
-    warp_jacobian = ants.create_jacobian_determinant_image(fixed2, registration["fwdtransforms"][0])
-    warp_jacobian = ants.resample_image_to_target(warp_jacobian, reference, interp_type="linear").numpy()
-    affine_matrix = np.array(ants.read_transform(registration["fwdtransforms"][1]).parameters[:9]).reshape(3, 3)
-    jacobian = (warp_jacobian * abs(np.linalg.det(affine_matrix))).astype(np.float32)
-    mask = tm["mask"] > 0
-    priors = np.stack([tm[t] for t in TISSUES], axis=-1)
-    posteriors, means = segment_tissues(t1_mni, priors, mask, iterations=settings.segmentation_iterations)
-    gmd = posteriors[..., 1]
-    gmv = gmd * jacobian
-    stage_done("segment")
 
-    report = qc.assess(
-        gmd=gmd,
-        posteriors=posteriors,
-        jacobian=jacobian,
-        t1_mni=t1_mni,
-        templates_on_grid=tm,
-        read_warnings=t1.warnings,
+def _register_tissues(posteriors: np.ndarray, tm: dict[str, np.ndarray], settings: PreprocessSettings, scratch: Path) -> dict[str, Any]:
+    """SyN of the subject's GM and WM maps (MNI grid after the affine; ``posteriors`` of shape
+    (121, 145, 121, 3)) to the template's GM and WM maps, mean squares on both, on a grid of
+    ``settings.syn_spacing_mm``. Returns ANTs' registration dict plus ``fixed`` (the grid of the
+    warp)."""
+    import ants
+
+    def on_grid(data: np.ndarray):
+        image = templates.ants_from_ras(data, grid.MNI_AFFINE)
+        return ants.resample_image(image, (settings.syn_spacing_mm,) * 3, use_voxels=False, interp_type=0)
+
+    fixed = on_grid(tm["GM"])
+    registration = ants.registration(
+        fixed,
+        on_grid(posteriors[..., 1]),
+        type_of_transform="SyNOnly",
+        initial_transform="Identity",
+        syn_metric="meansquares",
+        syn_sampling=0,
+        reg_iterations=settings.syn_iterations,
+        multivariate_extras=[("meansquares", on_grid(tm["WM"]), on_grid(posteriors[..., 2]), 1, 0)],
+        outprefix=str(scratch / "tissues_"),
     )
-    report.update(
-        {
-            "input": {**t1.info, "path": str(Path(t1_path).resolve())},
-            "preset": settings.name,
-            "tissue_means": means,
-            "affine_determinant": float(abs(np.linalg.det(affine_matrix))),
-        }
-    )
-    try:
-        _write_outputs(out_dir, gmd, gmv, t1_mni, registration, native, report, timings, stage_done)
-    finally:
-        # ANTs leaves its transform files in the system temporary folder: remove them.
-        for path in {*head_affine["fwdtransforms"], *registration["fwdtransforms"], *registration["invtransforms"]}:
-            Path(path).unlink(missing_ok=True)
-    return report
+    return {**registration, "fixed": fixed}
 
 
-def _write_outputs(out_dir: Path, gmd, gmv, t1_mni, registration, native, report, timings, stage_done) -> None:
+def _write_outputs(out_dir: Path, gmd, gmv, t1_mni, transform_files: list[str], native, report, timings, stage_done) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in (("gmd", gmd), ("gmv", gmv), ("t1_mni", t1_mni)):
         write_nifti_atomic(out_dir / f"{name}.nii.gz", np.asarray(data, dtype=np.float32), grid.MNI_AFFINE, f"BrainImageNet-AD {name}")
     staging = Path(tempfile.mkdtemp(prefix=".transforms.", dir=out_dir))
-    shutil.copyfile(registration["fwdtransforms"][0], staging / "mni_to_native_warp.nii.gz")
-    shutil.copyfile(registration["fwdtransforms"][1], staging / "mni_to_native_affine.mat")
-    shutil.copyfile(registration["invtransforms"][1], staging / "native_to_mni_warp.nii.gz")
+    for source, name in zip(
+        transform_files, ("mni_to_native_warp.nii.gz", "mni_to_native_affine.mat", "native_to_mni_warp.nii.gz"), strict=True
+    ):
+        shutil.copyfile(source, staging / name)
     native_grid = {
         "size": list(native.shape),
         "spacing": list(native.spacing),

@@ -2,10 +2,12 @@
 
 The paper excluded scans whose GMV correlated with the cohort's mean GMV template below the mean
 minus 2 SD. Without a cohort here, the measure is the spatial Pearson correlation of the subject's
-GMD with the MNI152 2009 grey-matter probability map inside the template brain mask; the default
-thresholds (``GM_CORRELATION_FAIL``, ``GM_CORRELATION_WARN``) were set from scans measured here
-(README, "Preprocessing QC"). Tissue contrast (CSF < GM < WM on a T1) and total intracranial
-volume are checked too.
+GMD with the MNI152 2009 grey-matter probability map inside the template brain mask. Because the
+GM map is registered to that template, a scan whose segmentation followed the priors rather than
+its intensities (heavy noise) also correlates well: the grey/white contrast-to-noise ratio of the
+fitted tissue model catches that case. Tissue contrast (CSF < GM < WM on a T1) and total
+intracranial volume are checked too. Default thresholds were set from scans measured here
+(README, "Preprocessing").
 """
 
 from __future__ import annotations
@@ -18,9 +20,14 @@ import numpy as np
 from .atomic import write_bytes_atomic
 
 #: Below this GMD/template correlation the segmentation is not usable: the verdict is "fail".
-GM_CORRELATION_FAIL = 0.45
+GM_CORRELATION_FAIL = 0.6
 #: Below this the verdict is at least "warn".
-GM_CORRELATION_WARN = 0.6
+GM_CORRELATION_WARN = 0.75
+#: (WM mean - GM mean) / shared SD of the tissue model: below this the intensities cannot separate
+#: grey from white matter and the GM map is mostly the template prior ("fail").
+CONTRAST_TO_NOISE_FAIL = 0.8
+#: Below this the verdict is at least "warn".
+CONTRAST_TO_NOISE_WARN = 1.2
 #: Plausible total intracranial volume, mL: adults measure 1.2-1.9 L; brains already in MNI space
 #: (Colin27, MNI152) measure 2.1-2.7 L with the template mask, so the range is wide.
 TIV_RANGE_ML = (900.0, 2800.0)
@@ -40,10 +47,12 @@ def assess(
     jacobian: np.ndarray,
     t1_mni: np.ndarray,
     templates_on_grid: dict[str, np.ndarray],
+    tissue_model: dict[str, float],
     read_warnings: list[str],
 ) -> dict[str, Any]:
     """QC report of one preprocessing. All arrays lie on the 121x145x121 MNI grid; ``posteriors``
-    has shape (121, 145, 121, 3) for CSF, GM, WM; ``jacobian`` is native mm^3 per MNI mm^3.
+    has shape (121, 145, 121, 3) for CSF, GM, WM; ``jacobian`` is native mm^3 per MNI mm^3;
+    ``tissue_model`` holds the segmentation's class means and shared SD (``segment_tissues``).
     Returns measures, volumes in mL (native space), warnings, failures and the verdict."""
     mask = templates_on_grid["mask"] > 0
     brain = (templates_on_grid["GM"] + templates_on_grid["WM"]) > 0.5
@@ -53,11 +62,20 @@ def assess(
     tiv = sum(volumes.values())
     class_masks = [brain & (posteriors[..., k] > 0.5) for k in range(3)]
     csf, gm, wm = (float(t1_mni[m].mean()) if m.any() else 0.0 for m in class_masks)
+    contrast_to_noise = (tissue_model["WM_mean"] - tissue_model["GM_mean"]) / max(tissue_model["sd"], 1e-12)
     warnings = list(read_warnings)
     failures = []
     if not csf < gm < wm:
         failures.append(
             f"tissue contrast is not that of a T1 (mean intensity CSF {csf:.3g}, GM {gm:.3g}, WM {wm:.3g}; expected CSF < GM < WM)"
+        )
+    elif contrast_to_noise < CONTRAST_TO_NOISE_FAIL:
+        failures.append(
+            f"grey/white-matter contrast-to-noise ratio {contrast_to_noise:.2f} is too low to segment (fail below {CONTRAST_TO_NOISE_FAIL}): a very noisy scan"
+        )
+    elif contrast_to_noise < CONTRAST_TO_NOISE_WARN:
+        warnings.append(
+            f"grey/white-matter contrast-to-noise ratio {contrast_to_noise:.2f} is low (warn below {CONTRAST_TO_NOISE_WARN}): check qc_gmd.png"
         )
     if gm_correlation < GM_CORRELATION_FAIL:
         failures.append(
@@ -79,8 +97,15 @@ def assess(
         "measures": {
             "gm_template_correlation": round(gm_correlation, 4),
             "t1_template_correlation": round(t1_correlation, 4),
-            "thresholds": {"gm_template_correlation_fail": GM_CORRELATION_FAIL, "gm_template_correlation_warn": GM_CORRELATION_WARN},
+            "gm_wm_contrast_to_noise": round(contrast_to_noise, 3),
+            "thresholds": {
+                "gm_template_correlation_fail": GM_CORRELATION_FAIL,
+                "gm_template_correlation_warn": GM_CORRELATION_WARN,
+                "gm_wm_contrast_to_noise_fail": CONTRAST_TO_NOISE_FAIL,
+                "gm_wm_contrast_to_noise_warn": CONTRAST_TO_NOISE_WARN,
+            },
         },
+        "tissue_model": {k: round(v, 4) for k, v in tissue_model.items()},
         "volumes_ml": {**{k: round(v, 1) for k, v in volumes.items()}, "TIV_ml": round(tiv, 1)},
     }
 

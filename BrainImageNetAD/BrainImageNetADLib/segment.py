@@ -17,8 +17,9 @@ def segment_tissues(
     Each class has one Gaussian intensity model with a variance shared by the three classes (so
     that no class absorbs the tails of the others, such as sulcal CSF into a broad GM class); the
     posterior of class k at a voxel is proportional to prior_k ** prior_weight *
-    N(intensity; mean_k, sd). Returns posteriors of
-    shape (I, J, K, 3) (zero outside the mask, summing to 1 inside) and the fitted class means.
+    N(intensity; mean_k, sd). Returns posteriors of shape (I, J, K, 3) (zero outside the mask,
+    summing to 1 inside) and the fitted model: class means ``CSF_mean``, ``GM_mean``, ``WM_mean``
+    and the shared standard deviation ``sd``, in the T1's intensity units.
     """
     if t1.shape != mask.shape or priors.shape != (*mask.shape, 3):
         raise ValueError(f"shapes differ: t1 {t1.shape}, priors {priors.shape}, mask {mask.shape}")
@@ -28,6 +29,7 @@ def segment_tissues(
     log_prior = prior_weight * np.log(p_prior + 1e-4)
     posterior = p_prior.copy()
     means = np.zeros(3)
+    sd = 1.0
     for _ in range(iterations):
         weight = posterior.sum(axis=0) + 1e-9
         means = (posterior * x[:, None]).sum(axis=0) / weight
@@ -38,4 +40,4 @@ def segment_tissues(
         posterior /= posterior.sum(axis=1, keepdims=True)
     out = np.zeros((*mask.shape, 3), dtype=np.float32)
     out[mask] = posterior
-    return out, {f"{t}_mean": float(m) for t, m in zip(TISSUES, means, strict=True)}
+    return out, {**{f"{t}_mean": float(m) for t, m in zip(TISSUES, means, strict=True)}, "sd": sd}
