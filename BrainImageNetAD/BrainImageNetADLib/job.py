@@ -16,9 +16,11 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .progress import PREPROCESSING_STAGES
+
 #: Stage groups shown as progress bars, and the stage names the command line prints for each.
 STAGE_GROUPS = {
-    "Preprocessing": ("read", "affine", "n4", "segment", "syn", "write"),
+    "Preprocessing": PREPROCESSING_STAGES,
     "Ensemble": ("ensemble",),
     "Occlusion map": ("occlusion",),
 }

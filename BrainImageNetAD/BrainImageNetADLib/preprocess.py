@@ -26,7 +26,7 @@ import numpy as np
 
 from . import grid, qc, templates
 from .atomic import write_json_atomic, write_nifti_atomic
-from .progress import CancelCallback, ProgressCallback, check_cancel
+from .progress import PREPROCESSING_STAGES, CancelCallback, ProgressCallback, check_cancel
 from .segment import TISSUES, segment_tissues
 from .t1io import T1Image, read_t1
 
@@ -99,14 +99,13 @@ def preprocess_t1(
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
-    stages = ["read", "affine", "n4", "segment", "syn", "write"]
 
     def stage_done(name: str) -> None:
         now = time.perf_counter()
         timings[name] = round(now - clock[0], 2)
         clock[0] = now
         if progress:
-            progress(name, (stages.index(name) + 1) / len(stages))
+            progress(name, (PREPROCESSING_STAGES.index(name) + 1) / len(PREPROCESSING_STAGES))
         check_cancel(should_cancel, "preprocessing")
 
     t1 = read_t1(t1_path)

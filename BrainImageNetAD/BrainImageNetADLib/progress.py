@@ -14,6 +14,9 @@ from .errors import Cancelled
 ProgressCallback = Callable[[str, float], None]
 CancelCallback = Callable[[], bool]
 
+#: The stages preprocessing reports, in order (``preprocess.preprocess_t1``).
+PREPROCESSING_STAGES = ("read", "affine", "n4", "segment", "syn", "write")
+
 
 def check_cancel(should_cancel: CancelCallback | None, what: str) -> None:
     """Raise Cancelled("<what> cancelled") when ``should_cancel`` says so."""
