@@ -176,9 +176,15 @@ def test_mni152_t1_gives_the_template_grey_matter(tmp_path: Path) -> None:
     assert report["verdict"] == "pass"
 
 
-def test_progress_is_reported_and_cancel_stops_before_any_output(tmp_path: Path) -> None:
+def test_progress_is_reported_and_cancel_stops_before_any_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
     from BrainImageNetADLib.errors import Cancelled
 
+    # The system temporary folder of this run: ANTs' transform files must not be left there.
+    scratch = tmp_path / "system-tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     seen: list[tuple[str, float]] = []
     with pytest.raises(Cancelled):
         preprocess_t1(
@@ -189,3 +195,4 @@ def test_progress_is_reported_and_cancel_stops_before_any_output(tmp_path: Path)
         )
     assert seen == [("read", pytest.approx(1 / 6)), ("affine", pytest.approx(2 / 6))]
     assert not (tmp_path / "out").exists()
+    assert not list(scratch.iterdir())
