@@ -32,12 +32,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def imported_models(folder: Path) -> Path:
+    """A models folder holding one bundle imported from a Keras file of the authors' AD network
+    (the independent tiny reference model of ``keras_reference``)."""
+    import keras_reference as kr
+
+    from BrainImageNetADLib.keras_import import import_keras_bundle
+
+    models = folder / "models"
+    source = kr.save_legacy_h5(kr.ad_network(0.0625), folder / "fold0.h5")
+    import_keras_bundle([source], models / "imported-ad")
+    return models
+
+
 @pytest.fixture()
 def page_server(tmp_path: Path):
     port = free_port()
     env = dict(os.environ, TMPDIR=str(tmp_path))  # the session's temporary folder is made in here
+    models = imported_models(tmp_path / "keras")
+    command = ["web", "--port", str(port), "--heat-map", "fold", "--max-upload-mb", "5", "--models", str(models)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "BrainImageNetADLib.cli", "web", "--port", str(port), "--heat-map", "fold", "--max-upload-mb", "5"],
+        [sys.executable, "-m", "BrainImageNetADLib.cli", *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -142,6 +157,18 @@ def test_page_runs_the_sample_and_shows_the_heat_map(page_server: tuple[str, Pat
                     await browser.screenshot(tmp / "faded.png")
                     pytest.fail(f"opacity 0 did not fade the heat map: {heat} -> {faded}")
                 await asyncio.sleep(1)
+            # The chooser lists the bundle imported into --models; choosing it (real clicks) shows its banner.
+            await browser.js("document.querySelector('#model').scrollIntoView({block: 'center'})")
+            await browser.click("#model")
+            item = "Array.from(document.querySelectorAll('.v-list-item')).find(e => e.innerText.includes('imported-ad'))"
+            await browser.wait_for(item, 30)
+            await asyncio.sleep(1)  # let the menu's opening transition finish before clicking an entry
+            box = await browser.js(
+                f"(() => {{ const r = {item}.getBoundingClientRect(); return {{x: r.x + r.width / 2, y: r.y + r.height / 2}}; }})()"
+            )
+            await browser.click_at(box["x"], box["y"])
+            await browser.wait_for("document.querySelector('#demo-banner').innerText.includes('Third-party model')", 60)
+            assert "all rights reserved" in await browser.js("document.querySelector('#intended-use').innerText")
             await browser.goto("about:blank")  # the page closes: the session ends
 
     asyncio.run(drive())

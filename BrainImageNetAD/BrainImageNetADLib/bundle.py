@@ -23,6 +23,7 @@ from .errors import BundleError
 from .networks import ARCHITECTURES, build_network
 
 CARD_NAME = "model_card.json"
+INPUT_MASK_NAME = "input_mask.safetensors"
 SCHEMA_VERSION = 1
 #: Suffixes of files that hold pickled Python objects: never loaded.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".h5", ".npy", ".npz", ".joblib")
@@ -91,6 +92,20 @@ class ModelCard:
         return sorted(points, key=lambda p: p.threshold)
 
     @property
+    def classes(self) -> tuple[str, str]:
+        """Names of the negative and positive class (output near 0 and near 1): ("NC", "AD") unless
+        the card says otherwise (the sex network: ("female", "male"))."""
+        negative, positive = self.data.get("classes", ["NC", "AD"])
+        return str(negative), str(positive)
+
+    @property
+    def conventions(self) -> dict[str, Any]:
+        """Input conventions applied to the maps before the networks see them (``input.conventions``):
+        ``mask`` (a file of the bundle multiplied into every channel) and ``round_float16``. Empty
+        for bundles trained here."""
+        return dict(self.data["input"].get("conventions", {}))
+
+    @property
     def threshold_presets(self) -> dict[str, float]:
         return {str(k): float(v) for k, v in self.data.get("threshold_presets", {"balanced": 0.5}).items()}
 
@@ -137,6 +152,7 @@ def read_card(bundle_dir: str | Path) -> ModelCard:
 
 
 def _check_weight_file(bundle_dir: Path, fold: dict[str, Any]) -> Path:
+    """The verified path of a safetensors file the card lists (``file`` and ``sha256`` in ``fold``)."""
     path = bundle_dir / str(fold.get("file", ""))
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise BundleError(f"{path.name}: refusing to load a pickle-based weight file; bundles hold safetensors only")
@@ -182,6 +198,36 @@ def load_fold_models(bundle_dir: str | Path) -> tuple[ModelCard, list[nn.Module]
         model.load_state_dict(state, strict=True)
         models.append(model.eval())
     return card, models
+
+
+def write_input_mask(bundle_dir: str | Path, mask: np.ndarray, source: str) -> dict[str, Any]:
+    """Write the input mask (96, 120, 86) on the model grid as ``input_mask.safetensors`` in
+    ``bundle_dir``; return the card's ``conventions.mask`` entry (file, sha256, source)."""
+    import torch
+
+    if tuple(mask.shape) != grid.MODEL_SHAPE or not np.isfinite(mask).all():
+        raise BundleError(f"input mask must be a finite array of shape {grid.MODEL_SHAPE}, got {mask.shape}")
+    path = Path(bundle_dir) / INPUT_MASK_NAME
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({"mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))}, str(tmp))
+    tmp.replace(path)
+    return {"file": path.name, "sha256": sha256_file(path), "source": source}
+
+
+def load_input_mask(bundle_dir: str | Path, card: ModelCard) -> np.ndarray | None:
+    """The mask (96, 120, 86) float32 that the card's conventions multiply into the maps, after
+    checking its sha256; None when the card names no mask."""
+    entry = card.conventions.get("mask")
+    if not entry:
+        return None
+    path = _check_weight_file(Path(bundle_dir), entry)
+    try:
+        mask = load_file(str(path))["mask"].numpy()
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"{path.name}: not a readable input mask ({exc})") from None
+    if tuple(mask.shape) != grid.MODEL_SHAPE:
+        raise BundleError(f"{path.name}: input mask has shape {mask.shape}, expected {grid.MODEL_SHAPE}")
+    return mask
 
 
 def save_bundle(bundle_dir: str | Path, models: list[nn.Module], card: dict[str, Any]) -> Path:

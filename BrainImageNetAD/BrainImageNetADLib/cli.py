@@ -79,11 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     preprocess.add_argument("--shard", default=None, help="i/n: process only shard i of n (cluster job arrays)")
     preprocess.add_argument("--overwrite", action="store_true", help="redo subjects that are already finished")
     preprocess.add_argument("--progress", action="store_true", help="print 'progress: STAGE FRACTION' lines on stderr (one T1)")
+    keras = sub.add_parser(
+        "import-keras",
+        help="convert the authors' published Keras models (HDF5, from their Docker image) into a model bundle",
+        description="Reads the HDF5 files with h5py only (no Keras, no pickle) and writes a bundle (safetensors + model card).",
+    )
+    keras.add_argument("--ad", nargs="+", type=Path, default=[], help="AD fold models, e.g. 20210106_0_Phase4_Trans_AD_..._Fold{0..4}.h5")
+    keras.add_argument("--base", type=Path, help="sex base network 20200427_Phase4_FromScratch_Gender_IncepResN_lr01_AllIn.h5 (optional)")
+    keras.add_argument("--mask", type=Path, help="their Reslice_BrainMask_05_91x109x91.img (default: an MNI152 brain mask stands in)")
+    keras.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    keras.add_argument("--name", help="bundle name shown in the model chooser (default: the folder's name)")
+    keras.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     web = sub.add_parser("web", help="the single-case workflow as a web page with Slicer views (teaching)")
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     web.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free port)")
     web.add_argument("--max-upload-mb", type=float, default=200.0, help="largest T1 file accepted for upload, in MB")
     web.add_argument("--heat-map", default="ensemble", choices=list(HEAT_MAPS), help="default heat map of a run")
+    web.add_argument("--models", type=Path, default=None, help="folder of more model bundles for the chooser (e.g. made by import-keras)")
     bench = sub.add_parser("bench", help="benchmarks (speed, memory) printed as a table")
     bench.add_argument("target", choices=["predict", "preprocess", "occlusion", "train"], help="what to measure")
     bench.add_argument(
@@ -195,13 +207,14 @@ def run_predict(args: argparse.Namespace) -> Path:
 
         result["regions_native"] = write_native_regions(native, Path(args.out) / "regions_native.nii.gz").name
     if args.occlusion != "none":
-        result["occlusion"] = run_occlusion(ensemble, x, args, native)
+        result["occlusion"] = run_occlusion(ensemble, ensemble.prepare(x[None])[0], args, native)
     result["seconds"] = round(time.perf_counter() - start, 3)
     return write_json_atomic(Path(args.out) / "result.json", result)
 
 
 def run_occlusion(ensemble, x, args: argparse.Namespace, preprocessing: Path | None) -> dict:  # noqa: ANN001
-    """Occlusion map of ``predict``: ``occlusion.nii.gz`` on the MNI grid, ``occlusion_native.nii.gz``
+    """Occlusion map of ``predict`` from maps ``x`` (C, 96, 120, 86) with the bundle's input
+    conventions applied (``Ensemble.prepare``): ``occlusion.nii.gz`` on the MNI grid, ``occlusion_native.nii.gz``
     on the T1's grid (with a T1), and the summary for ``result.json``."""
     from . import grid
     from .errors import InputError
@@ -243,10 +256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(path)
         elif args.command == "preprocess":
             print(run_preprocess(args))
+        elif args.command == "import-keras":
+            from .keras_import import import_keras_bundle
+
+            print(import_keras_bundle(args.ad, args.out, args.base, args.mask, args.name, args.overwrite))
         elif args.command == "web":
             from .web import serve
 
-            serve(args.host, args.port, args.max_upload_mb, args.heat_map)
+            serve(args.host, args.port, args.max_upload_mb, args.heat_map, args.models)
         elif args.command == "bench":
             run_bench(args)
         return 0

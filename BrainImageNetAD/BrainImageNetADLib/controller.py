@@ -21,6 +21,10 @@ from .resources import default_bundle, sample_t1
 
 #: Text of the banner shown above every result of a demonstration model.
 DEMO_BANNER = "Demonstration model trained on synthetic data: not for diagnosis."
+#: Banner of a model imported from third-party files (the authors' published networks).
+THIRD_PARTY_BANNER = (
+    "Third-party model, imported from the authors' files: research use only, all rights reserved by them; do not redistribute."
+)
 
 
 class CaseController:
@@ -107,7 +111,8 @@ class CaseController:
     def notice(self) -> dict[str, Any]:
         """What the panel always shows about the model: name, intended use, the demo banner."""
         card = self.card()
-        return {"name": card.name, "intended_use": card.intended_use, "banner": DEMO_BANNER if card.demo else ""}
+        banner = DEMO_BANNER if card.demo else (THIRD_PARTY_BANNER if "third_party" in card.data else "")
+        return {"name": card.name, "intended_use": card.intended_use, "banner": banner}
 
     # -- run -----------------------------------------------------------------------------------
     def start(self, options: RunOptions | None = None, python: str | None = None) -> PredictionJob:

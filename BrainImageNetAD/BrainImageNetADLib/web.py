@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .bundle import CARD_NAME
 from .controller import CaseController
 from .ensemble import percent
 from .errors import BrainImageNetError
@@ -37,19 +38,33 @@ def safe_upload_name(name: str) -> str:
     return base
 
 
-def model_choices() -> list[str]:
-    """Names of the model bundles shipped in ``Resources/Models``."""
-    return sorted(p.name for p in (resources_dir() / "Models").iterdir() if (p / "model_card.json").is_file())
+def model_choices(models_dir: Path | None = None) -> dict[str, Path]:
+    """The model chooser's entries, name -> bundle folder: the bundles shipped in
+    ``Resources/Models``, then those found in ``models_dir`` (the folder itself when it is a bundle,
+    and its sub-folders that are, such as bundles made by ``import-keras``). A name already taken
+    gets the folder's path appended."""
+    folders = sorted(p for p in (resources_dir() / "Models").iterdir() if (p / CARD_NAME).is_file())
+    if models_dir is not None:
+        if not Path(models_dir).is_dir():
+            raise BrainImageNetError(f"--models: {models_dir} is not a folder")
+        candidates = [Path(models_dir), *sorted(Path(models_dir).iterdir())]
+        folders += [p for p in candidates if (p / CARD_NAME).is_file()]
+    choices: dict[str, Path] = {}
+    for folder in folders:
+        name = folder.name if folder.name not in choices else f"{folder.name} ({folder.parent})"
+        choices[name] = folder.resolve()
+    return choices
 
 
 class WebApp:
     """The trame application: a drawer with the workflow's controls and a 2x2 grid of Slicer views.
 
     server: a trame server (``trame.app.get_server``); max_upload_mb: the largest accepted upload;
-    heat_map: the default choice of ``HEAT_MAPS``.
+    heat_map: the default choice of ``HEAT_MAPS``; models_dir: a folder of more model bundles for
+    the chooser (``model_choices``).
     """
 
-    def __init__(self, server: Any, max_upload_mb: float = 200.0, heat_map: str = "ensemble") -> None:
+    def __init__(self, server: Any, max_upload_mb: float = 200.0, heat_map: str = "ensemble", models_dir: Path | None = None) -> None:
         from trame_slicer import module as trame_slicer_module
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
@@ -62,14 +77,15 @@ class WebApp:
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
         self.layout_manager.register_layout_dict({LAYOUT_NAME: LayoutManager.default_grid_configuration()["Quad View"]})
         self.controller = CaseController(self.slicer_app.scene, self.slicer_app.app_logic)
+        self.bundles = model_choices(models_dir)
         self._poll_task: asyncio.Task | None = None
         self._clients = 0
         state = self.server.state
         state.trame__title = "BrainImageNet-AD"
         state.update(
             {
-                "models": model_choices(),
-                "model": self.controller.bundle_path().name,
+                "models": list(self.bundles),
+                "model": self._model_name(),
                 "heat_maps": [{"value": name, "title": label} for name, (label, _, _) in HEAT_MAPS.items()],
                 "heat_map": heat_map,
                 "max_upload_mb": max_upload_mb,
@@ -230,10 +246,14 @@ class WebApp:
         for view in self.slicer_app.view_manager.get_views():
             view.schedule_render()
 
+    def _model_name(self) -> str:
+        current = self.controller.bundle_path().resolve()
+        return next((name for name, path in self.bundles.items() if path == current), current.name)
+
     def _on_model(self, model: str, **_: Any) -> None:
-        if model != self.controller.bundle_path().name:
+        if model != self._model_name():
             try:
-                self.controller.set_model(resources_dir() / "Models" / model)
+                self.controller.set_model(self.bundles[model])
             except (BrainImageNetError, FileNotFoundError) as exc:
                 self._report(exc)
                 return
@@ -269,7 +289,8 @@ class WebApp:
         self.controller.close()
         self.slicer_app.scene.Clear(False)
         self.controller = CaseController(self.slicer_app.scene, self.slicer_app.app_logic)
-        self.server.state.update({"input_name": "", "has_result": False, "error": "", "running": False})
+        self.server.state.update({"input_name": "", "has_result": False, "error": "", "running": False, "model": self._model_name()})
+        self._show_notice()
 
     # -- page ----------------------------------------------------------------------------------
     def _build_ui(self) -> None:
@@ -292,7 +313,7 @@ class WebApp:
             with layout.drawer, v.VContainer(classes="pa-2"):
                 v.VAlert(v_if=("notice_banner",), text=("notice_banner",), type="warning", density="compact", id="demo-banner")
                 html.Div("Intended use: {{ notice_intended_use }}", classes="text-caption my-2", id="intended-use")
-                v.VSelect(label="Model", v_model=("model",), items=("models",), density="compact", disabled=("running",))
+                v.VSelect(label="Model", v_model=("model",), items=("models",), density="compact", disabled=("running",), id="model")
                 with v.VRow(dense=True, classes="my-1"):
                     v.VBtn(
                         "Load sample case", click=self.load_sample, disabled=("running",), id="load-sample", size="small", classes="ma-1"
@@ -366,7 +387,9 @@ class WebApp:
                 self.layout_manager.initialize_layout_grid(layout)
 
 
-def serve(host: str = "127.0.0.1", port: int = 8080, max_upload_mb: float = 200.0, heat_map: str = "ensemble") -> None:
+def serve(
+    host: str = "127.0.0.1", port: int = 8080, max_upload_mb: float = 200.0, heat_map: str = "ensemble", models_dir: Path | None = None
+) -> None:
     """Start the page on ``host:port``, blocking until the server stops (Ctrl-C or SIGTERM); the
     session's files are deleted then."""
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
@@ -376,7 +399,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080, max_upload_mb: float = 200.
         print(f"warning: listening on {host}: anyone who reaches this address can use the page and see its case", file=sys.stderr)
 
     server = get_server("brainimagenet-ad", client_type="vue3")
-    app = WebApp(server, max_upload_mb, heat_map)
+    app = WebApp(server, max_upload_mb, heat_map, models_dir)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop as Ctrl-C does, through the finally below
     try:
         server.start(host=host, port=port, open_browser=False, timeout=0)

@@ -61,7 +61,9 @@ def group_occlusion(
     seconds = 0.0
     for k, i in enumerate(chosen):
         report = None if progress is None else _scaled(progress, k, len(chosen), scans[i].subject)
-        result = occlusion_map(models, store.one(i), settings, positions=positions, progress=report, should_cancel=should_cancel)
+        result = occlusion_map(
+            models, ensemble.prepare(store.one(i)[None])[0], settings, positions=positions, progress=report, should_cancel=should_cancel
+        )
         base[k], occluded[k] = result.probability, result.probability - result.drops
         seconds += result.seconds
     correct = (base >= threshold) == labels
