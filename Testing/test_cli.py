@@ -144,7 +144,14 @@ def test_bad_options_get_exit_2_and_one_line(tmp_path: Path, sample: dict[str, P
 def test_bench_predict_prints_a_row_per_preset() -> None:
     result = run_cli("bench", "predict", "--presets", "tiny", "--batch", "2")
     assert result.returncode == 0, result.stderr
-    header, row, footer = result.stdout.strip().splitlines()
-    assert "ensemble_s" in header and "batch2_speedup" in header
-    assert row.split()[0] == "tiny" and float(row.split()[2]) > 0
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("peak measured now (fp32): matmul") and "openvino_convolution" in lines[0]
+    assert lines[1].startswith("tiny: 1.3 GMAC per sample per fold")
+    header, rows, footer = lines[2], [line.split() for line in lines[3:-1]], lines[-1]
+    assert "s_per_subject" in header and "pct_of_peak" in header and "other_jobs_cpu" in header
+    engines = {" ".join(row[1:3]): row for row in rows[:4]}
+    assert list(engines) == ["torch f32", "openvino f32", "torch bf16", "openvino bf16"]
+    assert float(engines["openvino f32"][6]) < 1e-5  # max abs difference from PyTorch fp32
+    assert all(float(row[4]) > 0 for row in rows[:4])
+    assert rows[4][1:5] == ["openvino", "f32", "batch", "2"]
     assert footer.startswith("torch threads")

@@ -12,6 +12,7 @@ from BrainImageNetADLib import grid
 from BrainImageNetADLib.bundle import load_fold_models
 from BrainImageNetADLib.ensemble import Ensemble, classify
 from BrainImageNetADLib.errors import InputError
+from BrainImageNetADLib.networks import build_network
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +67,37 @@ def test_unavailable_devices_are_explained(tiny_bundle: Path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="not available on this machine"):
             Ensemble.from_bundle(tiny_bundle, device="cuda:0")
+
+
+@pytest.mark.parametrize(("architecture", "preset"), [("ad_transfer", "tiny"), ("ad_transfer", "small"), ("sex", "tiny"), ("age", "tiny")])
+def test_openvino_engine_gives_the_torch_outputs(architecture: str, preset: str, batch: np.ndarray) -> None:
+    """The OpenVINO graph written from our modules (batch norm and residual scales folded in, TF
+    'same' padding) gives PyTorch's outputs for every architecture, including trained-like batch norms."""
+    from BrainImageNetADLib.bundle import ModelCard
+    from conftest import make_card, randomise_batch_norm
+
+    models = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        model = build_network(architecture, preset, 2)
+        randomise_batch_norm(model, seed)
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm3d):
+                    module.weight.uniform_(0.5, 1.5)
+                    module.bias.normal_(0.0, 0.1)
+        models.append(model.eval())
+    card = ModelCard(make_card(architecture, preset))
+    reference = Ensemble(card, models, engine="torch").run(batch)
+    fast = Ensemble(card, models, engine="openvino", threads=2).run(batch)
+    assert fast.shape == reference.shape == (3, 2)
+    np.testing.assert_allclose(fast, reference, atol=1e-5, rtol=0)
+    assert np.ptp(reference) > 1e-3  # the outputs differ between inputs and folds: a real comparison
+
+
+def test_engine_choices_are_checked(tiny_bundle: Path) -> None:
+    assert Ensemble.from_bundle(tiny_bundle).engine == "openvino"  # the default on a CPU where installed
+    with pytest.raises(InputError, match="unknown engine"):
+        Ensemble.from_bundle(tiny_bundle, engine="tensorrt")
+    with pytest.raises(InputError, match="unknown precision"):
+        Ensemble.from_bundle(tiny_bundle, precision="f16")

@@ -11,7 +11,7 @@ import torch
 from . import grid
 from .bundle import ModelCard
 from .ensemble import Ensemble
-from .networks import build_network, count_parameters
+from .networks import build_network
 
 
 def _seconds(fn, repeats: int) -> float:
@@ -22,19 +22,126 @@ def _seconds(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def bench_predict(
-    presets: list[str], folds: int = 5, batch: int = 4, repeats: int = 1, device: str = "cpu"
-) -> list[dict[str, float | str]]:
-    """Time ensemble prediction of the AD transfer network on random maps (N, 2, 96, 120, 86).
+def macs_per_sample(model: torch.nn.Module, in_channels: int = 2) -> tuple[float, str, float]:
+    """Multiply-accumulates of one forward pass of one sample (convolutions and dense layers),
+    counted with hooks on a real pass; returns (total GMAC, name of the costliest convolution,
+    its GMAC)."""
+    counts: dict[str, float] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv3d | torch.nn.Linear):
 
-    For each preset: seconds per subject for one fold model (as the ensemble runs it, in
-    channels_last_3d, and in PyTorch's default layout, with their ratio) and for a
-    ``folds``-model ensemble at batch size 1, and the speed-up of batch size ``batch`` over batch
-    size 1, all measured side by side in this run.
-    Random weights: the cost does not depend on their values. Returns one row per preset.
+            def hook(mod, _inputs, output, name=name) -> None:  # noqa: ANN001
+                per_output = mod.in_features if isinstance(mod, torch.nn.Linear) else mod.in_channels * int(np.prod(mod.kernel_size))
+                counts[name] = output.numel() * per_output / 1e9
+
+            hooks.append(module.register_forward_hook(hook))
+    with torch.inference_mode():
+        model(torch.zeros(1, in_channels, *grid.MODEL_SHAPE))
+    for h in hooks:
+        h.remove()
+    largest = max(counts, key=counts.get)
+    return sum(counts.values()), largest, counts[largest]
+
+
+#: The costliest convolution of the paper-size networks (stem.conv2: 64 -> 96 channels, 3x3x3,
+#: 'same', on the stem's 94 x 118 x 84 grid), about half of the AD network's work.
+PEAK_CONVOLUTION = {"in_channels": 64, "out_channels": 96, "size": (94, 118, 84)}
+
+
+def measured_peak_gflops(seconds: float = 2.0) -> dict[str, float]:
+    """fp32 GFLOP/s this machine reaches now with torch's threads: a 2048 x 2048 matmul and the
+    paper networks' costliest convolution alone (``PEAK_CONVOLUTION``), in PyTorch
+    (channels_last_3d) and, where installed, in OpenVINO (whose kernels come closer to the CPU's
+    limit than PyTorch's here). A preset-independent yardstick for ``bench predict``."""
+    a = torch.randn(2048, 2048)
+    rates = {"matmul": _rate(lambda: a @ a, 2 * 2048**3, seconds)}
+    cin, cout, size = PEAK_CONVOLUTION["in_channels"], PEAK_CONVOLUTION["out_channels"], PEAK_CONVOLUTION["size"]
+    conv = torch.nn.Conv3d(cin, cout, 3, padding=1, bias=False).to(memory_format=torch.channels_last_3d).eval()
+    x = torch.rand(1, cin, *size).contiguous(memory_format=torch.channels_last_3d)
+    flops = 2 * float(np.prod(size)) * cout * cin * 27
+    with torch.inference_mode():
+        rates["convolution"] = _rate(lambda: conv(x), flops, seconds)
+    from .engines import openvino_available
+
+    if openvino_available():
+        import openvino as ov
+        import openvino.opset13 as ops
+
+        node = ops.parameter([1, cin, *size], np.float32)
+        graph = ov.Model(
+            [ops.convolution(node, ops.constant(conv.weight.detach().numpy()), [1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1])], [node]
+        )
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        compiled = ov.Core().compile_model(graph, "CPU", config)
+        data = x.contiguous().numpy()
+        rates["openvino_convolution"] = _rate(lambda: compiled(data), flops, seconds)
+    return rates
+
+
+def _rate(fn, flops: float, seconds: float) -> float:  # noqa: ANN001
+    """GFLOP/s of ``fn`` (``flops`` per call), repeated for about ``seconds`` after a warm-up."""
+    fn()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or calls < 2:
+        fn()
+        calls += 1
+    return flops * calls / (time.perf_counter() - start) / 1e9
+
+
+def _busy_jiffies() -> tuple[float, float]:
+    """(busy, total) CPU time of the whole machine from /proc/stat, in clock ticks."""
+    with open("/proc/stat") as f:
+        values = [float(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0.0)
+    return sum(values) - idle, sum(values)
+
+
+class OtherJobs:
+    """Share of the machine's CPU time used by other processes while a block runs (0 = quiet)."""
+
+    def __enter__(self) -> OtherJobs:
+        self.busy, self.total = _busy_jiffies()
+        self.own = time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+
+        busy, total = _busy_jiffies()
+        ticks = os.sysconf("SC_CLK_TCK")
+        own = (time.process_time() - self.own) * ticks
+        self.share = max(0.0, (busy - self.busy - own) / max(total - self.total, 1.0))
+
+
+def bench_predict(
+    presets: list[str], folds: int = 5, batch: int = 4, repeats: int = 3, device: str = "cpu", bf16: bool = True
+) -> list[dict[str, float | str]]:
+    """Five-fold ensemble of the AD transfer network on the sample case's maps (N, 2, 96, 120, 86), with the
+    engines side by side: PyTorch fp32 (the reference), OpenVINO fp32 (where installed) and, with
+    ``bf16``, both in bf16. Rounds interleave the engines (``repeats`` rounds, medians), so that a
+    busy machine slows them alike; the other processes' CPU share is recorded.
+
+    Per preset and engine: seconds per subject (batch 1), speed-up over PyTorch, max abs
+    difference of the probabilities from PyTorch's, GFLOP/s and its share of the peak measured
+    in the same run (the largest of ``measured_peak_gflops``). The networks have random weights
+    with He initialisation and varied batch-norm statistics (``signal_preserving_init``: outputs
+    that respond to the input as a trained network's do; the cost does not depend on the values). Returns one row per preset and
+    engine, then one row of batch-size speed-up per preset for the default engine.
     """
+    from .engines import default_engine, openvino_available
+
+    dev = torch.device(device)
     rows: list[dict[str, float | str]] = []
-    x = np.random.default_rng(0).random((batch, 2, *grid.MODEL_SHAPE), dtype=np.float32)
+    from .maps import load_model_input
+    from .resources import sample_maps
+
+    sample, _ = load_model_input(sample_maps(), ["GMD", "GMV"])
+    x = np.repeat(sample[None], batch, axis=0)
+    threads = torch.get_num_threads()
+    peak = measured_peak_gflops() if dev.type == "cpu" else {}
+    best = max(peak.values()) if peak else float("nan")
+    print("peak measured now (fp32): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
     for preset in presets:
         card = ModelCard(
             {
@@ -47,32 +154,56 @@ def bench_predict(
                 "intended_use": "benchmark",
             }
         )
-        models = [build_network("ad_transfer", preset, 2).eval() for _ in range(folds)]
-        ensemble = Ensemble(card, models, device)
-        single = Ensemble(card, models[:1], device)
-        one_fold = _seconds(lambda s=single: s.predict_proba(x[:1], batch_size=1), repeats)
-        plain = build_network("ad_transfer", preset, 2).eval()
-        one_subject = torch.from_numpy(x[:1])
-
-        def default_layout(model=plain, batch=one_subject) -> None:
-            with torch.inference_mode():
-                torch.sigmoid(model(batch))
-
-        one_fold_default = _seconds(default_layout, repeats)
-        per_subject_b1 = _seconds(lambda e=ensemble: e.predict_proba(x[:1], batch_size=1), repeats)
-        per_subject_bn = _seconds(lambda e=ensemble: e.predict_proba(x, batch_size=batch), repeats) / batch
+        models = [signal_preserving_init(build_network("ad_transfer", preset, 2), seed=fold) for fold in range(folds)]
+        gmac, largest, largest_gmac = macs_per_sample(models[0])
+        engines = [("torch", "f32")]
+        if openvino_available() and dev.type == "cpu":
+            engines.append(("openvino", "f32"))
+        if bf16:
+            engines += [(engine, "bf16") for engine, _ in list(engines)]
+        ensembles = {spec: Ensemble(card, models, device, engine=spec[0], threads=threads, precision=spec[1]) for spec in engines}
+        times: dict[tuple[str, str], list[float]] = {spec: [] for spec in engines}
+        outputs = {spec: ensembles[spec].predict_proba(x[:1], batch_size=1)[1] for spec in engines}  # also the warm-up
+        with OtherJobs() as other:
+            for _ in range(max(1, repeats)):
+                for spec in engines:
+                    start = time.perf_counter()
+                    ensembles[spec].predict_proba(x[:1], batch_size=1)
+                    times[spec].append(time.perf_counter() - start)
+        reference = float(np.median(times[("torch", "f32")]))
+        for spec in engines:
+            seconds = float(np.median(times[spec]))
+            rate = 2 * gmac * folds / seconds
+            rows.append(
+                {
+                    "preset": preset,
+                    "engine": f"{spec[0]} {spec[1]}",
+                    "GMAC_per_fold": gmac,
+                    "s_per_subject": seconds,
+                    "speedup": reference / seconds,
+                    "max_abs_diff": float(np.abs(outputs[spec] - outputs[("torch", "f32")]).max()),
+                    "GFLOP_per_s": rate,
+                    "pct_of_peak": 100 * rate / best,
+                    "other_jobs_cpu": other.share,
+                }
+            )
+        default = Ensemble(card, models, device, engine=default_engine(dev), threads=threads)
+        one = _seconds(lambda e=default: e.predict_proba(x[:1], batch_size=1), 1)
+        many = _seconds(lambda e=default: e.predict_proba(x, batch_size=batch), 1) / batch
         rows.append(
             {
                 "preset": preset,
-                "parameters_M": count_parameters(models[0]) / 1e6,
-                "one_fold_s": one_fold,
-                "one_fold_default_layout_s": one_fold_default,
-                "channels_last_speedup": one_fold_default / one_fold,
-                "ensemble_s": per_subject_b1,
-                f"ensemble_batch{batch}_s_per_subject": per_subject_bn,
-                f"batch{batch}_speedup": per_subject_b1 / per_subject_bn,
+                "engine": f"{default.engine} f32 batch {batch}",
+                "GMAC_per_fold": gmac,
+                "s_per_subject": many,
+                "speedup": one / many,
+                "max_abs_diff": float("nan"),
+                "GFLOP_per_s": 2 * gmac * folds / many,
+                "pct_of_peak": 100 * 2 * gmac * folds / many / best,
+                "other_jobs_cpu": float("nan"),
             }
         )
+        print(f"{preset}: {gmac:.1f} GMAC per sample per fold ({largest} {100 * largest_gmac / gmac:.0f}%)")
     return rows
 
 
@@ -146,8 +277,16 @@ def print_rows(rows: list[dict[str, float | str]]) -> None:
     keys = list(rows[0])
     print("  ".join(f"{k:>22}" for k in keys))
     for row in rows:
-        print("  ".join(f"{v:>22.3f}" if isinstance(v, float) else f"{v!s:>22}" for v in row.values()))
+        print("  ".join(_cell(v) for v in row.values()))
     print(f"torch threads {torch.get_num_threads()}, peak memory {peak_memory_mb():.0f} MB")
+
+
+def _cell(value: float | str) -> str:
+    if isinstance(value, str):
+        return f"{value:>22}"
+    if value != 0 and abs(value) < 1e-3:
+        return f"{value:>22.1e}"
+    return f"{value:>22.3f}"
 
 
 #: deepmriprep's published CPU time for one T1 (seconds), the reference the budget is set against.

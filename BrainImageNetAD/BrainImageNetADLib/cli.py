@@ -62,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     predict.add_argument(
+        "--engine",
+        choices=["torch", "openvino"],
+        default=None,
+        help="ensemble engine (default: openvino on a CPU where installed, else torch)",
+    )
+    predict.add_argument(
+        "--precision",
+        choices=["f32", "bf16"],
+        default="f32",
+        help="f32 (default, exact) or bf16 (faster on CPUs with bf16 units; probabilities differ by about 1e-2, see bench predict)",
+    )
+    predict.add_argument(
         "--occlusion",
         default="incremental",
         choices=["incremental", "naive", "gradient", "none"],
@@ -110,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--batch", type=int, default=4, help="batch size (predict: compared with batch size 1; occlusion: cubes per pass; train: per step)"
     )
-    bench.add_argument("--repeats", type=int, default=1, help="timed repeats (train: steps)")
+    bench.add_argument(
+        "--repeats", type=int, default=None, help="timed repeats (predict: interleaved rounds, default 3; train: steps, default 1)"
+    )
     bench.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     bench.add_argument("--device", default="cpu")
     return parser
@@ -127,13 +141,15 @@ def run_bench(args: argparse.Namespace) -> None:
     if args.target == "preprocess":
         print_rows(bench_preprocess(str(args.t1), args.presets or ["fast", "accurate"]))
     elif args.target == "train":
-        print_rows(bench_train(args.presets or ["paper"], batch=args.batch, steps=args.repeats, device=args.device))
+        print_rows(bench_train(args.presets or ["paper"], batch=args.batch, steps=args.repeats or 1, device=args.device))
     elif args.target == "occlusion":
         rows, last = bench_occlusion(args.presets or ["small", "paper"], batch=args.batch)
         print_rows(rows)
         print(last)
     else:
-        print_rows(bench_predict(args.presets or ["tiny", "small", "paper"], batch=args.batch, repeats=args.repeats, device=args.device))
+        print_rows(
+            bench_predict(args.presets or ["tiny", "small", "paper"], batch=args.batch, repeats=args.repeats or 3, device=args.device)
+        )
 
 
 def run_preprocess(args: argparse.Namespace) -> Path:
@@ -171,7 +187,7 @@ def run_predict(args: argparse.Namespace) -> Path:
         raise InputError("give one input: a T1 image, --gmd/--gmv, or --sample")
     start = time.perf_counter()
     bundle = args.model or default_bundle()
-    ensemble = Ensemble.from_bundle(bundle, device=args.device, threads=args.threads)  # fail fast on a bad bundle
+    ensemble = Ensemble.from_bundle(bundle, args.device, args.threads, args.engine, args.precision)  # fail fast on a bad bundle
     if args.sample:
         args.t1 = sample_t1()
     if args.t1 is not None:

@@ -11,6 +11,7 @@ import torch
 
 from . import grid
 from .bundle import ModelCard, load_fold_models, load_input_mask, operating_point_at
+from .engines import EnsembleRunner, openvino_runner, resolve_engine, state_digest, torch_runner
 from .errors import InputError
 
 
@@ -86,21 +87,44 @@ class Ensemble:
         probs, per_fold = ensemble.predict_proba(x)   # x: (N, C, 96, 120, 86)
     """
 
-    def __init__(self, card: ModelCard, models: list[torch.nn.Module], device: str = "cpu", input_mask: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        card: ModelCard,
+        models: list[torch.nn.Module],
+        device: str = "cpu",
+        input_mask: np.ndarray | None = None,
+        engine: str | None = None,
+        threads: int | None = None,
+        precision: str = "f32",
+    ) -> None:
         self.card = card
         self.input_mask = input_mask
         self.device = resolve_device(device)
         # channels_last_3d: about twice as fast for 3D convolutions on CPUs (measured with bench predict).
         self.models = [m.to(self.device, memory_format=torch.channels_last_3d).eval() for m in models]
+        self.engine = resolve_engine(engine, self.device)
+        self.precision = precision
+        folds = card.data.get("folds", [])
+        if len(folds) == len(models) and all("sha256" in f for f in folds):
+            key = ",".join(str(f["sha256"]) for f in folds)
+        else:
+            key = ",".join(state_digest(m) for m in self.models)
+        if self.engine == "openvino":
+            self.run: EnsembleRunner = openvino_runner(self.models, key, self.n_channels, grid.MODEL_SHAPE, threads or 0, precision)
+        else:
+            self.run = torch_runner(self.models, self.device, precision)
 
     @classmethod
-    def from_bundle(cls, bundle_dir: str | Path, device: str = "cpu", threads: int | None = None) -> Ensemble:
+    def from_bundle(
+        cls, bundle_dir: str | Path, device: str = "cpu", threads: int | None = None, engine: str | None = None, precision: str = "f32"
+    ) -> Ensemble:
         """Load and verify a bundle (see ``bundle.load_fold_models``). ``threads`` sets torch's
-        intra-op CPU threads (None leaves torch's default)."""
+        intra-op CPU threads and OpenVINO's (None leaves their defaults); ``engine`` is ``torch`` or
+        ``openvino`` (None: ``engines.default_engine``); ``precision`` ``f32`` or ``bf16``."""
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
         card, models = load_fold_models(bundle_dir)
-        return cls(card, models, device, load_input_mask(bundle_dir, card))
+        return cls(card, models, device, load_input_mask(bundle_dir, card), engine, threads, precision)
 
     @property
     def n_channels(self) -> int:
@@ -132,16 +156,13 @@ class Ensemble:
         """AD probabilities of a batch: returns ``(mean, per_fold)`` of shapes (N,) and (N, F).
 
         ``x`` has shape (N, C, 96, 120, 86) with the card's channels in order; the card's input
-        conventions are applied (``prepare``). Deterministic:
-        eval mode (dropout off, batch-norm running statistics), no gradients.
+        conventions are applied (``prepare``). Runs on the ensemble's engine; deterministic: eval
+        mode (dropout off, batch-norm running statistics), no gradients.
         """
         x = self.prepare(x)
         per_fold = np.zeros((x.shape[0], len(self.models)), dtype=np.float64)
-        with torch.inference_mode():
-            for start in range(0, x.shape[0], max(1, batch_size)):
-                batch = torch.from_numpy(x[start : start + batch_size]).to(self.device).contiguous(memory_format=torch.channels_last_3d)
-                for f, model in enumerate(self.models):
-                    per_fold[start : start + len(batch), f] = torch.sigmoid(model(batch).float()).cpu().numpy()
+        for start in range(0, x.shape[0], max(1, batch_size)):
+            per_fold[start : start + batch_size] = 1.0 / (1.0 + np.exp(-self.run(x[start : start + batch_size])))
         return per_fold.mean(axis=1), per_fold
 
     def predict(self, channels: np.ndarray, threshold: float = 0.5) -> Prediction:
