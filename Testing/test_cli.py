@@ -155,3 +155,38 @@ def test_bench_predict_prints_a_row_per_preset() -> None:
     assert all(float(row[4]) > 0 for row in rows[:4])
     assert rows[4][1:5] == ["openvino", "f32", "batch", "2"]
     assert footer.startswith("torch threads")
+
+
+def test_terminal_shows_progress_bars_and_a_pipe_gets_none(tiny_bundle: Path, sample: dict[str, Path], tmp_path: Path) -> None:
+    """At a terminal (a pseudo-terminal made by util-linux's ``script``), long work shows one bar
+    per stage group with the time left; with the output in a pipe, nothing but the result path."""
+    command = [sys.executable, "-m", "BrainImageNetADLib.cli", "predict", "--gmd", str(sample["GMD"]), "--gmv", str(sample["GMV"])]
+    command += ["--model", str(tiny_bundle), "--occlusion-fold", "0"]
+    shell = " ".join(command + ["--out", str(tmp_path / "tty")])
+    log = tmp_path / "terminal.log"
+    # The timeout only guards against a hang; the run takes seconds.
+    subprocess.run(["script", "-qec", shell, str(log)], capture_output=True, text=True, timeout=600, check=True)
+    screen = log.read_text(errors="replace").replace("\r", "\n")
+    assert "Ensemble: 100%" in screen
+    occlusion = [line for line in screen.splitlines() if line.startswith("Occlusion map (occlusion model 1/1):")]
+    assert occlusion and "%|" in occlusion[-1] and "<" in occlusion[-1]  # fraction, bar, elapsed<left
+    piped = subprocess.run(command + ["--out", str(tmp_path / "pipe")], capture_output=True, text=True, timeout=600)
+    assert piped.returncode == 0 and piped.stderr == "" and piped.stdout.strip().endswith("result.json")
+
+
+def test_terminal_progress_travels_to_a_child_process() -> None:
+    import pickle
+
+    from BrainImageNetADLib.progress import TerminalProgress, stage_group
+
+    progress = TerminalProgress()
+    progress("read", 0.1)  # a bar is open here
+    copy = pickle.loads(pickle.dumps(progress))
+    assert copy._bar is None  # the child starts its own bars
+    progress.close()
+    assert [stage_group(s) for s in ("n4", "ensemble", "occlusion model 2/5", "fold 1 epoch 2")] == [
+        "Preprocessing",
+        "Ensemble",
+        "Occlusion map",
+        None,
+    ]

@@ -16,6 +16,7 @@ from . import __version__
 from .atomic import write_json_atomic, write_nifti_atomic
 from .errors import BrainImageNetError
 from .job import HEAT_MAPS
+from .progress import ProgressCallback, TerminalProgress
 from .resources import default_bundle, sample_t1
 
 
@@ -30,6 +31,14 @@ def print_progress(stage: str, fraction: float) -> None:
     """Progress callback of long commands: one ``progress: STAGE FRACTION`` line on stderr, for a
     person or for a GUI that runs the command and reads its output."""
     print(f"progress: {stage} {fraction:.2f}", file=sys.stderr, flush=True)
+
+
+def progress_for(lines: bool) -> ProgressCallback | None:
+    """The progress callback of a long command: ``progress:`` lines with ``--progress`` (for
+    programs), bars with the time left when stderr is a terminal (for people), else none."""
+    if lines:
+        return print_progress
+    return TerminalProgress() if sys.stderr.isatty() else None
 
 
 def _threshold(value: str) -> float:
@@ -164,7 +173,7 @@ def run_preprocess(args: argparse.Namespace) -> Path:
         raise InputError("no T1 images found in the inputs")
     single = len(args.inputs) == 1 and len(jobs) == 1 and args.shard is None and args.inputs[0] == jobs[0].t1
     if single:
-        report = run_isolated(preprocess_t1, jobs[0].t1, args.out, args.preset, progress=print_progress if args.progress else None)
+        report = run_isolated(preprocess_t1, jobs[0].t1, args.out, args.preset, progress=progress_for(args.progress))
         if report["verdict"] == "fail":
             raise InputError(f"preprocessing QC failed: {'; '.join(report['failures'])} (outputs kept in {args.out} for inspection)")
         if report["warnings"]:
@@ -195,7 +204,7 @@ def run_predict(args: argparse.Namespace) -> Path:
         from .worker import run_isolated
 
         preprocessing = Path(args.out) / "preprocessing"
-        qc_report = run_isolated(preprocess_t1, args.t1, preprocessing, args.preset, progress=print_progress if args.progress else None)
+        qc_report = run_isolated(preprocess_t1, args.t1, preprocessing, args.preset, progress=progress_for(args.progress))
         if qc_report["verdict"] == "fail" and not args.force:
             raise InputError(
                 f"preprocessing QC failed: {'; '.join(qc_report['failures'])} (see {preprocessing / 'qc_gmd.png'}; --force predicts anyway)"
@@ -205,9 +214,10 @@ def run_predict(args: argparse.Namespace) -> Path:
         paths = {"GMD": args.gmd, "GMV": args.gmv}
     x, checks = load_model_input(paths, ensemble.card.channels)
     threshold = ensemble.card.threshold_presets.get("balanced", 0.5) if args.threshold is None else args.threshold
+    progress = progress_for(args.progress)
     prediction = ensemble.predict(x, threshold)
-    if args.progress:
-        print_progress("ensemble", 1.0)
+    if progress is not None:
+        progress("ensemble", 1.0)
     result = {
         "version": __version__,
         **prediction.to_dict(),
@@ -242,7 +252,7 @@ def run_occlusion(ensemble, x, args: argparse.Namespace, preprocessing: Path | N
         if not 0 <= args.occlusion_fold < len(models):
             raise InputError(f"--occlusion-fold must lie in 0..{len(models) - 1}")
         models = [models[args.occlusion_fold]]
-    progress = print_progress if args.progress else None
+    progress = progress_for(args.progress)
     result = occlusion_map(models, x, OcclusionSettings(batch_size=max(1, args.occlusion_batch)), args.occlusion, progress=progress)
     out = Path(args.out)
     files = {

@@ -16,15 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .progress import PREPROCESSING_STAGES
-
-#: Stage groups shown as progress bars, and the stage names the command line prints for each.
-STAGE_GROUPS = {
-    "Preprocessing": PREPROCESSING_STAGES,
-    "Ensemble": ("ensemble",),
-    "Occlusion map": ("occlusion",),
-}
-
+from .progress import STAGE_GROUPS, stage_group
 
 #: Heat-map choices of both skins: name -> (label, occlusion method, fold model or None for all).
 HEAT_MAPS = {
@@ -66,14 +58,6 @@ class JobStatus:
     state: str
     stages: dict[str, float] = field(default_factory=dict)
     message: str = ""
-
-
-def stage_group(stage: str) -> str | None:
-    """The ``STAGE_GROUPS`` key of a stage name printed by the command line."""
-    for group, names in STAGE_GROUPS.items():
-        if stage.split()[0] in names:
-            return group
-    return None
 
 
 def predict_command(t1: Path, out_dir: Path, bundle: Path, options: RunOptions, python: str | None = None) -> list[str]:

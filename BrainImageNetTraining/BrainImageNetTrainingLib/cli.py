@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from BrainImageNetADLib.cli import OneLineErrorParser, print_progress
+from BrainImageNetADLib.cli import OneLineErrorParser, progress_for
 from BrainImageNetADLib.errors import BrainImageNetError
 
 from . import __version__
@@ -127,7 +127,7 @@ def _train(args: argparse.Namespace, task: str) -> int:
         demo=getattr(args, "demo", False),
         training_data=args.training_data,
     )
-    summary = train(config, args.manifest, args.out, progress=print_progress if args.progress else None, log=_log)
+    summary = train(config, args.manifest, args.out, progress=progress_for(args.progress), log=_log)
     if summary:  # only the main process of a torchrun job reports
         print(json.dumps(summary["pooled"], indent=2))
         print(args.out / "bundle")
@@ -148,7 +148,7 @@ def _demo(args: argparse.Namespace) -> int:
         print("error: the demo needs --subjects >= 50 and --sites >= 5 (five leave-sites-out folds)", file=sys.stderr)
         return 2
     settings = DemoSettings(subjects=args.subjects, sites=args.sites, preset=args.preset, seed=args.seed)
-    summary = run_demo(args.out, settings, progress=print_progress if args.progress else None, log=_log)
+    summary = run_demo(args.out, settings, progress=progress_for(args.progress), log=_log)
     print(json.dumps({"seconds": summary["seconds"], "cross_validation": summary["cross_validation"]}, indent=2))
     if args.export:
         print(export_bundle(args.out, args.export))
@@ -193,7 +193,7 @@ def _run(args: argparse.Namespace) -> int:
             args.threshold,
             args.fold,
             args.scans,
-            print_progress if args.progress else None,
+            progress_for(args.progress),
         )
         top = summary["regions"]["accuracy_drop"]["top_regions"][:5]
         print(f"accuracy {summary['accuracy']:.3f} on {summary['scans']}; largest accuracy drops: " + ", ".join(r["name"] for r in top))
@@ -201,9 +201,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         from .evaluation import evaluate, format_table
 
-        result = evaluate(
-            args.model, args.manifest, args.out, args.threshold, args.device, args.permutations, print_progress if args.progress else None
-        )
+        result = evaluate(args.model, args.manifest, args.out, args.threshold, args.device, args.permutations, progress_for(args.progress))
         print(format_table(result["table"]), end="")
         print(args.out / "evaluation.json")
     if args.command == "synth":
