@@ -15,6 +15,8 @@ from BrainImageNetADLib.networks import build_network
 from BrainImageNetADLib.resources import sample_maps
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The Colin27 T1 (Debian's mricron-data), the real scan most tests preprocess.
+COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 
 #: ROC operating points written into the test bundle's card.
 TEST_OPERATING_POINTS = [
@@ -68,6 +70,17 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
     for f in tiny_bundle.iterdir():
         (target / f.name).write_bytes(f.read_bytes())
     return target
+
+
+@pytest.fixture(scope="session")
+def colin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """Colin27 preprocessed once for the whole session, in a worker process as the command line
+    does: (output folder, QC report). Tests read it and never write into it."""
+    from BrainImageNetADLib.preprocess import preprocess_t1
+    from BrainImageNetADLib.worker import run_isolated
+
+    out = tmp_path_factory.mktemp("colin")
+    return out, run_isolated(preprocess_t1, COLIN27_T1, out)
 
 
 @pytest.fixture(scope="session")

@@ -137,7 +137,7 @@ def test_bad_options_get_exit_2_and_one_line(tmp_path: Path, sample: dict[str, P
     assert_input_error(run_cli("predict", "--sample", "--threshold", "1.5", "--out", tmp_path), "threshold must lie in [0, 1]")
     assert_input_error(run_cli("predict", "--sample", "--model", tmp_path, "--out", tmp_path), "is not a model bundle")
     assert_input_error(run_cli("predict", "--gmd", sample["GMD"], "--out", tmp_path), "needs a GMV map")
-    assert_input_error(run_cli("predict", "--out", tmp_path), "give one input")
+    assert_input_error(run_cli("predict", "--out", tmp_path), "give one kind of input")
     assert_input_error(run_cli("predict", "--sample", "--device", "gpu7", "--out", tmp_path), "unknown device 'gpu7'")
 
 

@@ -18,8 +18,7 @@ from BrainImageNetADLib.maps import load_model_input
 from BrainImageNetADLib.preprocess import OUTPUT_FILES, preprocess_t1
 from BrainImageNetADLib.resources import default_bundle
 from BrainImageNetADLib.worker import run_isolated
-
-COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
+from conftest import COLIN27_T1
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +34,6 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 def preprocess(t1: Path, out: Path) -> dict:
     """Preprocess in a fresh worker process, as the command line does (ITK threads start there)."""
     return run_isolated(preprocess_t1, t1, out)
-
-
-@pytest.fixture(scope="module")
-def colin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("colin")
-    return out, preprocess(COLIN27_T1, out)
 
 
 def test_outputs_are_on_the_spm_mni_grid(colin: tuple[Path, dict]) -> None:

@@ -52,8 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="brainimagenet-ad", description="Alzheimer's disease classifier for brain MRI (research use only).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    predict = sub.add_parser("predict", help="AD probability of one subject from a T1 image or from its GMD/GMV maps")
-    predict.add_argument("t1", nargs="?", type=Path, help="T1-weighted image (NIfTI, NRRD, MHA or DICOM folder); preprocessed first")
+    predict = sub.add_parser(
+        "predict",
+        help="AD probability of one subject (a T1 image or its GMD/GMV maps) or of a cohort",
+        description="One T1 (or --gmd/--gmv, --sample): DIR/result.json with the heat map. Several inputs, a folder, a BIDS dataset "
+        "or a list: one folder per subject and DIR/predictions.tsv (resumable; --jobs, --shard).",
+    )
+    predict.add_argument(
+        "inputs",
+        nargs="*",
+        type=Path,
+        help="T1 images (NIfTI, NRRD, MHA), DICOM series folders, folders of T1 images, BIDS datasets, folders of SPM "
+        "wc1*/mwc1* pairs, or CSV/TSV lists (column t1, or columns gmd and gmv; optional subject)",
+    )
+    predict.add_argument("--jobs", type=int, default=1, help="cohort: T1s preprocessed at the same time (each in its own process)")
+    predict.add_argument("--shard", default=None, help="cohort: i/n, score only shard i of n (cluster job arrays)")
+    predict.add_argument("--overwrite", action="store_true", help="cohort: redo subjects that are already finished")
     predict.add_argument("--preset", default="fast", choices=["fast", "accurate"], help="preprocessing preset (with a T1)")
     predict.add_argument("--force", action="store_true", help="predict even when preprocessing QC fails")
     predict.add_argument("--progress", action="store_true", help="print 'progress: STAGE FRACTION' lines on stderr")
@@ -84,9 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--occlusion",
-        default="incremental",
+        default=None,
         choices=["incremental", "naive", "gradient", "none"],
-        help="heat map: occlusion (incremental: exact and fast; naive: reference), gradient x input (a quick preview), or none",
+        help="heat map of one case (default incremental): occlusion (incremental: exact and fast; naive: reference), "
+        "gradient x input (a quick preview), or none; a cohort gets none",
     )
     predict.add_argument("--occlusion-fold", type=int, default=None, help="map one fold model instead of the ensemble")
     predict.add_argument("--occlusion-batch", type=int, default=16, help="cube positions computed together (memory grows with it)")
@@ -186,25 +201,35 @@ def run_preprocess(args: argparse.Namespace) -> Path:
 
 
 def run_predict(args: argparse.Namespace) -> Path:
-    """Run the ``predict`` command; return the path of the written ``result.json``."""
+    """Run the ``predict`` command; return the path of the written ``result.json`` (one case) or
+    ``predictions.tsv`` (a cohort)."""
+    from .cohort import collect_cases, prediction_result
     from .ensemble import Ensemble
     from .errors import InputError
     from .maps import load_model_input
 
     qc_report = None
-    if sum([args.sample, args.t1 is not None, bool(args.gmd or args.gmv)]) != 1:
-        raise InputError("give one input: a T1 image, --gmd/--gmv, or --sample")
+    if sum([args.sample, bool(args.inputs), bool(args.gmd or args.gmv)]) != 1:
+        raise InputError("give one kind of input: T1 images, folders or lists (see --help), --gmd/--gmv, or --sample")
     start = time.perf_counter()
     bundle = args.model or default_bundle()
     ensemble = Ensemble.from_bundle(bundle, args.device, args.threads, args.engine, args.precision)  # fail fast on a bad bundle
-    if args.sample:
-        args.t1 = sample_t1()
-    if args.t1 is not None:
+    threshold = ensemble.card.threshold_presets.get("balanced", 0.5) if args.threshold is None else args.threshold
+    t1 = sample_t1() if args.sample else None
+    if args.inputs:
+        cases = collect_cases(args.inputs)
+        if not cases:
+            raise InputError("no T1 images or map pairs found in the inputs")
+        single = len(args.inputs) == 1 and len(cases) == 1 and cases[0].t1 == args.inputs[0] and args.shard is None
+        if not single:
+            return run_cohort(args, cases, ensemble, bundle, threshold)
+        t1 = cases[0].t1
+    if t1 is not None:
         from .preprocess import preprocess_t1
         from .worker import run_isolated
 
         preprocessing = Path(args.out) / "preprocessing"
-        qc_report = run_isolated(preprocess_t1, args.t1, preprocessing, args.preset, progress=progress_for(args.progress))
+        qc_report = run_isolated(preprocess_t1, t1, preprocessing, args.preset, progress=progress_for(args.progress))
         if qc_report["verdict"] == "fail" and not args.force:
             raise InputError(
                 f"preprocessing QC failed: {'; '.join(qc_report['failures'])} (see {preprocessing / 'qc_gmd.png'}; --force predicts anyway)"
@@ -213,32 +238,40 @@ def run_predict(args: argparse.Namespace) -> Path:
     else:
         paths = {"GMD": args.gmd, "GMV": args.gmv}
     x, checks = load_model_input(paths, ensemble.card.channels)
-    threshold = ensemble.card.threshold_presets.get("balanced", 0.5) if args.threshold is None else args.threshold
     progress = progress_for(args.progress)
     prediction = ensemble.predict(x, threshold)
     if progress is not None:
         progress("ensemble", 1.0)
-    result = {
-        "version": __version__,
-        **prediction.to_dict(),
-        "model_bundle": str(Path(bundle).resolve()),
-        "channels": ensemble.card.channels,
-        "threshold_presets": ensemble.card.threshold_presets,
-        "input_checks": checks,
-        "qc": None if qc_report is None else {k: qc_report[k] for k in ("verdict", "failures", "warnings", "measures", "volumes_ml")},
-    }
-    native = Path(args.out) / "preprocessing" if args.t1 is not None else None
+    result = prediction_result(ensemble, prediction, checks, qc_report, Path(bundle))
+    native = Path(args.out) / "preprocessing" if t1 is not None else None
     if native is not None:
         from .atlas import write_native_regions
 
         result["regions_native"] = write_native_regions(native, Path(args.out) / "regions_native.nii.gz").name
-    if args.occlusion != "none":
-        result["occlusion"] = run_occlusion(ensemble, ensemble.prepare(x[None])[0], args, native)
+    occlusion = args.occlusion or "incremental"
+    if occlusion != "none":
+        result["occlusion"] = run_occlusion(ensemble, ensemble.prepare(x[None])[0], args, native, occlusion)
     result["seconds"] = round(time.perf_counter() - start, 3)
     return write_json_atomic(Path(args.out) / "result.json", result)
 
 
-def run_occlusion(ensemble, x, args: argparse.Namespace, preprocessing: Path | None) -> dict:  # noqa: ANN001
+def run_cohort(args: argparse.Namespace, cases: list, ensemble, bundle: Path, threshold: float) -> Path:  # noqa: ANN001
+    """``predict`` over many inputs: ``predictions.tsv`` and one folder per subject (``cohort``)."""
+    from .batch import shard
+    from .cohort import predict_cohort
+    from .errors import InputError
+
+    if args.occlusion not in (None, "none"):
+        raise InputError("heat maps are made one case at a time (predict T1 --out DIR); for a cohort use brainimagenet-train occlusion")
+    cases = shard(cases, args.shard)
+    if not cases:
+        raise InputError(f"shard {args.shard} holds no subjects")
+    return predict_cohort(
+        cases, args.out, ensemble, Path(bundle), threshold, args.preset, args.jobs, args.overwrite, args.force, progress_for(args.progress)
+    )
+
+
+def run_occlusion(ensemble, x, args: argparse.Namespace, preprocessing: Path | None, method: str) -> dict:  # noqa: ANN001
     """Occlusion map of ``predict`` from maps ``x`` (C, 96, 120, 86) with the bundle's input
     conventions applied (``Ensemble.prepare``): ``occlusion.nii.gz`` on the MNI grid, ``occlusion_native.nii.gz``
     on the T1's grid (with a T1), and the summary for ``result.json``."""
@@ -253,7 +286,7 @@ def run_occlusion(ensemble, x, args: argparse.Namespace, preprocessing: Path | N
             raise InputError(f"--occlusion-fold must lie in 0..{len(models) - 1}")
         models = [models[args.occlusion_fold]]
     progress = progress_for(args.progress)
-    result = occlusion_map(models, x, OcclusionSettings(batch_size=max(1, args.occlusion_batch)), args.occlusion, progress=progress)
+    result = occlusion_map(models, x, OcclusionSettings(batch_size=max(1, args.occlusion_batch)), method, progress=progress)
     out = Path(args.out)
     files = {
         "mni": write_nifti_atomic(

@@ -1,0 +1,230 @@
+"""Scoring a cohort: many T1 images or map pairs through one ensemble, resumable and shardable.
+
+Each subject gets ``OUT/<subject>/`` with ``preprocessing/`` (for a T1) and ``result.json`` (as
+for one case); ``OUT/predictions.tsv`` lists every subject and is rewritten atomically after each
+one, so an interrupted run leaves a valid table and, started again, skips finished subjects.
+Preprocessing runs in ``jobs`` child processes (one process per subject: a crash in a native
+library costs that subject only) while the ensemble scores finished subjects in this process, so
+that the network work overlaps the preprocessing. Bad inputs are reported in the table and do not
+stop the others.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_bytes_atomic, write_json_atomic
+from .batch import collect_jobs
+from .ensemble import Ensemble
+from .errors import BrainImageNetError, InputError
+from .maps import load_model_input
+from .progress import ProgressCallback
+
+#: Columns of ``predictions.tsv``.
+PREDICTION_COLUMNS = (
+    "subject",
+    "status",
+    "probability",
+    "fold_probabilities",
+    "label",
+    "threshold",
+    "qc_verdict",
+    "model",
+    "demo",
+    "seconds",
+    "message",
+)
+_MAP_SUFFIXES = (".nii", ".nii.gz")
+_SPM_PAIR = re.compile(r"^mwc1_?(.+?)\.nii(?:\.gz)?$")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One subject of a cohort: a T1 to preprocess, or a pair of GMD/GMV maps."""
+
+    subject: str
+    t1: Path | None = None
+    gmd: Path | None = None
+    gmv: Path | None = None
+
+
+def _map_pairs(folder: Path) -> list[Case]:
+    """SPM's ``wc1<ID>.nii`` / ``mwc1<ID>.nii`` pairs in a folder (the authors' convention; also
+    ``wc1_<ID>``), one case per ID."""
+    cases = []
+    for mwc1 in sorted(folder.iterdir()):
+        match = _SPM_PAIR.match(mwc1.name)
+        if match and mwc1.is_file():
+            wc1 = mwc1.with_name(mwc1.name[1:])
+            if not wc1.is_file():
+                raise InputError(f"{mwc1}: no matching {wc1.name} (GMD) beside it")
+            cases.append(Case(match.group(1), gmd=wc1, gmv=mwc1))
+    return cases
+
+
+def collect_cases(inputs: list[Path]) -> list[Case]:
+    """Expand inputs into cases, sorted by subject: T1 files, DICOM series folders, folders of T1
+    files, BIDS datasets (see ``batch.collect_jobs``), folders of SPM ``wc1``/``mwc1`` pairs, and
+    CSV/TSV lists with a ``t1`` column or ``gmd`` and ``gmv`` columns (optional ``subject``;
+    relative paths are taken from the list's folder)."""
+    cases: list[Case] = []
+    t1_inputs: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_file() and item.suffix.lower() in (".csv", ".tsv"):
+            with item.open(newline="") as f:
+                rows = list(csv.DictReader(f, delimiter="\t" if item.suffix.lower() == ".tsv" else ","))
+            if rows and {"gmd", "gmv"} <= set(rows[0]):
+                for index, row in enumerate(rows):
+                    paths = [Path(row[k]) if Path(row[k]).is_absolute() else item.parent / row[k] for k in ("gmd", "gmv")]
+                    cases.append(Case(row.get("subject") or f"row{index + 1}", gmd=paths[0], gmv=paths[1]))
+                continue
+        elif item.is_dir() and not list(item.glob("sub-*")) and any(_SPM_PAIR.match(p.name) for p in item.iterdir()):
+            cases.extend(_map_pairs(item))
+            continue
+        t1_inputs.append(item)
+    if t1_inputs:
+        cases.extend(Case(job.subject, t1=job.t1) for job in collect_jobs(t1_inputs))
+    subjects = [c.subject for c in cases]
+    duplicates = sorted({s for s in subjects if subjects.count(s) > 1})
+    if duplicates:
+        raise InputError(f"several inputs share the identifier {duplicates[0]!r}; give them distinct names")
+    return sorted(cases, key=lambda c: c.subject)
+
+
+def prediction_result(ensemble: Ensemble, prediction: Any, checks: dict, qc_report: dict | None, bundle: Path) -> dict[str, Any]:
+    """The ``result.json`` content of one case (without heat map and timing)."""
+    from . import __version__
+
+    return {
+        "version": __version__,
+        **prediction.to_dict(),
+        "model_bundle": str(Path(bundle).resolve()),
+        "engine": ensemble.engine,
+        "precision": ensemble.precision,
+        "channels": ensemble.card.channels,
+        "threshold_presets": ensemble.card.threshold_presets,
+        "input_checks": checks,
+        "qc": None if qc_report is None else {k: qc_report[k] for k in ("verdict", "failures", "warnings", "measures", "volumes_ml")},
+    }
+
+
+def _preprocess(case: Case, out_dir: Path, preset: str, overwrite: bool) -> dict:
+    """Preprocess a case's T1 in its own child process (or read the finished report)."""
+    from .preprocess import is_done, preprocess_t1
+    from .worker import run_isolated
+
+    if is_done(out_dir) and not overwrite:
+        return json.loads((out_dir / "qc.json").read_text())
+    return run_isolated(preprocess_t1, case.t1, out_dir, preset)
+
+
+def _row(case: Case, status: str, message: str = "", result: dict | None = None, seconds: float = 0.0) -> dict[str, str]:
+    row = dict.fromkeys(PREDICTION_COLUMNS, "")
+    row.update(subject=case.subject, status=status, message=message.replace("\t", " ").replace("\n", " "), seconds=f"{seconds:.1f}")
+    if result is not None:
+        row.update(
+            probability=f"{result['probability']:.6f}",
+            fold_probabilities=",".join(f"{p:.6f}" for p in result["fold_probabilities"]),
+            label=str(result["label"]),
+            threshold=f"{result['threshold']:g}",
+            model=str(result["model_name"]),
+            demo=str(bool(result["demo"])).lower(),
+        )
+        if result.get("qc"):
+            row["qc_verdict"] = str(result["qc"]["verdict"])
+    return row
+
+
+def _write_table(out_root: Path, rows: dict[str, dict[str, str]]) -> Path:
+    lines = ["\t".join(PREDICTION_COLUMNS)] + ["\t".join(rows[s][c] for c in PREDICTION_COLUMNS) for s in sorted(rows)]
+    return write_bytes_atomic(out_root / "predictions.tsv", ("\n".join(lines) + "\n").encode())
+
+
+def predict_cohort(
+    cases: list[Case],
+    out_root: str | Path,
+    ensemble: Ensemble,
+    bundle: Path,
+    threshold: float,
+    preset: str = "fast",
+    jobs: int = 1,
+    overwrite: bool = False,
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """Score ``cases`` with ``ensemble`` into ``out_root``; return the path of ``predictions.tsv``.
+
+    ``jobs``: T1s preprocessed at the same time (each in its own child process); ``force``:
+    predict even when preprocessing QC fails (the verdict is in the table); ``overwrite``: redo
+    finished subjects. One line per subject goes to stderr.
+    """
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, dict[str, str]] = {}
+    todo: list[Case] = []
+    for case in cases:
+        result_path = out_root / case.subject / "result.json"
+        if result_path.is_file() and not overwrite:
+            rows[case.subject] = _row(case, "done before", "", json.loads(result_path.read_text()))
+        else:
+            todo.append(case)
+    _write_table(out_root, rows)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as threads:
+        pending: list[tuple[Case, Future | None]] = [
+            (case, threads.submit(_preprocess, case, out_root / case.subject / "preprocessing", preset, overwrite) if case.t1 else None)
+            for case in todo
+        ]
+        # Map pairs first (nothing to wait for), then T1s in the order their preprocessing ends.
+        pending.sort(key=lambda item: item[1] is not None)
+        done = 0
+        while pending:
+            index = next((i for i, (_, f) in enumerate(pending) if f is None or f.done()), None)
+            if index is None:
+                time.sleep(0.2)
+                continue
+            case, future = pending.pop(index)
+            row = _score(case, future, out_root / case.subject, ensemble, bundle, threshold, force)
+            rows[case.subject] = row
+            _write_table(out_root, rows)
+            done += 1
+            probability = f" p={row['probability']}" if row["probability"] else ""
+            print(
+                f"[{done}/{len(todo)}] {case.subject}: {row['status']}{probability} {row['message']}".rstrip(), file=sys.stderr, flush=True
+            )
+            if progress is not None:
+                progress("cohort", done / len(todo))
+    return out_root / "predictions.tsv"
+
+
+def _score(
+    case: Case, future: Future | None, out_dir: Path, ensemble: Ensemble, bundle: Path, threshold: float, force: bool
+) -> dict[str, str]:
+    """Predict one case whose preprocessing (if any) has ended; its table row, with the seconds
+    its preprocessing and its prediction took."""
+    start = time.perf_counter()
+    qc_report = None
+    elapsed = 0.0
+    try:
+        if future is not None:
+            qc_report = future.result()
+            elapsed = float(qc_report.get("seconds", {}).get("total", 0.0))
+            if qc_report["verdict"] == "fail" and not force:
+                return _row(case, "qc fail", "; ".join(qc_report["failures"]), seconds=elapsed) | {"qc_verdict": "fail"}
+            paths = {"GMD": out_dir / "preprocessing" / "gmd.nii.gz", "GMV": out_dir / "preprocessing" / "gmv.nii.gz"}
+        else:
+            paths = {"GMD": case.gmd, "GMV": case.gmv}
+        x, checks = load_model_input(paths, ensemble.card.channels)
+        result = prediction_result(ensemble, ensemble.predict(x, threshold), checks, qc_report, bundle)
+        write_json_atomic(out_dir / "result.json", result)
+    except (BrainImageNetError, OSError) as exc:
+        return _row(case, "error", str(exc), seconds=elapsed + time.perf_counter() - start)
+    warnings = "; ".join(qc_report["warnings"]) if qc_report else ""
+    return _row(case, "done", warnings, result, elapsed + time.perf_counter() - start)
