@@ -84,19 +84,13 @@ class Builder:
             b1 = self.conv_bn(self.conv_bn(x, 32, 1), 32, 3)
             b2 = self.conv_bn(self.conv_bn(self.conv_bn(x, 32, 1), 48, 3), 64, 3)
             branches = [b0, b1, b2]
-        elif block_type == "block17":
-            b0 = self.conv_bn(x, 192, 1)
-            b1 = self.conv_bn(x, 128, 1)
-            b1 = self.conv_bn(b1, 148, [1, 7, 1])
-            b1 = self.conv_bn(b1, 170, [1, 1, 7])
-            b1 = self.conv_bn(b1, 192, [7, 1, 1])
-            branches = [b0, b1]
         else:
-            b0 = self.conv_bn(x, 192, 1)
-            b1 = self.conv_bn(x, 192, 1)
-            b1 = self.conv_bn(b1, 212, [1, 3, 1])
-            b1 = self.conv_bn(b1, 234, [1, 1, 3])
-            b1 = self.conv_bn(b1, 256, [3, 1, 1])
+            # Branch 1 factorises an n x n x n kernel into 1xnx1, 1x1xn, nx1x1 (n = 7 for B, 3 for C).
+            n, filters = (7, (128, 148, 170, 192)) if block_type == "block17" else (3, (192, 212, 234, 256))
+            b0 = self.conv_bn(x, 192, 1)  # created first: Keras numbers layers in creation order
+            b1 = self.conv_bn(x, filters[0], 1)
+            for f, kernel in zip(filters[1:], ([1, n, 1], [1, 1, n], [n, 1, 1]), strict=True):
+                b1 = self.conv_bn(b1, f, kernel)
             branches = [b0, b1]
         name = f"{block_type}_{block_idx}"
         mixed = layers.Concatenate(axis=4, name=name + "_mixed")(branches)
