@@ -133,7 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--heat-map", default="ensemble", choices=list(HEAT_MAPS), help="default heat map of a run")
     web.add_argument("--models", type=Path, default=None, help="folder of more model bundles for the chooser (e.g. made by import-keras)")
     bench = sub.add_parser("bench", help="benchmarks (speed, memory) printed as a table")
-    bench.add_argument("target", choices=["predict", "preprocess", "occlusion", "train"], help="what to measure")
+    bench.add_argument("target", choices=["predict", "preprocess", "occlusion", "train", "fidelity"], help="what to measure")
+    bench.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="fidelity: folder of SPM12 reference maps, one sub-folder per scan (default: ../shared/reference/spm12 beside the source tree)",
+    )
     bench.add_argument(
         "--presets",
         nargs="+",
@@ -162,7 +168,17 @@ def run_bench(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.target == "preprocess":
+    if args.target == "fidelity":
+        from .fidelity import reference_scans, scan_fidelity, summary_line
+
+        reference = args.reference or Path(__file__).resolve().parents[3] / "shared" / "reference" / "spm12"
+        rows = []
+        for scan in reference_scans(reference):
+            rows.append(scan_fidelity(scan, (args.presets or ["fast"])[0]))
+            print(f"{scan.name}: done", file=sys.stderr, flush=True)
+        print_rows(rows)
+        print(summary_line(rows))
+    elif args.target == "preprocess":
         print_rows(bench_preprocess(str(args.t1), args.presets or ["fast", "accurate"]))
     elif args.target == "train":
         print_rows(bench_train(args.presets or ["paper"], batch=args.batch, steps=args.repeats or 1, device=args.device))
