@@ -151,7 +151,8 @@ def test_bench_predict_prints_a_row_per_preset() -> None:
     assert "s_per_subject" in header and "pct_of_peak" in header and "other_jobs_cpu" in header
     engines = {" ".join(row[1:3]): row for row in rows[:4]}
     assert list(engines) == ["torch f32", "openvino f32", "torch bf16", "openvino bf16"]
-    assert float(engines["openvino f32"][6]) < 1e-5  # max abs difference from PyTorch fp32
+    assert float(engines["openvino f32"][7]) < 1e-5  # max abs difference from PyTorch fp32
+    assert float(engines["torch f32"][5]) == pytest.approx(3600 / float(engines["torch f32"][4]), rel=1e-3)  # subjects per hour
     assert all(float(row[4]) > 0 for row in rows[:4])
     assert rows[4][1:5] == ["openvino", "f32", "batch", "2"]
     assert footer.startswith("torch threads")

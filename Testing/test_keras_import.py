@@ -259,6 +259,21 @@ def test_mismatched_layers_are_named(authors_files: dict, tmp_path: Path) -> Non
         import_keras_model(edited_copy(fold0, tmp_path / "padding.h5", padding))
 
 
+def test_a_model_saved_inside_another_is_read(authors_files: dict, tmp_path: Path) -> None:
+    """Multi-GPU training saved the network as a layer of an outer model: its weights then sit in
+    one group, named by layer."""
+    model = make_keras_model("ad", TINY, 1)
+    inputs = kr.keras.layers.Input((96, 120, 86, 2))
+    outer = kr.keras.Model(inputs, model(inputs))
+    path = kr.save_legacy_h5(outer, tmp_path / "nested.h5")
+    with h5py.File(path) as f:
+        assert len([n for n in f["model_weights"].attrs["layer_names"] if len(f["model_weights"][n].attrs["weight_names"])]) == 1
+    network, _, _ = import_keras_model(path)
+    flat, _, _ = import_keras_model(kr.save_legacy_h5(model, tmp_path / "flat.h5"))
+    for (name, ours), theirs in zip(network.state_dict().items(), flat.state_dict().values(), strict=True):
+        assert np.array_equal(ours.numpy(), theirs.numpy()), name
+
+
 def test_model_chooser_lists_imported_bundles(imported: Path) -> None:
     choices = model_choices(imported.parent)
     assert choices["brainimagenet-lu"] == imported.resolve()

@@ -122,7 +122,8 @@ def bench_predict(
     ``bf16``, both in bf16. Rounds interleave the engines (``repeats`` rounds, medians), so that a
     busy machine slows them alike; the other processes' CPU share is recorded.
 
-    Per preset and engine: seconds per subject (batch 1), speed-up over PyTorch, max abs
+    Per preset and engine: seconds per subject (batch 1) and subjects per hour from maps (a
+    cohort's throughput once preprocessed), speed-up over PyTorch, max abs
     difference of the probabilities from PyTorch's, GFLOP/s and its share of the peak measured
     in the same run (the largest of ``measured_peak_gflops``). The networks have random weights
     with He initialisation and varied batch-norm statistics (``signal_preserving_init``: outputs
@@ -180,6 +181,7 @@ def bench_predict(
                     "engine": f"{spec[0]} {spec[1]}",
                     "GMAC_per_fold": gmac,
                     "s_per_subject": seconds,
+                    "subjects_per_hour": 3600 / seconds,
                     "speedup": reference / seconds,
                     "max_abs_diff": float(np.abs(outputs[spec] - outputs[("torch", "f32")]).max()),
                     "GFLOP_per_s": rate,
@@ -196,6 +198,7 @@ def bench_predict(
                 "engine": f"{default.engine} f32 batch {batch}",
                 "GMAC_per_fold": gmac,
                 "s_per_subject": many,
+                "subjects_per_hour": 3600 / many,
                 "speedup": one / many,
                 "max_abs_diff": float("nan"),
                 "GFLOP_per_s": 2 * gmac * folds / many,

@@ -79,12 +79,20 @@ def _text(value: Any) -> str:
 
 
 def _model_layers_config(attrs: Any) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Layer name -> (class name, config) from the JSON ``model_config`` attribute, if any."""
+    """Layer name -> (class name, config) from the JSON ``model_config`` attribute, if any,
+    including the layers of models nested in the model (as multi-GPU training saved them)."""
     if "model_config" not in attrs:
         return {}
-    config = json.loads(_text(attrs["model_config"]))
-    layers = config.get("config", {}).get("layers", [])
-    return {layer["config"]["name"]: (layer.get("class_name", ""), layer["config"]) for layer in layers if "config" in layer}
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def walk(model: dict[str, Any]) -> None:
+        for layer in model.get("config", {}).get("layers", []):
+            if "config" in layer and "name" in layer["config"]:
+                found[layer["config"]["name"]] = (layer.get("class_name", ""), layer["config"])
+                walk(layer)
+
+    walk(json.loads(_text(attrs["model_config"])))
+    return found
 
 
 def read_keras_file(path: str | Path) -> KerasFile:
@@ -106,16 +114,17 @@ def read_keras_file(path: str | Path) -> KerasFile:
             version = _text(f.attrs.get("keras_version", root.attrs.get("keras_version", "unknown")))
             layers: dict[str, KerasLayer] = {}
             for raw_name in root.attrs["layer_names"]:
-                name = _text(raw_name)
-                group = root[name]
-                weights: dict[str, np.ndarray] = {}
+                group = root[_text(raw_name)]
                 for raw_weight in group.attrs.get("weight_names", []):
+                    # "conv3d_1/kernel:0": the layer, then the weight. A nested model's group (a
+                    # multi-GPU save) holds the weights of all its layers, named the same way.
                     weight = _text(raw_weight)
-                    short = weight.rsplit("/", 1)[-1].split(":")[0]
-                    weights[short] = np.asarray(group[weight], dtype=np.float32)
-                if weights:
-                    class_name, config = configs.get(name, ("", {}))
-                    layers[name] = KerasLayer(name, weights, config, class_name)
+                    parts = weight.split("/")
+                    name = parts[-2] if len(parts) > 1 else _text(raw_name)
+                    if name not in layers:
+                        class_name, config = configs.get(name, ("", {}))
+                        layers[name] = KerasLayer(name, {}, config, class_name)
+                    layers[name].weights[parts[-1].split(":")[0]] = np.asarray(group[weight], dtype=np.float32)
     except InputError:
         raise
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
