@@ -18,7 +18,7 @@ from BrainImageNetADLib.maps import load_model_input
 from BrainImageNetADLib.preprocess import OUTPUT_FILES, preprocess_t1
 from BrainImageNetADLib.resources import default_bundle
 from BrainImageNetADLib.worker import run_isolated
-from conftest import COLIN27_T1
+from conftest import COLIN27_T1, ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -189,3 +189,35 @@ def test_progress_is_reported_and_cancel_stops_before_any_output(tmp_path: Path,
     assert seen == [("read", pytest.approx(1 / 6)), ("affine", pytest.approx(2 / 6))]
     assert not (tmp_path / "out").exists()
     assert not list(scratch.iterdir())
+
+
+NICHART = ROOT.parent / "shared" / "realdata" / "nichart"
+
+
+@pytest.mark.skipif(not NICHART.is_dir(), reason="the real scans (../shared/realdata) are not beside this checkout")
+def test_atrophied_brain_keeps_a_plausible_scale(tmp_path: Path) -> None:
+    """Subj5 (95 years, marked atrophy): the brain-to-brain affine diverges (the brain comes out
+    registered far too small, TIV 2.5 L against 1.4 L measured independently); the skull-to-skull
+    affine is kept instead, with a warning, and the TIV lands where the other elderly scans' do
+    (ours / DLMUSE intracranial volume 0.82-0.90 on the five whose brain affine works)."""
+    import csv
+
+    icv = {row["subject"]: float(row["muse_icv_ml"]) for row in csv.DictReader((NICHART / "participants.csv").open())}
+    report = preprocess(NICHART / "Subj5_T1.nii.gz", tmp_path)
+    assert report["affine"]["used"] == "head" and report["affine"]["brain_to_head"] > 1.3
+    assert any("brain-to-brain affine diverged" in w for w in report["warnings"])
+    assert 0.75 <= report["volumes_ml"]["TIV_ml"] / icv["Subj5"] <= 1.0
+    assert 0.45 <= report["measures"]["affine_scale"] <= 1.05
+
+
+def test_qc_fails_an_implausible_registration_scale() -> None:
+    from BrainImageNetADLib import qc
+
+    tm = templates.mni_templates_on_grid()
+    posteriors = np.stack([tm["CSF"], tm["GM"], tm["WM"]], axis=-1)
+    model = {"CSF_mean": 0.2, "GM_mean": 0.6, "WM_mean": 1.0, "sd": 0.1}
+    args = (tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), tm["T1"], tm, model, [])
+    assert qc.assess(*args, affine_determinant=0.7)["verdict"] == "pass"
+    too_small = qc.assess(*args, affine_determinant=1.25)
+    assert too_small["verdict"] == "fail" and "scales the head by 1.25" in too_small["failures"][0]
+    assert qc.assess(*args, affine_determinant=0.42)["verdict"] == "warn"

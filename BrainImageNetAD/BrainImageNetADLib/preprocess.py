@@ -135,7 +135,13 @@ def _normalise(
     native = t1.image
     tm = templates.mni_templates_on_grid()
     mni_mask = templates.ants_from_ras(tm["mask"], grid.MNI_AFFINE)
-    brain_affine = _affine_to_mni(working, tm, mni_mask, scratch)
+    brain_affine, affine_record = _affine_to_mni(working, tm, mni_mask, scratch)
+    registration_warnings = []
+    if affine_record["used"] == "head":
+        registration_warnings.append(
+            f"the brain-to-brain affine diverged (it changed the volume {affine_record['brain_to_head']:.2f}x the skull-to-skull "
+            "affine, outside the 0.7-1.3 seen on good scans); the skull-to-skull affine was used: check qc_gmd.png"
+        )
     stage_done("affine")
 
     lowres = ants.resample_image(working, (settings.n4_spacing_mm,) * 3, use_voxels=False, interp_type=0)
@@ -180,13 +186,15 @@ def _normalise(
         t1_mni=t1_mni,
         templates_on_grid=tm,
         tissue_model=tissue_model,
-        read_warnings=t1.warnings,
+        read_warnings=t1.warnings + registration_warnings,
+        affine_determinant=float(abs(np.linalg.det(affine_matrix))),
     )
     report.update(
         {
             "input": {**t1.info, "path": str(Path(t1_path).resolve())},
             "preset": settings.name,
             "affine_determinant": float(abs(np.linalg.det(affine_matrix))),
+            "affine": {k: round(v, 4) if isinstance(v, float) else v for k, v in affine_record.items()},
         }
     )
     transform_files = [warp, brain_affine[0], registration["invtransforms"][1]]
@@ -194,11 +202,28 @@ def _normalise(
     return report
 
 
-def _affine_to_mni(working, tm: dict[str, np.ndarray], mni_mask, scratch: Path) -> list[str]:
+#: Accepted range of the brain-to-brain affine's volume change relative to the skull-to-skull one
+#: (determinant ratio). Measured on 21 real scans: 0.84-1.00 where the brain step worked; 1.66-2.01
+#: where it diverged (three atrophied elderly brains, registered too small in MNI space).
+BRAIN_TO_HEAD_SCALE = (0.7, 1.3)
+
+
+def _determinant(transform_file: str) -> float:
+    import ants
+
+    return float(abs(np.linalg.det(np.array(ants.read_transform(transform_file).parameters[:9]).reshape(3, 3))))
+
+
+def _affine_to_mni(working, tm: dict[str, np.ndarray], mni_mask, scratch: Path) -> tuple[list[str], dict[str, Any]]:
     """Affine of the T1 (canonical grid, native space) to MNI: skull to skull with the Colin27
     head, then brain to brain with the MNI152 T1, the metric taken inside the template's brain
     mask only, so that the brain's own outline, not a mask drawn from the first step, sets the
-    scale. Both at 3 mm. Returns the ANTs transform list (one file, MNI points to native points)."""
+    scale. Both at 3 mm. On atrophied brains the second step can diverge (enlarged CSF spaces pull
+    the template's brain over the skull): when it changes the volume by a factor outside
+    ``BRAIN_TO_HEAD_SCALE`` of the first, the skull-to-skull affine is kept and the report says so.
+
+    Returns the ANTs transform list (one file, MNI points to native points) and a record of both
+    steps (determinants: native mm^3 per MNI mm^3; ``used``: ``brain`` or ``head``)."""
     import ants
 
     head = ants.image_read(str(templates.template_path("colin27_head"))).clone("float")
@@ -227,7 +252,14 @@ def _affine_to_mni(working, tm: dict[str, np.ndarray], mni_mask, scratch: Path) 
         aff_random_sampling_rate=1.0,
         outprefix=str(scratch / "brain_"),
     )
-    return brain["fwdtransforms"]
+    record = {
+        "head_determinant": _determinant(head_affine["fwdtransforms"][0]),
+        "brain_determinant": _determinant(brain["fwdtransforms"][0]),
+    }
+    record["brain_to_head"] = record["brain_determinant"] / record["head_determinant"]
+    if BRAIN_TO_HEAD_SCALE[0] <= record["brain_to_head"] <= BRAIN_TO_HEAD_SCALE[1]:
+        return brain["fwdtransforms"], {**record, "used": "brain"}
+    return head_affine["fwdtransforms"], {**record, "used": "head"}
 
 
 def _register_tissues(posteriors: np.ndarray, tm: dict[str, np.ndarray], settings: PreprocessSettings, scratch: Path) -> dict[str, Any]:

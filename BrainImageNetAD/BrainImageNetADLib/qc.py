@@ -31,6 +31,13 @@ CONTRAST_TO_NOISE_WARN = 1.2
 #: Plausible total intracranial volume, mL: adults measure 1.2-1.9 L; brains already in MNI space
 #: (Colin27, MNI152) measure 2.1-2.7 L with the template mask, so the range is wide.
 TIV_RANGE_ML = (900.0, 2800.0)
+#: Plausible volume scale of the affine to MNI (native mm^3 per MNI mm^3): 0.56-0.77 on 18 real
+#: adult and elderly scans, 0.92 for Colin27 (a large head), 1.00 for the MNI152 T1 itself; the
+#: MNI152 brain is larger than nearly every real one. Outside the warn range the registration is
+#: suspect, outside the fail range it has failed (a brain registered far too small or too large),
+#: whatever the GM map looks like.
+AFFINE_SCALE_WARN = (0.45, 1.05)
+AFFINE_SCALE_FAIL = (0.35, 1.15)
 VOXEL_ML = 1.5**3 / 1000.0
 
 
@@ -49,10 +56,12 @@ def assess(
     templates_on_grid: dict[str, np.ndarray],
     tissue_model: dict[str, float],
     read_warnings: list[str],
+    affine_determinant: float | None = None,
 ) -> dict[str, Any]:
     """QC report of one preprocessing. All arrays lie on the 121x145x121 MNI grid; ``posteriors``
     has shape (121, 145, 121, 3) for CSF, GM, WM; ``jacobian`` is native mm^3 per MNI mm^3;
-    ``tissue_model`` holds the segmentation's class means and shared SD (``segment_tissues``).
+    ``tissue_model`` holds the segmentation's class means and shared SD (``segment_tissues``);
+    ``affine_determinant`` is the volume scale of the affine to MNI (native mm^3 per MNI mm^3).
     Returns measures, volumes in mL (native space), warnings, failures and the verdict."""
     mask = templates_on_grid["mask"] > 0
     brain = (templates_on_grid["GM"] + templates_on_grid["WM"]) > 0.5
@@ -85,6 +94,16 @@ def assess(
         warnings.append(
             f"grey-matter map correlates {gm_correlation:.2f} with the template (warn below {GM_CORRELATION_WARN}): check qc_gmd.png"
         )
+    if affine_determinant is not None and not AFFINE_SCALE_FAIL[0] <= affine_determinant <= AFFINE_SCALE_FAIL[1]:
+        failures.append(
+            f"the affine to MNI scales the head by {affine_determinant:.2f} in volume (fail outside {AFFINE_SCALE_FAIL[0]}-{AFFINE_SCALE_FAIL[1]}): "
+            "registration failed"
+        )
+    elif affine_determinant is not None and not AFFINE_SCALE_WARN[0] <= affine_determinant <= AFFINE_SCALE_WARN[1]:
+        warnings.append(
+            f"the affine to MNI scales the head by {affine_determinant:.2f} in volume (warn outside {AFFINE_SCALE_WARN[0]}-{AFFINE_SCALE_WARN[1]}): "
+            "check the registration in qc_gmd.png"
+        )
     if not TIV_RANGE_ML[0] <= tiv <= TIV_RANGE_ML[1]:
         warnings.append(
             f"total intracranial volume {tiv:.0f} mL is outside {TIV_RANGE_ML[0]:.0f}-{TIV_RANGE_ML[1]:.0f} mL: check the registration and the voxel size in the header"
@@ -98,11 +117,14 @@ def assess(
             "gm_template_correlation": round(gm_correlation, 4),
             "t1_template_correlation": round(t1_correlation, 4),
             "gm_wm_contrast_to_noise": round(contrast_to_noise, 3),
+            "affine_scale": None if affine_determinant is None else round(affine_determinant, 4),
             "thresholds": {
                 "gm_template_correlation_fail": GM_CORRELATION_FAIL,
                 "gm_template_correlation_warn": GM_CORRELATION_WARN,
                 "gm_wm_contrast_to_noise_fail": CONTRAST_TO_NOISE_FAIL,
                 "gm_wm_contrast_to_noise_warn": CONTRAST_TO_NOISE_WARN,
+                "affine_scale_warn": list(AFFINE_SCALE_WARN),
+                "affine_scale_fail": list(AFFINE_SCALE_FAIL),
             },
         },
         "tissue_model": {k: round(v, 4) for k, v in tissue_model.items()},
