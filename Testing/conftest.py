@@ -15,6 +15,9 @@ from BrainImageNetADLib.networks import build_network
 from BrainImageNetADLib.resources import sample_maps
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Seconds after which a test gives up on a child process or a run: only a guard against hangs.
+#: Generous on purpose: on a loaded machine a run that takes two minutes can take ten times longer.
+HANG_GUARD_S = 3600
 #: The Colin27 T1 (Debian's mricron-data), the real scan most tests preprocess.
 COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 

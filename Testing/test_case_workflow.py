@@ -27,6 +27,7 @@ from BrainImageNetADLib.job import STAGE_GROUPS, RunOptions  # noqa: E402
 from BrainImageNetADLib.mrml import volume_node_array  # noqa: E402
 from BrainImageNetADLib.report import standalone_html  # noqa: E402
 from BrainImageNetADLib.resources import default_bundle, sample_t1  # noqa: E402
+from conftest import HANG_GUARD_S  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +69,7 @@ def coloured(pixels: np.ndarray) -> np.ndarray:
     return (p.max(axis=2) - p.min(axis=2)) > 60
 
 
-def wait(controller: CaseController, timeout: float = 600) -> None:
+def wait(controller: CaseController, timeout: float = HANG_GUARD_S) -> None:
     end = time.monotonic() + timeout
     while controller.poll().state == "running":
         assert time.monotonic() < end, "run took too long"

@@ -15,14 +15,14 @@ import pytest
 from BrainImageNetADLib import grid
 from BrainImageNetADLib.ensemble import Ensemble
 from BrainImageNetADLib.maps import load_model_input
-from conftest import assert_input_error
+from conftest import HANG_GUARD_S, assert_input_error
 
 COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "BrainImageNetADLib.cli", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 def test_predict_sample_writes_result_json(tmp_path: Path, sample: dict[str, Path], tiny_bundle: Path) -> None:
@@ -165,13 +165,12 @@ def test_terminal_shows_progress_bars_and_a_pipe_gets_none(tiny_bundle: Path, sa
     command += ["--model", str(tiny_bundle), "--occlusion-fold", "0"]
     shell = " ".join(command + ["--out", str(tmp_path / "tty")])
     log = tmp_path / "terminal.log"
-    # The timeout only guards against a hang; the run takes seconds.
-    subprocess.run(["script", "-qec", shell, str(log)], capture_output=True, text=True, timeout=600, check=True)
+    subprocess.run(["script", "-qec", shell, str(log)], capture_output=True, text=True, timeout=HANG_GUARD_S, check=True)
     screen = log.read_text(errors="replace").replace("\r", "\n")
     assert "Ensemble: 100%" in screen
     occlusion = [line for line in screen.splitlines() if line.startswith("Occlusion map (occlusion model 1/1):")]
     assert occlusion and "%|" in occlusion[-1] and "<" in occlusion[-1]  # fraction, bar, elapsed<left
-    piped = subprocess.run(command + ["--out", str(tmp_path / "pipe")], capture_output=True, text=True, timeout=600)
+    piped = subprocess.run(command + ["--out", str(tmp_path / "pipe")], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert piped.returncode == 0 and piped.stderr == "" and piped.stdout.strip().endswith("result.json")
 
 

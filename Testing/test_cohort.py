@@ -15,12 +15,13 @@ import pytest
 from BrainImageNetADLib.cohort import PREDICTION_COLUMNS, collect_cases
 from BrainImageNetADLib.ensemble import Ensemble
 from BrainImageNetADLib.maps import load_model_input
-from conftest import COLIN27_T1, assert_input_error
+from conftest import COLIN27_T1, HANG_GUARD_S, assert_input_error
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    # The timeout only guards against a hang; these runs take seconds.
-    return subprocess.run([sys.executable, "-m", "BrainImageNetADLib.cli", *map(str, args)], capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "BrainImageNetADLib.cli", *map(str, args)], capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
 
 
 def read_table(path: Path) -> dict[str, dict[str, str]]:

@@ -22,7 +22,7 @@ from BrainImageNetADLib.ensemble import Ensemble
 from BrainImageNetADLib.keras_import import approximate_brain_mask, import_keras_bundle, import_keras_model
 from BrainImageNetADLib.maps import load_model_input
 from BrainImageNetADLib.web import model_choices
-from conftest import assert_input_error
+from conftest import HANG_GUARD_S, assert_input_error
 
 TINY = 0.0625
 
@@ -181,8 +181,7 @@ def test_predict_and_occlusion_run_on_the_imported_bundle(
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    # The timeout only guards against a hang; an import of tiny files takes seconds.
-    return subprocess.run([sys.executable, "-m", "BrainImageNetADLib.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "BrainImageNetADLib.cli", *args], capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 def edited_copy(source: Path, target: Path, edit) -> Path:  # noqa: ANN001

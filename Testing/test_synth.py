@@ -13,6 +13,7 @@ from BrainImageNetADLib.atlas import hippocampal_labels
 from BrainImageNetADLib.maps import load_model_input
 from BrainImageNetTrainingLib.manifest import read_manifest
 from BrainImageNetTrainingLib.synth import CohortGenerator, Site, write_cohort
+from conftest import HANG_GUARD_S
 
 pytestmark = pytest.mark.slow
 
@@ -108,8 +109,8 @@ def test_synth_command_writes_a_cohort(tmp_path: Path) -> None:
         "--datasets",
         "1",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr
     assert len(read_manifest(tmp_path / "manifest.csv")) == 3
-    bad = subprocess.run([*command[:-4], "--sites", "1", "--datasets", "2"], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run([*command[:-4], "--sites", "1", "--datasets", "2"], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")

@@ -25,14 +25,14 @@ from BrainImageNetTrainingLib.manifest import read_manifest
 from BrainImageNetTrainingLib.splits import LeakageError
 from BrainImageNetTrainingLib.synth import write_cohort
 from BrainImageNetTrainingLib.training import TrainConfig, train
-from conftest import assert_input_error
+from conftest import HANG_GUARD_S, assert_input_error
 
 QUICK = {"preset": "tiny", "batch_size": 4, "validation": 2}
 
 
 def run_train_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "BrainImageNetTrainingLib.cli", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,7 @@ def test_torchrun_two_processes_train_the_same_procedure(cohort: Path, base_run:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "BrainImageNetTrainingLib.cli"]
     command += ["transfer", "--manifest", str(cohort), "--out", str(tmp_path / "ddp"), "--base", str(base_run), "--freeze-stem"]
     command += ["--preset", "tiny", "--folds", "2", "--epochs", "1", "--batch-size", "4", "--validation", "2", "--threads", "1"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr[-3000:]
     card, models = load_fold_models(tmp_path / "ddp" / "bundle")
     assert len(models) == 2 and card.trained

@@ -20,6 +20,7 @@ from PIL import Image
 from BrainImageNetADLib.errors import BrainImageNetError
 from BrainImageNetADLib.resources import sample_t1
 from BrainImageNetADLib.web import safe_upload_name
+from conftest import HANG_GUARD_S
 
 pytestmark = pytest.mark.slow
 #: Where the page test leaves its screenshots (the README's come from here).
@@ -58,7 +59,7 @@ def page_server(tmp_path: Path):
         text=True,
         env=env,
     )
-    end = time.monotonic() + 120
+    end = time.monotonic() + HANG_GUARD_S
     while True:
         assert process.poll() is None, process.stdout.read()
         with socket.socket() as s:
@@ -123,7 +124,7 @@ def test_page_runs_the_sample_and_shows_the_heat_map(page_server: tuple[str, Pat
             assert max(before) < 0.01, "coloured pixels before any run"
             await browser.click("#run")
             await browser.wait_for("document.querySelector('#cancel') && document.querySelector('#stage-message')", 30)
-            await browser.wait_for("document.querySelector('#probability')", 600, every=2)
+            await browser.wait_for("document.querySelector('#probability')", HANG_GUARD_S, every=2)
             assert not await browser.js("document.querySelector('#error')")
             label = await browser.js("document.querySelector('#label').innerText")
             probability = float(await browser.js("document.querySelector('#probability').innerText"))
