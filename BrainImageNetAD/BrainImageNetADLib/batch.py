@@ -38,6 +38,22 @@ def _stem(path: Path) -> str:
     return name
 
 
+def is_list(path: Path) -> bool:
+    """Whether ``path`` is a CSV or TSV list of inputs."""
+    return path.is_file() and path.suffix.lower() in (".csv", ".tsv")
+
+
+def read_list(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV or TSV list (by its suffix), as dicts keyed by the header."""
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+
+
+def listed_path(list_file: Path, value: str) -> Path:
+    """A path written in a list: absolute as given, relative to the list's folder otherwise."""
+    return Path(value) if Path(value).is_absolute() else list_file.parent / value
+
+
 def collect_jobs(inputs: list[Path]) -> list[Job]:
     """Expand inputs into jobs, sorted by subject identifier.
 
@@ -51,13 +67,12 @@ def collect_jobs(inputs: list[Path]) -> list[Job]:
         item = Path(item)
         if not item.exists():
             raise InputError(f"file not found: {item}")
-        if item.is_file() and item.suffix.lower() in (".csv", ".tsv"):
-            with item.open(newline="") as f:
-                rows = list(csv.DictReader(f, delimiter="\t" if item.suffix.lower() == ".tsv" else ","))
+        if is_list(item):
+            rows = read_list(item)
             if not rows or "t1" not in rows[0]:
                 raise InputError(f"{item}: expected a 't1' column (and optionally 'subject')")
             for index, row in enumerate(rows):
-                t1 = Path(row["t1"]) if Path(row["t1"]).is_absolute() else item.parent / row["t1"]
+                t1 = listed_path(item, row["t1"])
                 jobs.append(Job(row.get("subject") or _stem(t1) or f"row{index}", t1))
         elif item.is_dir() and sorted(item.glob("sub-*")):
             for t1 in sorted(item.glob("sub-*/**/anat/*_T1w.*")):

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import grid
-from .atomic import write_json_atomic
+from .atomic import replacing, write_json_atomic
 from .errors import BundleError
 from .networks import ARCHITECTURES, build_network
 
@@ -208,9 +208,8 @@ def write_input_mask(bundle_dir: str | Path, mask: np.ndarray, source: str) -> d
     if tuple(mask.shape) != grid.MODEL_SHAPE or not np.isfinite(mask).all():
         raise BundleError(f"input mask must be a finite array of shape {grid.MODEL_SHAPE}, got {mask.shape}")
     path = Path(bundle_dir) / INPUT_MASK_NAME
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))}, str(tmp))
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        save_file({"mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))}, str(tmp))
     return {"file": path.name, "sha256": sha256_file(path), "source": source}
 
 
@@ -240,10 +239,9 @@ def save_bundle(bundle_dir: str | Path, models: list[nn.Module], card: dict[str,
         raise ValueError(f"card lists {len(folds)} folds for {len(models)} models")
     for index, (model, fold) in enumerate(zip(models, folds, strict=True)):
         name = f"fold{index}.safetensors"
-        tmp = bundle_dir / f".{name}.tmp"
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        tmp.replace(bundle_dir / name)
+        with replacing(bundle_dir / name) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
         fold.update(file=name, sha256=sha256_file(bundle_dir / name))
     full = {"schema_version": SCHEMA_VERSION, **card, "folds": folds}
     write_json_atomic(bundle_dir / CARD_NAME, full)

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=["f32", "bf16"],
         default="f32",
-        help="f32 (default, exact) or bf16 (faster on CPUs with bf16 units; probabilities differ by about 1e-2, see bench predict)",
+        help="f32 (default, exact) or bf16 (2-5x faster on CPUs with bf16 units; probabilities move by up to 2e-3, see bench predict)",
     )
     predict.add_argument(
         "--occlusion",
@@ -232,20 +232,21 @@ def run_predict(args: argparse.Namespace) -> Path:
     ensemble = Ensemble.from_bundle(bundle, args.device, args.threads, args.engine, args.precision)  # fail fast on a bad bundle
     threshold = ensemble.card.threshold_presets.get("balanced", 0.5) if args.threshold is None else args.threshold
     t1 = sample_t1() if args.sample else None
+    progress = progress_for(args.progress)
     if args.inputs:
         cases = collect_cases(args.inputs)
         if not cases:
             raise InputError("no T1 images or map pairs found in the inputs")
         single = len(args.inputs) == 1 and len(cases) == 1 and cases[0].t1 == args.inputs[0] and args.shard is None
         if not single:
-            return run_cohort(args, cases, ensemble, bundle, threshold)
+            return run_cohort(args, cases, ensemble, bundle, threshold, progress)
         t1 = cases[0].t1
     if t1 is not None:
         from .preprocess import preprocess_t1
         from .worker import run_isolated
 
         preprocessing = Path(args.out) / "preprocessing"
-        qc_report = run_isolated(preprocess_t1, t1, preprocessing, args.preset, progress=progress_for(args.progress))
+        qc_report = run_isolated(preprocess_t1, t1, preprocessing, args.preset, progress=progress)
         if qc_report["verdict"] == "fail" and not args.force:
             raise InputError(
                 f"preprocessing QC failed: {'; '.join(qc_report['failures'])} (see {preprocessing / 'qc_gmd.png'}; --force predicts anyway)"
@@ -254,7 +255,6 @@ def run_predict(args: argparse.Namespace) -> Path:
     else:
         paths = {"GMD": args.gmd, "GMV": args.gmv}
     x, checks = load_model_input(paths, ensemble.card.channels)
-    progress = progress_for(args.progress)
     prediction = ensemble.predict(x, threshold)
     if progress is not None:
         progress("ensemble", 1.0)
@@ -266,12 +266,12 @@ def run_predict(args: argparse.Namespace) -> Path:
         result["regions_native"] = write_native_regions(native, Path(args.out) / "regions_native.nii.gz").name
     occlusion = args.occlusion or "incremental"
     if occlusion != "none":
-        result["occlusion"] = run_occlusion(ensemble, ensemble.prepare(x[None])[0], args, native, occlusion)
+        result["occlusion"] = run_occlusion(ensemble, ensemble.prepare(x[None])[0], args, native, occlusion, progress)
     result["seconds"] = round(time.perf_counter() - start, 3)
     return write_json_atomic(Path(args.out) / "result.json", result)
 
 
-def run_cohort(args: argparse.Namespace, cases: list, ensemble, bundle: Path, threshold: float) -> Path:  # noqa: ANN001
+def run_cohort(args: argparse.Namespace, cases: list, ensemble, bundle: Path, threshold: float, progress: ProgressCallback | None) -> Path:  # noqa: ANN001
     """``predict`` over many inputs: ``predictions.tsv`` and one folder per subject (``cohort``)."""
     from .batch import shard
     from .cohort import predict_cohort
@@ -282,12 +282,17 @@ def run_cohort(args: argparse.Namespace, cases: list, ensemble, bundle: Path, th
     cases = shard(cases, args.shard)
     if not cases:
         raise InputError(f"shard {args.shard} holds no subjects")
-    return predict_cohort(
-        cases, args.out, ensemble, Path(bundle), threshold, args.preset, args.jobs, args.overwrite, args.force, progress_for(args.progress)
-    )
+    return predict_cohort(cases, args.out, ensemble, Path(bundle), threshold, args.preset, args.jobs, args.overwrite, args.force, progress)
 
 
-def run_occlusion(ensemble, x, args: argparse.Namespace, preprocessing: Path | None, method: str) -> dict:  # noqa: ANN001
+def run_occlusion(
+    ensemble,  # noqa: ANN001
+    x,
+    args: argparse.Namespace,
+    preprocessing: Path | None,
+    method: str,
+    progress: ProgressCallback | None,
+) -> dict:
     """Occlusion map of ``predict`` from maps ``x`` (C, 96, 120, 86) with the bundle's input
     conventions applied (``Ensemble.prepare``): ``occlusion.nii.gz`` on the MNI grid, ``occlusion_native.nii.gz``
     on the T1's grid (with a T1), and the summary for ``result.json``."""
@@ -301,7 +306,6 @@ def run_occlusion(ensemble, x, args: argparse.Namespace, preprocessing: Path | N
         if not 0 <= args.occlusion_fold < len(models):
             raise InputError(f"--occlusion-fold must lie in 0..{len(models) - 1}")
         models = [models[args.occlusion_fold]]
-    progress = progress_for(args.progress)
     result = occlusion_map(models, x, OcclusionSettings(batch_size=max(1, args.occlusion_batch)), method, progress=progress)
     out = Path(args.out)
     files = {

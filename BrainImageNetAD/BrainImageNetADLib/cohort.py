@@ -11,7 +11,6 @@ stop the others.
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_bytes_atomic, write_json_atomic
-from .batch import collect_jobs
+from .batch import collect_jobs, is_list, listed_path, read_list
 from .ensemble import Ensemble
 from .errors import BrainImageNetError, InputError
 from .maps import load_model_input
@@ -78,13 +77,12 @@ def collect_cases(inputs: list[Path]) -> list[Case]:
     cases: list[Case] = []
     t1_inputs: list[Path] = []
     for item in map(Path, inputs):
-        if item.is_file() and item.suffix.lower() in (".csv", ".tsv"):
-            with item.open(newline="") as f:
-                rows = list(csv.DictReader(f, delimiter="\t" if item.suffix.lower() == ".tsv" else ","))
+        if is_list(item):
+            rows = read_list(item)
             if rows and {"gmd", "gmv"} <= set(rows[0]):
                 for index, row in enumerate(rows):
-                    paths = [Path(row[k]) if Path(row[k]).is_absolute() else item.parent / row[k] for k in ("gmd", "gmv")]
-                    cases.append(Case(row.get("subject") or f"row{index + 1}", gmd=paths[0], gmv=paths[1]))
+                    gmd, gmv = (listed_path(item, row[k]) for k in ("gmd", "gmv"))
+                    cases.append(Case(row.get("subject") or f"row{index + 1}", gmd=gmd, gmv=gmv))
                 continue
         elif item.is_dir() and not list(item.glob("sub-*")) and any(_SPM_PAIR.match(p.name) for p in item.iterdir()):
             cases.extend(_map_pairs(item))

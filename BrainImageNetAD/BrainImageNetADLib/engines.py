@@ -11,9 +11,9 @@ used: it reports usage over the network unless the user opts out, and nothing he
 internet.
 
 Precision: ``f32`` (default; OpenVINO is told so explicitly, because on CPUs with bf16 units its
-default is bf16) gives the PyTorch outputs to about 1e-6; ``bf16`` is faster on such CPUs and
-differs by about 1e-2 in probability (measured by ``bench predict``), so it is only used when asked
-for.
+default is bf16) gives PyTorch's probabilities to about 1e-7; ``bf16`` is 2-5x faster on such CPUs
+but moves the probabilities (1e-4 to 3e-4 in ``bench predict``, 2e-3 for the shipped
+demonstration model on the sample case), so it is only used when asked for.
 
 Measured with ``bench predict`` (5 folds, 2 threads, one subject): see the README's *Speed*.
 """
@@ -68,6 +68,12 @@ def resolve_engine(engine: str | None, device: torch.device) -> str:
     return engine
 
 
+def check_precision(precision: str) -> None:
+    """InputError unless ``precision`` is one of ``PRECISIONS``."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
 # -- OpenVINO graph --------------------------------------------------------------------------------
 def _folded(conv_bn: ConvBN, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Weights (out, in, kd, kh, kw) and bias (out,) of a ConvBN with its batch norm (eval mode)
@@ -96,14 +102,13 @@ class _Graph:
     ) -> tuple[Any, tuple]:
         ops = self.ops
         weight, bias = _folded(module, scale)
-        kernel, stride = module.kernel_size, module.stride
-        if module.same:
-            out = tuple(-(-n // stride) for n in size)
-            total = [max((o - 1) * stride + k - n, 0) for o, k, n in zip(out, kernel, size, strict=True)]
-            begin, end = [t // 2 for t in total], [t - t // 2 for t in total]
+        stride = module.stride
+        if module.same:  # the network's own TF 'same' rule; F.pad order: last axis first, (begin, end)
+            pads = module._same_padding(size)
+            begin, end = [pads[4], pads[2], pads[0]], [pads[5], pads[3], pads[1]]
         else:
-            out = tuple((n - k) // stride + 1 for n, k in zip(size, kernel, strict=True))
             begin = end = [0, 0, 0]
+        out = tuple((n + b + e - k) // stride + 1 for n, b, e, k in zip(size, begin, end, module.kernel_size, strict=True))
         node = ops.convolution(x, ops.constant(weight), [stride] * 3, begin, end, [1, 1, 1])
         node = ops.add(node, ops.constant(bias.reshape(1, -1, 1, 1, 1)))
         if module.activation if relu is None else relu:
@@ -191,8 +196,7 @@ def openvino_runner(
     threads and precision reuses the compiled graph. ``threads`` 0 lets OpenVINO choose."""
     import openvino as ov
 
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     cache_key = (f"{key}:{in_channels}:{spatial}", threads, precision)
     if cache_key in _COMPILED:
         _COMPILED.move_to_end(cache_key)
@@ -215,8 +219,7 @@ def openvino_runner(
 def torch_runner(models: list[nn.Module], device: torch.device, precision: str = "f32") -> EnsembleRunner:
     """The fold networks on PyTorch (channels_last_3d, inference mode; ``bf16``: autocast) as one
     function (N, C, ...) -> (N, F)."""
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):

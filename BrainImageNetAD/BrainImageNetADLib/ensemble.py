@@ -104,15 +104,20 @@ class Ensemble:
         self.models = [m.to(self.device, memory_format=torch.channels_last_3d).eval() for m in models]
         self.engine = resolve_engine(engine, self.device)
         self.precision = precision
-        folds = card.data.get("folds", [])
-        if len(folds) == len(models) and all("sha256" in f for f in folds):
-            key = ",".join(str(f["sha256"]) for f in folds)
-        else:
-            key = ",".join(state_digest(m) for m in self.models)
         if self.engine == "openvino":
-            self.run: EnsembleRunner = openvino_runner(self.models, key, self.n_channels, grid.MODEL_SHAPE, threads or 0, precision)
+            self.run: EnsembleRunner = openvino_runner(
+                self.models, self._weights_key(), self.n_channels, grid.MODEL_SHAPE, threads or 0, precision
+            )
         else:
             self.run = torch_runner(self.models, self.device, precision)
+
+    def _weights_key(self) -> str:
+        """Identity of the fold weights for the compiled-graph cache: the card's sha256 of each
+        fold file, or a digest of the tensors for networks that do not come from a bundle."""
+        folds = self.card.data.get("folds", [])
+        if len(folds) == len(self.models) and all("sha256" in f for f in folds):
+            return ",".join(str(f["sha256"]) for f in folds)
+        return ",".join(state_digest(m) for m in self.models)
 
     @classmethod
     def from_bundle(

@@ -116,14 +116,14 @@ def _on_mni_grid(path: Path, name: str) -> np.ndarray:
     return np.nan_to_num(data)
 
 
-def scan_fidelity(scan: ReferenceScan, preset: str = "fast", keep: str | Path | None = None) -> dict[str, Any]:
-    """Preprocess a reference scan (in a child process) and measure its agreement with SPM12's maps.
-    ``keep``: a folder for the preprocessing outputs (default: a temporary folder)."""
+def scan_fidelity(scan: ReferenceScan, preset: str = "fast") -> dict[str, Any]:
+    """Preprocess a reference scan (in a child process, into a temporary folder) and measure its
+    agreement with SPM12's maps."""
     from .preprocess import preprocess_t1
     from .worker import run_isolated
 
     with tempfile.TemporaryDirectory(prefix="brainimagenet-fidelity-") as scratch:
-        out = Path(keep) / scan.name if keep is not None else Path(scratch)
+        out = Path(scratch)
         report = run_isolated(preprocess_t1, scan.source, out, preset)
         gmd = _on_mni_grid(out / "gmd.nii.gz", "GMD")
         gmv = _on_mni_grid(out / "gmv.nii.gz", "GMV")

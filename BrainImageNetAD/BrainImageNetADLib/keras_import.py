@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .bundle import save_bundle, sha256_file, write_input_mask
 from .errors import InputError
 from .networks import PRESETS, ConvBN, build_network
 
@@ -59,7 +60,6 @@ class KerasLayer:
     name: str
     weights: dict[str, np.ndarray]
     config: dict[str, Any] = field(default_factory=dict)
-    class_name: str = ""
 
 
 @dataclass
@@ -78,17 +78,17 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _model_layers_config(attrs: Any) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Layer name -> (class name, config) from the JSON ``model_config`` attribute, if any,
+def _model_layers_config(attrs: Any) -> dict[str, dict[str, Any]]:
+    """Layer name -> config from the JSON ``model_config`` attribute, if any,
     including the layers of models nested in the model (as multi-GPU training saved them)."""
     if "model_config" not in attrs:
         return {}
-    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    found: dict[str, dict[str, Any]] = {}
 
     def walk(model: dict[str, Any]) -> None:
         for layer in model.get("config", {}).get("layers", []):
             if "config" in layer and "name" in layer["config"]:
-                found[layer["config"]["name"]] = (layer.get("class_name", ""), layer["config"])
+                found[layer["config"]["name"]] = layer["config"]
                 walk(layer)
 
     walk(json.loads(_text(attrs["model_config"])))
@@ -122,8 +122,7 @@ def read_keras_file(path: str | Path) -> KerasFile:
                     parts = weight.split("/")
                     name = parts[-2] if len(parts) > 1 else _text(raw_name)
                     if name not in layers:
-                        class_name, config = configs.get(name, ("", {}))
-                        layers[name] = KerasLayer(name, {}, config, class_name)
+                        layers[name] = KerasLayer(name, {}, configs.get(name, {}))
                     layers[name].weights[parts[-1].split(":")[0]] = np.asarray(group[weight], dtype=np.float32)
     except InputError:
         raise
@@ -431,7 +430,7 @@ def _card(name: str, architecture: str, preset: str, sources: list[KerasFile], m
             "repository": "Chaogan-Yan/BrainImageNet (code; the trained models ship in the Docker image cgyan/brainimagenet)",
             "terms": TERMS,
             "redistribution": "not allowed",
-            "source_files": [{"file": s.path.name, "sha256": _sha256(s.path), "keras_version": s.keras_version} for s in sources],
+            "source_files": [{"file": s.path.name, "sha256": sha256_file(s.path), "keras_version": s.keras_version} for s in sources],
             "converted_with": f"brainimagenet-ad {__version__} import-keras",
         },
         "reported_performance": REPORTED_AD if ad else REPORTED_SEX,
@@ -439,12 +438,6 @@ def _card(name: str, architecture: str, preset: str, sources: list[KerasFile], m
         "threshold_presets": {"balanced": 0.5, "screening": 0.3} if ad else {"balanced": 0.5},
         "folds": [{"source": s.path.name} for s in sources],
     }
-
-
-def _sha256(path: Path) -> str:
-    from .bundle import sha256_file
-
-    return sha256_file(path)
 
 
 def import_keras_bundle(
@@ -467,8 +460,6 @@ def import_keras_bundle(
     import shutil
     import tempfile
 
-    from .bundle import save_bundle, write_input_mask
-
     if not ad_files and base_file is None:
         raise InputError("give the AD fold files (--ad) and/or the sex base network (--base)")
     out = Path(out)
@@ -480,7 +471,7 @@ def import_keras_bundle(
     if len(presets) > 1:
         raise InputError(f"the AD files hold networks of different sizes ({sorted(presets)})")
     if mask_file is not None:
-        mask, source = read_authors_mask(mask_file), f"{Path(mask_file).name} (sha256 {_sha256(Path(mask_file))}), supplied by the user"
+        mask, source = read_authors_mask(mask_file), f"{Path(mask_file).name} (sha256 {sha256_file(Path(mask_file))}), supplied by the user"
     else:
         mask = approximate_brain_mask()
         source = (

@@ -173,8 +173,8 @@ def _normalise(
     t1_mni = ants.apply_transforms(reference, corrected, [warp, *brain_affine], interpolator="linear").numpy()
     warp_jacobian = ants.create_jacobian_determinant_image(registration["fixed"], warp)
     warp_jacobian = ants.resample_image_to_target(warp_jacobian, reference, interp_type="linear").numpy()
-    affine_matrix = np.array(ants.read_transform(brain_affine[0]).parameters[:9]).reshape(3, 3)
-    jacobian = (warp_jacobian * abs(np.linalg.det(affine_matrix))).astype(np.float32)
+    affine_scale = affine_record["determinant"]
+    jacobian = (warp_jacobian * affine_scale).astype(np.float32)
     gmd = posteriors[..., 1]
     gmv = gmd * jacobian
     stage_done("syn")
@@ -187,13 +187,13 @@ def _normalise(
         templates_on_grid=tm,
         tissue_model=tissue_model,
         read_warnings=t1.warnings + registration_warnings,
-        affine_determinant=float(abs(np.linalg.det(affine_matrix))),
+        affine_determinant=affine_scale,
     )
     report.update(
         {
             "input": {**t1.info, "path": str(Path(t1_path).resolve())},
             "preset": settings.name,
-            "affine_determinant": float(abs(np.linalg.det(affine_matrix))),
+            "affine_determinant": affine_scale,
             "affine": {k: round(v, 4) if isinstance(v, float) else v for k, v in affine_record.items()},
         }
     )
@@ -223,7 +223,8 @@ def _affine_to_mni(working, tm: dict[str, np.ndarray], mni_mask, scratch: Path) 
     ``BRAIN_TO_HEAD_SCALE`` of the first, the skull-to-skull affine is kept and the report says so.
 
     Returns the ANTs transform list (one file, MNI points to native points) and a record of both
-    steps (determinants: native mm^3 per MNI mm^3; ``used``: ``brain`` or ``head``)."""
+    steps (determinants: native mm^3 per MNI mm^3; ``used``: ``brain`` or ``head``, and
+    ``determinant``: the one of the affine returned)."""
     import ants
 
     head = ants.image_read(str(templates.template_path("colin27_head"))).clone("float")
@@ -258,8 +259,8 @@ def _affine_to_mni(working, tm: dict[str, np.ndarray], mni_mask, scratch: Path) 
     }
     record["brain_to_head"] = record["brain_determinant"] / record["head_determinant"]
     if BRAIN_TO_HEAD_SCALE[0] <= record["brain_to_head"] <= BRAIN_TO_HEAD_SCALE[1]:
-        return brain["fwdtransforms"], {**record, "used": "brain"}
-    return head_affine["fwdtransforms"], {**record, "used": "head"}
+        return brain["fwdtransforms"], {**record, "used": "brain", "determinant": record["brain_determinant"]}
+    return head_affine["fwdtransforms"], {**record, "used": "head", "determinant": record["head_determinant"]}
 
 
 def _register_tissues(posteriors: np.ndarray, tm: dict[str, np.ndarray], settings: PreprocessSettings, scratch: Path) -> dict[str, Any]:
