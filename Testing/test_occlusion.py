@@ -15,9 +15,18 @@ from test_cli import run_cli
 from BrainImageNetADLib import grid
 from BrainImageNetADLib.atlas import load_atlas
 from BrainImageNetADLib.bench import signal_preserving_init
+from BrainImageNetADLib.bundle import load_fold_models
 from BrainImageNetADLib.errors import Cancelled
 from BrainImageNetADLib.networks import build_network
-from BrainImageNetADLib.occlusion import OcclusionSettings, changing_cubes, cube_positions, occlusion_map, region_summary
+from BrainImageNetADLib.occlusion import (
+    OcclusionSettings,
+    changed_boxes,
+    changing_cubes,
+    cube_positions,
+    occlusion_map,
+    region_summary,
+)
+from BrainImageNetADLib.resources import default_bundle
 
 
 def spread(positions: np.ndarray, n: int) -> np.ndarray:
@@ -70,6 +79,45 @@ def test_empty_cubes_are_skipped_and_score_zero(sample: dict[str, Path]) -> None
     result = occlusion_map([model], x, positions=picked)
     assert result.stats["computed_positions"] == 3
     assert (result.drops[:3] == 0).all()
+
+
+def test_cubes_at_the_edge_of_the_brain_compute_their_changed_box_and_stay_exact(sample: dict[str, Path]) -> None:
+    from BrainImageNetADLib.maps import load_model_input
+
+    x, _ = load_model_input(sample, ["GMD", "GMV"])
+    positions = cube_positions()
+    _, size = changed_boxes(x, positions, OcclusionSettings())
+    edge = positions[(size.prod(axis=1) > 12**3 // 2) & (size.prod(axis=1) < 12**3)]
+    assert len(edge) > 100  # brain ends inside many cubes
+    picked = np.concatenate([spread(edge, 6), spread(positions[size.prod(axis=1) == 12**3], 4)])
+    model = load_fold_models(default_bundle())[1][0]  # a trained network: drops well above rounding
+    settings = OcclusionSettings(batch_size=4)
+    fast = occlusion_map([model], x, settings, positions=picked)
+    naive = occlusion_map([model], x, settings, "naive", positions=picked)
+    assert np.abs(naive.drops[:6]).max() > 1e-3
+    np.testing.assert_allclose(fast.drops, naive.drops, rtol=0, atol=1e-5)
+
+
+def test_approximate_map_computes_a_fraction_and_follows_the_exact_one(sample: dict[str, Path]) -> None:
+    from BrainImageNetADLib.maps import load_model_input
+
+    x, _ = load_model_input(sample, ["GMD", "GMV"])
+    _, models = load_fold_models(default_bundle())  # the demo ensemble: trained, so its map has structure
+    exact = occlusion_map(models[:1], x)
+    fast = occlusion_map(models[:1], x, method="approximate")
+    stats = fast.stats
+    brain = exact.stats["computed_positions"]
+    assert stats["coarse_positions"] + stats["refined_positions"] + stats["interpolated_positions"] == brain
+    assert stats["computed_positions"] < 0.4 * brain
+    assert fast.computed.sum() == stats["computed_positions"] and not fast.computed[exact.drops == 0].any()
+    # the cubes it computes are exact; the others are estimates, and the map follows the exact one
+    np.testing.assert_allclose(fast.drops[fast.computed], exact.drops[fast.computed], rtol=0, atol=1e-5)
+    assert not np.allclose(fast.drops[~fast.computed], exact.drops[~fast.computed], atol=1e-5)
+    inside = exact.importance != 0
+    r = np.corrcoef(fast.importance[inside], exact.importance[inside])[0, 1]
+    assert r > 0.9, r
+    with pytest.raises(ValueError, match="whole lattice"):
+        occlusion_map(models[:1], x, method="approximate", positions=cube_positions()[:5])
 
 
 def test_map_averages_the_drops_of_covering_cubes() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import sys
 import time
 
 import numpy as np
@@ -345,52 +346,85 @@ def signal_preserving_init(model: torch.nn.Module, seed: int) -> torch.nn.Module
     return model.eval()
 
 
-def bench_occlusion(presets: list[str], positions: int = 24, batch: int = 8) -> tuple[list[dict[str, float | str]], str]:
-    """Occlusion map speed of one subject: the incremental method against the naive loop of
-    batched forward passes (mask, full pass, for every one of the ~4,000 cubes), side by side in
-    this run, for one AD network per preset (random weights, see ``signal_preserving_init``) on
-    the sample case's maps.
+#: The arithmetic of the incremental occlusion method, step by step, as ``bench occlusion``
+#: measures it: (label, channels-last, batch norm folded, changed boxes instead of whole cubes).
+OCCLUSION_STEPS = (
+    ("whole_cubes", False, False, False),
+    ("channels_last", True, False, False),
+    ("folded_bn", True, True, False),
+    ("changed_boxes", True, True, True),
+)
 
-    Both methods are timed on the same ``positions`` cubes spread over the brain (and their drops
-    compared); a whole map costs the naive loop its per-cube time x all cubes, and the
-    incremental method its unoccluded pass + per-cube time x the cubes that hold brain (measured
-    for tiny/small, from the per-cube time for paper). Returns (rows, last line ``speedup X, max
-    abs diff Y``: the smallest speed-up and the largest difference over the presets)."""
+
+def bench_occlusion(presets: list[str], positions: int = 24, batch: int = 16, folds: int = 5) -> tuple[list[dict[str, float | str]], str]:
+    """Occlusion map speed of one subject (the sample case's maps), per preset, for AD networks
+    with random weights (``signal_preserving_init``), side by side in one run:
+
+    - per cube, on the same ``positions`` cubes spread over the brain, with one fold network:
+      the naive loop (mask, full pass) and the incremental method after each step of
+      ``OCCLUSION_STEPS``, with the GFLOP/s of the last step and its share of PyTorch's
+      convolution peak measured now (``measured_peak_gflops``);
+    - whole maps of a ``folds``-network ensemble: exact (incremental, measured) and approximate
+      (measured), with the approximate map's correlation and largest difference from the exact
+      one over the voxels the exact map covers; the naive whole map is estimated from its per-cube
+      time over the cubes that hold brain (the only ones either method computes).
+
+    Returns (rows, last line ``exact X min, approximate Y min (r R), max abs diff D``: the
+    largest preset's figures)."""
+    from .incremental import IncrementalNetwork
     from .maps import load_model_input
-    from .occlusion import OcclusionSettings, changing_cubes, cube_positions, occlusion_map
+    from .occlusion import OcclusionSettings, changed_boxes, cube_positions, occluded_patch, occlusion_map
     from .resources import sample_maps
 
+    peak = measured_peak_gflops()["convolution"]
+    print(f"PyTorch convolution peak measured now (fp32): {peak:.0f} GFLOP/s", flush=True)
     x, _ = load_model_input(sample_maps(), ["GMD", "GMV"])
-    every = cube_positions()
-    brain = every[changing_cubes(x, every, OcclusionSettings())]
-    chosen = brain[np.linspace(0, len(brain) - 1, positions).round().astype(int)]
     settings = OcclusionSettings(batch_size=batch)
+    every = cube_positions()
+    first, size = changed_boxes(x, every, settings)
+    brain = np.flatnonzero(size.all(axis=1))
+    chosen = brain[np.linspace(0, len(brain) - 1, positions).round().astype(int)]
+    xt = torch.from_numpy(x)[None]
     rows: list[dict[str, float | str]] = []
     for preset in presets:
-        model = signal_preserving_init(build_network("ad_transfer", preset, 2), seed=1)
-        occlusion_map([model], x, settings, positions=chosen[:batch])  # warm-up
-        fast = occlusion_map([model], x, settings, positions=chosen)
-        naive = occlusion_map([model], x, settings, "naive", positions=chosen)
+        models = [signal_preserving_init(build_network("ad_transfer", preset, 2), seed=s) for s in range(folds)]
+        row: dict[str, float | str] = {"preset": preset}
+        naive = occlusion_map(models[:1], x, settings, "naive", positions=every[chosen])
         naive_per_cube = (naive.seconds - naive.stats["unoccluded_pass_seconds"]) / positions
-        fast_per_cube = (fast.seconds - fast.stats["unoccluded_pass_seconds"]) / positions
-        if preset == "paper":
-            whole, how = fast.stats["unoccluded_pass_seconds"] + fast_per_cube * len(brain), "estimated"
-        else:
-            whole, how = occlusion_map([model], x, settings).seconds, "measured"
-        rows.append(
-            {
-                "preset": preset,
-                "naive_s_per_cube": naive_per_cube,
-                "fast_s_per_cube": fast_per_cube,
-                "naive_map_s": naive_per_cube * len(every),
-                "fast_map_s": whole,
-                "fast_map": how,
-                "speedup": naive_per_cube * len(every) / whole,
-                "max_abs_diff": float(np.abs(fast.drops - naive.drops).max()),
-                "largest_drop": float(np.abs(naive.drops).max()),
-                "share_of_naive_macs": float(fast.stats["share_of_naive_macs"]),
-            }
-        )
-    worst = min(float(r["speedup"]) for r in rows)
-    diff = max(float(r["max_abs_diff"]) for r in rows)
-    return rows, f"speedup {worst:.1f}x, max abs diff {diff:.1e}"
+        row["naive_s_per_cube"] = naive_per_cube
+        for label, channels_last, fold, boxes in OCCLUSION_STEPS:
+            engine = IncrementalNetwork(models[0], channels_last, fold)
+            engine.record(xt)
+            groups = [chosen[i : i + batch] for i in range(0, positions, batch)]
+            patches = [
+                occluded_patch(xt, every[g], first[g] if boxes else every[g], size[g] if boxes else np.full((len(g), 3), 12), settings)
+                for g in groups
+            ]
+            engine.forward_patches(patches[0])  # warm-up
+            engine.macs = 0
+            clock = time.perf_counter()
+            logits = torch.cat([engine.forward_patches(p) for p in patches])
+            seconds = time.perf_counter() - clock
+            row[f"{label}_s_per_cube"] = seconds / positions
+        drops = float(torch.sigmoid(engine.record(xt))[0]) - torch.sigmoid(logits).double().numpy()
+        row["max_abs_diff_vs_naive"] = float(np.abs(drops - naive.drops).max())
+        row["patch_GFLOP_s"] = 2 * engine.macs / seconds / 1e9
+        row["pct_of_conv_peak"] = 100 * row["patch_GFLOP_s"] / peak
+        exact = occlusion_map(models, x, settings)
+        fast = occlusion_map(models, x, settings, "approximate")
+        inside = exact.importance != 0
+        row[f"naive_{folds}fold_min"] = naive_per_cube * len(brain) * folds / 60
+        row[f"exact_{folds}fold_min"] = exact.seconds / 60
+        row["speedup"] = row[f"naive_{folds}fold_min"] / row[f"exact_{folds}fold_min"]
+        row["share_of_naive_macs"] = float(exact.stats["share_of_naive_macs"])
+        row[f"approx_{folds}fold_min"] = fast.seconds / 60
+        row["approx_r"] = float(np.corrcoef(fast.importance[inside], exact.importance[inside])[0, 1])
+        row["approx_max_abs_diff"] = float(np.abs(fast.importance - exact.importance)[inside].max())
+        row["largest_value"] = float(np.abs(exact.importance).max())
+        rows.append(row)
+        print(f"{preset}: done", file=sys.stderr, flush=True)
+    last = rows[-1]
+    return rows, (
+        f"exact {last[f'exact_{folds}fold_min']:.1f} min, approximate {last[f'approx_{folds}fold_min']:.1f} min "
+        f"(r {last['approx_r']:.2f}), max abs diff {last['approx_max_abs_diff']:.1e}"
+    )

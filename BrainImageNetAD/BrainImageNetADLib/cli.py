@@ -99,9 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--occlusion",
         default=None,
-        choices=["incremental", "naive", "gradient", "none"],
-        help="heat map of one case (default incremental): occlusion (incremental: exact and fast; naive: reference), "
-        "gradient x input (a quick preview), or none; a cohort gets none",
+        choices=["incremental", "approximate", "naive", "gradient", "none"],
+        help="heat map of one case (default incremental): occlusion (incremental: exact; approximate: coarse to fine, "
+        "about 4x faster, see bench occlusion; naive: reference), gradient x input (a quick preview), or none; a cohort gets none",
     )
     predict.add_argument("--occlusion-fold", type=int, default=None, help="map one fold model instead of the ensemble")
     predict.add_argument("--occlusion-batch", type=int, default=16, help="cube positions computed together (memory grows with it)")
@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--batch", type=int, default=4, help="batch size (predict: compared with batch size 1; occlusion: cubes per pass; train: per step)"
     )
+    bench.add_argument("--folds", type=int, default=5, help="occlusion: fold networks in the whole-map runs (default 5)")
     bench.add_argument(
         "--repeats", type=int, default=None, help="timed repeats (predict: interleaved rounds, default 3; train: steps, default 1)"
     )
@@ -183,7 +184,7 @@ def run_bench(args: argparse.Namespace) -> None:
     elif args.target == "train":
         print_rows(bench_train(args.presets or ["paper"], batch=args.batch, steps=args.repeats or 1, device=args.device))
     elif args.target == "occlusion":
-        rows, last = bench_occlusion(args.presets or ["small", "paper"], batch=args.batch)
+        rows, last = bench_occlusion(args.presets or ["small", "paper"], batch=args.batch, folds=args.folds)
         print_rows(rows)
         print(last)
     else:

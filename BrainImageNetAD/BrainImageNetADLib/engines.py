@@ -75,20 +75,6 @@ def check_precision(precision: str) -> None:
 
 
 # -- OpenVINO graph --------------------------------------------------------------------------------
-def _folded(conv_bn: ConvBN, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Weights (out, in, kd, kh, kw) and bias (out,) of a ConvBN with its batch norm (eval mode)
-    and an output scale folded in, in float64 then rounded to float32 once."""
-    weight = conv_bn.conv.weight.detach().double()
-    out_channels = weight.shape[0]
-    bias = conv_bn.conv.bias.detach().double() if conv_bn.conv.bias is not None else torch.zeros(out_channels, dtype=torch.float64)
-    if conv_bn.bn is not None:
-        bn = conv_bn.bn
-        factor = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-        weight = weight * factor[:, None, None, None, None]
-        bias = (bias - bn.running_mean.double()) * factor + bn.bias.detach().double()
-    return (weight * scale).float().numpy(), (bias * scale).float().numpy()
-
-
 class _Graph:
     """Emits OpenVINO operations for our modules, tracking the static spatial size."""
 
@@ -101,7 +87,7 @@ class _Graph:
         self, x: Any, module: ConvBN, size: tuple[int, int, int], scale: float = 1.0, relu: bool | None = None
     ) -> tuple[Any, tuple]:
         ops = self.ops
-        weight, bias = _folded(module, scale)
+        weight, bias = (t.numpy() for t in module.folded(scale))
         stride = module.stride
         if module.same:  # the network's own TF 'same' rule; F.pad order: last axis first, (begin, end)
             pads = module._same_padding(size)

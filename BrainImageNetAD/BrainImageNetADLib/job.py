@@ -21,6 +21,7 @@ from .progress import STAGE_GROUPS, stage_group
 #: Heat-map choices of both skins: name -> (label, occlusion method, fold model or None for all).
 HEAT_MAPS = {
     "ensemble": ("Occlusion, whole ensemble (exact)", "incremental", None),
+    "approximate": ("Occlusion, whole ensemble (approximate, about 4x faster)", "approximate", None),
     "fold": ("Occlusion, first fold model (about 5x faster)", "incremental", 0),
     "gradient": ("Gradient x input (seconds, a preview)", "gradient", None),
     "none": ("No heat map", "none", None),
@@ -32,7 +33,7 @@ class RunOptions:
     """What a run computes.
 
     preset: preprocessing preset ("fast" or "accurate"); occlusion: "incremental" (exact),
-    "gradient" (seconds, a preview) or "none"; occlusion_fold: map one fold model instead of the
+    "approximate" (coarse to fine), "gradient" (seconds, a preview) or "none"; occlusion_fold: map one fold model instead of the
     whole ensemble (about 5x faster); force: predict even when preprocessing QC fails.
     """
 

@@ -92,6 +92,18 @@ class ConvBN(nn.Module):
             pads += [total // 2, total - total // 2]
         return tuple(pads)
 
+    def folded(self, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight (out, in, kd, kh, kw) and bias (out,) of one convolution equal to this one with
+        its batch norm (eval mode) and an output ``scale`` folded in: computed in float64, rounded
+        to float32 once. The ReLU and the 'same' padding are not included."""
+        weight = self.conv.weight.detach().double()
+        bias = self.conv.bias.detach().double() if self.conv.bias is not None else weight.new_zeros(weight.shape[0])
+        if self.bn is not None:
+            factor = self.bn.weight.detach().double() / torch.sqrt(self.bn.running_var.double() + self.bn.eps)
+            weight = weight * factor[:, None, None, None, None]
+            bias = (bias - self.bn.running_mean.double()) * factor + self.bn.bias.detach().double()
+        return (weight * scale).float(), (bias * scale).float()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic_padding:
             x = F.pad(x, self._same_padding(tuple(x.shape[2:])))
