@@ -202,6 +202,9 @@ class IncrementalNetwork:
             return patch
         if isinstance(module, Concat):
             parts = [(branch, self._patch(branch, patch)) for branch in module.branches]
+            first = parts[0][1]
+            if all(p.size == first.size and torch.equal(p.start, first.start) for _, p in parts):  # branches of one geometry
+                return Patch(torch.cat([p.data for _, p in parts], dim=1), first.start)
             start, size = self._union([p for _, p in parts], tuple(self.outputs[id(module)].shape[2:]))
             data = [gather(self.outputs[id(branch)], start, size, p) for branch, p in parts]
             return Patch(torch.cat(data, dim=1), start)
