@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 HANG_GUARD_S = 3600
 #: The Colin27 T1 (Debian's mricron-data), the real scan most tests preprocess.
 COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
+#: Real scans of people (README there), read in place from beside the checkout.
+REALDATA = ROOT.parent / "shared" / "realdata"
+needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason="the real scans (../shared/realdata) are not beside this checkout")
 
 #: ROC operating points written into the test bundle's card.
 TEST_OPERATING_POINTS = [

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from test_cli import run_cli
 
+from BrainImageNetADLib import qc
 from BrainImageNetADLib.batch import Job, collect_jobs, shard
 from BrainImageNetADLib.errors import InputError
 from BrainImageNetADLib.worker import WorkerCrashed, run_isolated
-from conftest import assert_input_error
+from conftest import REALDATA, assert_input_error, needs_realdata
 
 COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 AAL = Path("/usr/share/mricron/templates/aal.nii.gz")
@@ -92,9 +93,9 @@ def test_non_t1_contrast_fails_qc_and_stops_prediction(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_very_noisy_scan_fails_qc_on_contrast_to_noise(tmp_path: Path) -> None:
+def test_a_very_noisy_scan_fails_qc_on_signal_to_noise(tmp_path: Path) -> None:
     """Noise at 35% of the white-matter intensity: the GM map follows the template priors (its
-    template correlation stays high), so the tissue model's contrast-to-noise ratio must fail it."""
+    template correlation stays high), so the noise measured in the white matter must fail it."""
     from BrainImageNetADLib.preprocess import preprocess_t1
 
     data, affine = _colin()
@@ -105,8 +106,55 @@ def test_a_very_noisy_scan_fails_qc_on_contrast_to_noise(tmp_path: Path) -> None
     nib.save(nib.Nifti1Image(noisy, affine), str(path))
     report = run_isolated(preprocess_t1, path, tmp_path / "out")
     assert report["verdict"] == "fail"
-    assert report["measures"]["gm_wm_contrast_to_noise"] < 0.8
-    assert any("contrast-to-noise" in failure for failure in report["failures"])
+    assert report["measures"]["gm_template_correlation"] > 0.75  # the map alone would pass
+    assert report["measures"]["signal_to_noise"] < qc.SIGNAL_TO_NOISE_FAIL
+    assert any("signal-to-noise" in failure for failure in report["failures"])
+
+
+@needs_realdata
+def test_a_head_ct_is_refused_as_not_a_t1(tmp_path: Path) -> None:
+    ct = REALDATA / "not_t1" / "debian_invesalius_examples_CT_head_ProMED0051_orientation_approx.nii.gz"
+    assert_input_error(run_cli("preprocess", ct, "--out", tmp_path / "out"), "looks like a CT, not a T1 MRI")
+    assert not (tmp_path / "out" / "qc.json").exists()
+
+
+@pytest.mark.slow
+@needs_realdata
+def test_a_flair_fails_qc_as_not_a_t1(tmp_path: Path) -> None:
+    """A FLAIR of a 95-year-old: tissue order CSF < GM < WM holds (white-matter lesions, priors),
+    so the nulled ventricular CSF must fail it."""
+    from BrainImageNetADLib.preprocess import preprocess_t1
+
+    report = run_isolated(preprocess_t1, REALDATA / "not_t1" / "github_NiChart_demo_Subj5_FLAIR_not_T1.nii.gz", tmp_path / "out")
+    assert report["verdict"] == "fail"
+    assert report["measures"]["csf_to_wm"] < qc.CSF_TO_WM_FAIL
+    assert report["failures"][0].startswith("tissue contrast is not that of a T1: the ventricles' CSF is nulled")
+
+
+@pytest.mark.slow
+@needs_realdata
+def test_a_header_with_front_and_back_reversed_fails_on_orientation(tmp_path: Path) -> None:
+    """A real scan (IXI012) whose voxels are mirrored front to back under an unchanged header: an
+    affine cannot undo a mirror image, and the mirrored scan fits the head template far better."""
+    from BrainImageNetADLib.preprocess import preprocess_t1
+
+    image = nib.load(str(REALDATA / "ixi" / "github_CBICA_IXI_IXI012-HH-1211_age38.78_M_T1_2mm.nii.gz"))
+    front_back = [axis for axis, code in enumerate(nib.aff2axcodes(image.affine)) if code in "AP"][0]
+    path = tmp_path / "reversed.nii.gz"
+    nib.save(nib.Nifti1Image(np.flip(np.asarray(image.dataobj, dtype=np.float32), axis=front_back), image.affine), str(path))
+    report = run_isolated(preprocess_t1, path, tmp_path / "out")
+    assert report["verdict"] == "fail" and report["affine"]["reversed_axis"] == "anterior-posterior"
+    assert report["failures"][0].startswith("orientation: the scan fits the head template far better mirrored")
+
+
+@needs_realdata
+def test_thick_clinical_slices_fail_qc_with_the_reason() -> None:
+    from BrainImageNetADLib.t1io import read_t1
+
+    thick = read_t1(REALDATA / "other" / "pypi_pyradiomics_sdist_brain2_T1postcontrast_axial_0p78x0p78x6p5mm.nii.gz")
+    assert len(thick.failures) == 1 and thick.failures[0].startswith("slice thickness 6.5 mm")
+    adult = read_t1(REALDATA / "ixi" / "github_CBICA_IXI_IXI012-HH-1211_age38.78_M_T1_2mm.nii.gz")
+    assert adult.failures == [] and adult.warnings == []  # 2 mm isotropic: accepted as it is
 
 
 def test_collect_jobs_reads_bids_csv_and_folders(tmp_path: Path) -> None:

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--heat-map", default="ensemble", choices=list(HEAT_MAPS), help="default heat map of a run")
     web.add_argument("--models", type=Path, default=None, help="folder of more model bundles for the chooser (e.g. made by import-keras)")
     bench = sub.add_parser("bench", help="benchmarks (speed, memory) printed as a table")
-    bench.add_argument("target", choices=["predict", "preprocess", "occlusion", "train", "fidelity"], help="what to measure")
+    bench.add_argument("target", choices=["predict", "preprocess", "occlusion", "train", "fidelity", "realscans"], help="what to measure")
     bench.add_argument(
         "--reference",
         type=Path,
@@ -152,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--batch", type=int, default=4, help="batch size (predict: compared with batch size 1; occlusion: cubes per pass; train: per step)"
     )
+    bench.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="realscans: folder of real scans laid out like shared/realdata (default: ../shared/realdata beside the source tree)",
+    )
+    bench.add_argument("--out", type=Path, default=Path("realscans"), help="realscans: where preprocessing outputs are kept (resumable)")
     bench.add_argument("--folds", type=int, default=5, help="occlusion: fold networks in the whole-map runs (default 5)")
     bench.add_argument(
         "--repeats", type=int, default=None, help="timed repeats (predict: interleaved rounds, default 3; train: steps, default 1)"
@@ -169,10 +176,25 @@ def run_bench(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.target == "fidelity":
+    shared = Path(__file__).resolve().parents[3] / "shared"
+    if args.target == "realscans":
+        from .realscans import measure_scan, real_scans, summary
+
+        scans = real_scans(args.data or shared / "realdata")
+        rows = []
+        for scan in scans:
+            rows.append(measure_scan(scan, args.out / scan.group / scan.name))
+            print(f"{scan.name}: {rows[-1]['verdict']}", file=sys.stderr, flush=True)
+        columns = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "reason"]
+        print_rows([{k: r.get(k) for k in columns} for r in rows])
+        for r in rows:
+            if r["reason"]:
+                print(f"{r['scan']}: {r['reason']}")
+        print("\n".join(summary(rows, scans)))
+    elif args.target == "fidelity":
         from .fidelity import reference_scans, scan_fidelity, summary_line
 
-        reference = args.reference or Path(__file__).resolve().parents[3] / "shared" / "reference" / "spm12"
+        reference = args.reference or shared / "reference" / "spm12"
         rows = []
         for scan in reference_scans(reference):
             rows.append(scan_fidelity(scan, (args.presets or ["fast"])[0]))

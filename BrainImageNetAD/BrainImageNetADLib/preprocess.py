@@ -136,7 +136,13 @@ def _normalise(
     tm = templates.mni_templates_on_grid()
     mni_mask = templates.ants_from_ras(tm["mask"], grid.MNI_AFFINE)
     brain_affine, affine_record = _affine_to_mni(working, tm, mni_mask, scratch)
-    registration_warnings = []
+    registration_warnings, registration_failures = [], []
+    if affine_record["reversed_axis"]:
+        registration_failures.append(
+            f"orientation: the scan fits the head template far better mirrored along the {affine_record['reversed_axis']} axis "
+            f"(mutual information {affine_record['fit']:.3f} as stored, {affine_record['flipped_fit'][affine_record['reversed_axis']]:.3f} "
+            "mirrored): its header has that axis reversed; correct the orientation in the header and run again"
+        )
     if affine_record["used"] == "head":
         registration_warnings.append(
             f"the brain-to-brain affine diverged (it changed the volume {affine_record['brain_to_head']:.2f}x the skull-to-skull "
@@ -187,6 +193,7 @@ def _normalise(
         templates_on_grid=tm,
         tissue_model=tissue_model,
         read_warnings=t1.warnings + registration_warnings,
+        known_failures=t1.failures + registration_failures,
         affine_determinant=affine_scale,
     )
     report.update(
@@ -239,6 +246,7 @@ def _affine_to_mni(working, tm: dict[str, np.ndarray], mni_mask, scratch: Path) 
         aff_iterations=(1000, 500, 100),
         outprefix=str(scratch / "head_"),
     )
+    orientation = _orientation_check(head3, native3, head_affine["fwdtransforms"], scratch)
     mni3 = ants.resample_image(templates.ants_from_ras(tm["T1"], grid.MNI_AFFINE), (3, 3, 3), use_voxels=False, interp_type=0)
     mask3 = ants.resample_image_to_target(mni_mask, mni3, interp_type="nearestNeighbor").morphology("dilate", 2)
     brain = ants.registration(
@@ -254,6 +262,7 @@ def _affine_to_mni(working, tm: dict[str, np.ndarray], mni_mask, scratch: Path) 
         outprefix=str(scratch / "brain_"),
     )
     record = {
+        **orientation,
         "head_determinant": _determinant(head_affine["fwdtransforms"][0]),
         "brain_determinant": _determinant(brain["fwdtransforms"][0]),
     }
@@ -261,6 +270,42 @@ def _affine_to_mni(working, tm: dict[str, np.ndarray], mni_mask, scratch: Path) 
     if BRAIN_TO_HEAD_SCALE[0] <= record["brain_to_head"] <= BRAIN_TO_HEAD_SCALE[1]:
         return brain["fwdtransforms"], {**record, "used": "brain", "determinant": record["brain_determinant"]}
     return head_affine["fwdtransforms"], {**record, "used": "head", "determinant": record["head_determinant"]}
+
+
+#: The head affine's fit (Mattes mutual information, more negative = better) of a scan whose header
+#: is right, compared with the same registration of the scan flipped front to back: a flipped scan
+#: that fits better by more than this margin means the header has anterior and posterior reversed.
+FLIP_MARGIN = 0.05
+
+
+def _orientation_check(head3, native3, head_transforms: list[str], scratch: Path) -> dict[str, Any]:
+    """Whether the scan's header has anterior and posterior (or superior and inferior) reversed:
+    the skull-to-skull fit of the scan as stored against that of the scan flipped along the axis
+    (an affine cannot undo a mirror image, so a reversed header fits clearly worse). Images at
+    3 mm on grids with identity direction (LPS axes). Returns ``fit`` (mutual information, lower is
+    better), ``flipped_fit`` per axis name and ``reversed_axis`` (None when the header is right)."""
+    import ants
+
+    def fit(moving, transforms) -> float:
+        warped = ants.apply_transforms(head3, moving, transforms, interpolator="linear")
+        return float(ants.image_similarity(head3, warped, metric_type="MattesMutualInformation"))
+
+    record: dict[str, Any] = {"fit": fit(native3, head_transforms), "flipped_fit": {}, "reversed_axis": None}
+    for axis, name in ((1, "anterior-posterior"), (2, "superior-inferior")):
+        flipped = native3.new_image_like(np.ascontiguousarray(np.flip(native3.numpy(), axis=axis)))
+        result = ants.registration(
+            head3,
+            flipped,
+            type_of_transform="Affine",
+            aff_shrink_factors=(4, 2),
+            aff_smoothing_sigmas=(2, 1),
+            aff_iterations=(500, 200),
+            outprefix=str(scratch / f"flip{axis}_"),
+        )
+        record["flipped_fit"][name] = fit(flipped, result["fwdtransforms"])
+        if record["flipped_fit"][name] < record["fit"] - FLIP_MARGIN and record["reversed_axis"] is None:
+            record["reversed_axis"] = name
+    return record
 
 
 def _register_tissues(posteriors: np.ndarray, tm: dict[str, np.ndarray], settings: PreprocessSettings, scratch: Path) -> dict[str, Any]:
@@ -310,7 +355,7 @@ def _write_outputs(out_dir: Path, gmd, gmv, t1_mni, transform_files: list[str], 
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
-    qc.write_overlay_png(out_dir / "qc_gmd.png", gmd, report)
+    qc.write_overlay_png(out_dir / "qc_gmd.png", gmd, t1_mni, report)
     stage_done("write")
     report["seconds"] = {**timings, "total": round(sum(timings.values()), 2)}
     write_json_atomic(out_dir / "qc.json", report)

@@ -4,8 +4,11 @@ The paper excluded scans whose GMV correlated with the cohort's mean GMV templat
 minus 2 SD. Without a cohort here, the measure is the spatial Pearson correlation of the subject's
 GMD with the MNI152 2009 grey-matter probability map inside the template brain mask. Because the
 GM map is registered to that template, a scan whose segmentation followed the priors rather than
-its intensities (heavy noise) also correlates well: the grey/white contrast-to-noise ratio of the
-fitted tissue model catches that case. Tissue contrast (CSF < GM < WM on a T1) and total
+its intensities (heavy noise) also correlates well: the signal-to-noise ratio measured in the
+deep white matter catches that case (``noise_level``). The separation of grey and white matter
+in the fitted tissue model is reported but sets no verdict: ageing lowers it in usable scans.
+A reversed header (found while registering) fails; the volume scale of the affine flags a failed
+registration whatever the GM map looks like. Tissue contrast (CSF < GM < WM on a T1) and total
 intracranial volume are checked too. Default thresholds were set from scans measured here
 (README, "Preprocessing").
 """
@@ -23,11 +26,15 @@ from .atomic import write_bytes_atomic
 GM_CORRELATION_FAIL = 0.6
 #: Below this the verdict is at least "warn".
 GM_CORRELATION_WARN = 0.75
-#: (WM mean - GM mean) / shared SD of the tissue model: below this the intensities cannot separate
-#: grey from white matter and the GM map is mostly the template prior ("fail").
-CONTRAST_TO_NOISE_FAIL = 0.8
+#: White-matter intensity / noise SD (``noise_level``) below which the scan is too noisy to segment:
+#: the GM map then follows the template priors, and its template correlation stays high ("fail").
+SIGNAL_TO_NOISE_FAIL = 8.0
 #: Below this the verdict is at least "warn".
-CONTRAST_TO_NOISE_WARN = 1.2
+SIGNAL_TO_NOISE_WARN = 15.0
+#: Ventricular CSF / white-matter intensity below which the CSF signal is nulled, as in a FLAIR:
+#: real T1 scans measured here 0.23-0.47, a FLAIR 0.08 (medians in the template's ventricles and
+#: deep white matter after registration).
+CSF_TO_WM_FAIL = 0.15
 #: Plausible total intracranial volume, mL: adults measure 1.2-1.9 L; brains already in MNI space
 #: (Colin27, MNI152) measure 2.1-2.7 L with the template mask, so the range is wide.
 TIV_RANGE_ML = (900.0, 2800.0)
@@ -48,6 +55,31 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
+def noise_level(t1_mni: np.ndarray, wm_prior: np.ndarray) -> tuple[float, float]:
+    """(white-matter intensity, noise SD) of a T1 on the MNI grid, in its own units, measured in the
+    template's deep white matter (prior > 0.9, eroded by one voxel), where the tissue is uniform:
+    the median intensity, and the robust SD (1.4826 x MAD) of each voxel's difference from the mean
+    of its 3x3x3 neighbourhood, scaled back by sqrt(27/26). Ageing lowers grey/white contrast, not
+    this noise, so it separates noisy scans from old brains where a contrast-to-noise ratio of the
+    tissue model does not. Resampling to the 1.5 mm grid smooths noise, so the figures are
+    comparable between scans of this pipeline, not with the scanner's own SNR."""
+    from scipy import ndimage
+
+    core = ndimage.binary_erosion(wm_prior > 0.9, iterations=1)
+    t1 = t1_mni.astype(np.float64)
+    residual = (t1 - ndimage.uniform_filter(t1, 3))[core]
+    noise = 1.4826 * float(np.median(np.abs(residual - np.median(residual)))) * np.sqrt(27 / 26)
+    return float(np.median(t1[core])), noise
+
+
+def ventricle_level(t1_mni: np.ndarray, csf_prior: np.ndarray) -> float:
+    """Median intensity of a T1 on the MNI grid in the template's ventricles (CSF prior > 0.9,
+    eroded by one voxel), in the T1's own units."""
+    from scipy import ndimage
+
+    return float(np.median(t1_mni[ndimage.binary_erosion(csf_prior > 0.9, iterations=1)]))
+
+
 def assess(
     gmd: np.ndarray,
     posteriors: np.ndarray,
@@ -57,11 +89,14 @@ def assess(
     tissue_model: dict[str, float],
     read_warnings: list[str],
     affine_determinant: float | None = None,
+    known_failures: list[str] | None = None,
 ) -> dict[str, Any]:
     """QC report of one preprocessing. All arrays lie on the 121x145x121 MNI grid; ``posteriors``
     has shape (121, 145, 121, 3) for CSF, GM, WM; ``jacobian`` is native mm^3 per MNI mm^3;
     ``tissue_model`` holds the segmentation's class means and shared SD (``segment_tissues``);
-    ``affine_determinant`` is the volume scale of the affine to MNI (native mm^3 per MNI mm^3).
+    ``affine_determinant`` is the volume scale of the affine to MNI (native mm^3 per MNI mm^3);
+    ``known_failures`` are failures found before (slice thickness) or while registering (a
+    reversed header).
     Returns measures, volumes in mL (native space), warnings, failures and the verdict."""
     mask = templates_on_grid["mask"] > 0
     brain = (templates_on_grid["GM"] + templates_on_grid["WM"]) > 0.5
@@ -71,20 +106,30 @@ def assess(
     tiv = sum(volumes.values())
     class_masks = [brain & (posteriors[..., k] > 0.5) for k in range(3)]
     csf, gm, wm = (float(t1_mni[m].mean()) if m.any() else 0.0 for m in class_masks)
-    contrast_to_noise = (tissue_model["WM_mean"] - tissue_model["GM_mean"]) / max(tissue_model["sd"], 1e-12)
+    white, noise = noise_level(t1_mni, templates_on_grid["WM"])
+    csf_to_wm = ventricle_level(t1_mni, templates_on_grid["CSF"]) / max(white, 1e-12)
+    signal_to_noise = white / max(noise, 1e-12)
+    contrast_to_noise = (tissue_model["WM_mean"] - tissue_model["GM_mean"]) / max(noise, 1e-12)
+    separation = (tissue_model["WM_mean"] - tissue_model["GM_mean"]) / max(tissue_model["sd"], 1e-12)
     warnings = list(read_warnings)
-    failures = []
+    failures = list(known_failures or [])
     if not csf < gm < wm:
         failures.append(
             f"tissue contrast is not that of a T1 (mean intensity CSF {csf:.3g}, GM {gm:.3g}, WM {wm:.3g}; expected CSF < GM < WM)"
         )
-    elif contrast_to_noise < CONTRAST_TO_NOISE_FAIL:
+    elif csf_to_wm < CSF_TO_WM_FAIL:
         failures.append(
-            f"grey/white-matter contrast-to-noise ratio {contrast_to_noise:.2f} is too low to segment (fail below {CONTRAST_TO_NOISE_FAIL}): a very noisy scan"
+            f"tissue contrast is not that of a T1: the ventricles' CSF is nulled ({100 * csf_to_wm:.0f}% of the white matter's "
+            f"intensity; fail below {100 * CSF_TO_WM_FAIL:.0f}%, T1 scans measured 23-47%), as in a FLAIR"
         )
-    elif contrast_to_noise < CONTRAST_TO_NOISE_WARN:
+    elif signal_to_noise < SIGNAL_TO_NOISE_FAIL:
+        failures.append(
+            f"signal-to-noise ratio {signal_to_noise:.1f} (white matter / noise) is too low to segment (fail below {SIGNAL_TO_NOISE_FAIL:g}): "
+            "a very noisy scan, whose grey-matter map would follow the template"
+        )
+    elif signal_to_noise < SIGNAL_TO_NOISE_WARN:
         warnings.append(
-            f"grey/white-matter contrast-to-noise ratio {contrast_to_noise:.2f} is low (warn below {CONTRAST_TO_NOISE_WARN}): check qc_gmd.png"
+            f"signal-to-noise ratio {signal_to_noise:.1f} (white matter / noise) is low (warn below {SIGNAL_TO_NOISE_WARN:g}): check qc_gmd.png"
         )
     if gm_correlation < GM_CORRELATION_FAIL:
         failures.append(
@@ -116,13 +161,17 @@ def assess(
         "measures": {
             "gm_template_correlation": round(gm_correlation, 4),
             "t1_template_correlation": round(t1_correlation, 4),
+            "signal_to_noise": round(signal_to_noise, 2),
+            "csf_to_wm": round(csf_to_wm, 3),
             "gm_wm_contrast_to_noise": round(contrast_to_noise, 3),
+            "gm_wm_separation": round(separation, 3),
             "affine_scale": None if affine_determinant is None else round(affine_determinant, 4),
             "thresholds": {
                 "gm_template_correlation_fail": GM_CORRELATION_FAIL,
                 "gm_template_correlation_warn": GM_CORRELATION_WARN,
-                "gm_wm_contrast_to_noise_fail": CONTRAST_TO_NOISE_FAIL,
-                "gm_wm_contrast_to_noise_warn": CONTRAST_TO_NOISE_WARN,
+                "csf_to_wm_fail": CSF_TO_WM_FAIL,
+                "signal_to_noise_fail": SIGNAL_TO_NOISE_FAIL,
+                "signal_to_noise_warn": SIGNAL_TO_NOISE_WARN,
                 "affine_scale_warn": list(AFFINE_SCALE_WARN),
                 "affine_scale_fail": list(AFFINE_SCALE_FAIL),
             },
@@ -132,10 +181,13 @@ def assess(
     }
 
 
-def write_overlay_png(path: str | Path, gmd: np.ndarray, report: dict[str, Any]) -> None:
-    """Mid-slices (sagittal, coronal, axial) of the GMD map in red over the MNI152 T1 (grey), with
-    the verdict in the title, as a PNG for a person to check."""
+def write_overlay_png(path: str | Path, gmd: np.ndarray, t1_mni: np.ndarray, report: dict[str, Any]) -> None:
+    """What a reader checks, as a PNG: mid-slices (sagittal, coronal, axial) of the person's own T1
+    registered to MNI (grey), their GM map (red, where GMD >= 0.2) and the outline of the MNI152
+    brain (cyan: the person's brain should fill it), with the verdict and its reasons. ``gmd`` and
+    ``t1_mni`` lie on the 121x145x121 MNI grid."""
     import io
+    import textwrap
 
     import matplotlib
 
@@ -144,16 +196,21 @@ def write_overlay_png(path: str | Path, gmd: np.ndarray, report: dict[str, Any])
 
     from .templates import mni_templates_on_grid
 
-    t1 = mni_templates_on_grid()["T1"]
-    figure, axes = plt.subplots(1, 3, figsize=(10, 3.6), facecolor="black")
+    tm = mni_templates_on_grid()
+    outline = (tm["mask"] > 0).astype(np.float32)
+    inside = t1_mni[outline > 0]
+    top = float(np.percentile(inside, 99)) if inside.size and np.percentile(inside, 99) > 0 else float(t1_mni.max() or 1.0)
+    reasons = report["failures"] + report["warnings"]
+    figure, axes = plt.subplots(1, 3, figsize=(10, 3.6 + 0.22 * min(len(reasons), 6)), facecolor="black")
     for ax, index in zip(axes, (np.s_[60, :, :], np.s_[:, 86, :], np.s_[:, :, 60]), strict=True):
-        ax.imshow(np.rot90(t1[index]), cmap="gray", vmin=0, vmax=1)
-        ax.imshow(np.rot90(np.ma.masked_less(gmd[index], 0.2)), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
+        ax.imshow(np.rot90(t1_mni[index]), cmap="gray", vmin=0, vmax=top)
+        ax.imshow(np.rot90(np.ma.masked_less(gmd[index], 0.2)), cmap="autumn", alpha=0.45, vmin=0, vmax=1)
+        ax.contour(np.rot90(outline[index]), levels=[0.5], colors="cyan", linewidths=0.8)
         ax.set_axis_off()
     measures = report["measures"]
-    figure.suptitle(
-        f"QC {report['verdict'].upper()}: GM correlation with template {measures['gm_template_correlation']:.2f}", color="white"
-    )
+    title = f"QC {report['verdict'].upper()}: GM correlation with template {measures['gm_template_correlation']:.2f}"
+    lines = [textwrap.shorten(r, 150) for r in reasons[:6]]
+    figure.suptitle("\n".join([title, *lines]), color="white", fontsize=9, x=0.02, ha="left")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80, facecolor="black")
     plt.close(figure)

@@ -19,6 +19,12 @@ from .errors import InputError
 VOXEL_SIZE_LIMITS_MM = (0.2, 8.0)
 #: Voxel sizes above this (mm) are accepted with a QC warning: VBM needs near-isotropic 1 mm data.
 VOXEL_SIZE_WARN_MM = 2.0
+#: Slices thicker than this (mm) are a 2D clinical acquisition: grey-matter maps from them are not
+#: comparable with those of 3D T1 scans, so QC fails (``--force`` still predicts).
+THICK_SLICE_FAIL_MM = 4.0
+#: Share of voxels at or below -500 above which an image is a CT in Hounsfield units (air is -1000;
+#: MRI intensities are not negative).
+CT_AIR_FRACTION = 0.05
 #: Field of view below this (mm) on any axis cannot hold a whole brain.
 MIN_FIELD_OF_VIEW_MM = 100.0
 #: Share of neighbouring foreground voxels with identical values above which an image with few
@@ -33,6 +39,7 @@ class T1Image:
     image: Any
     info: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
 
 
 def _read_sitk(path: Path):
@@ -125,8 +132,18 @@ def read_t1(path: str | Path) -> T1Image:
     if float(data.max()) == float(data.min()):
         raise InputError(f"{path.name}: the image is constant ({float(data.min())}); it holds no anatomy")
     _refuse_label_map(data, path.name)
-    warnings = []
-    if spacing.max() > VOXEL_SIZE_WARN_MM:
+    air = float((data <= -500).mean())
+    if air > CT_AIR_FRACTION:
+        raise InputError(
+            f"{path.name}: looks like a CT, not a T1 MRI ({100 * air:.0f}% of voxels at or below -500, as air is in Hounsfield units)"
+        )
+    warnings, failures = [], []
+    if spacing.max() > THICK_SLICE_FAIL_MM:
+        failures.append(
+            f"slice thickness {spacing.max():.1f} mm (voxels {np.round(spacing, 2).tolist()} mm): a 2D clinical acquisition; "
+            f"grey-matter maps need a 3D T1 with slices of {THICK_SLICE_FAIL_MM:g} mm or less"
+        )
+    elif spacing.max() > VOXEL_SIZE_WARN_MM:
         warnings.append(f"coarse voxels {np.round(spacing, 2).tolist()} mm: grey-matter maps will be blurred (1 mm isotropic recommended)")
     direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
     ants_image = ants.from_numpy(np.ascontiguousarray(data), origin=list(image.GetOrigin()), spacing=spacing.tolist(), direction=direction)
@@ -136,7 +153,7 @@ def read_t1(path: str | Path) -> T1Image:
         "voxel_size_mm": np.round(spacing, 4).tolist(),
         "field_of_view_mm": np.round(field_of_view, 1).tolist(),
     }
-    return T1Image(ants_image, info, warnings)
+    return T1Image(ants_image, info, warnings, failures)
 
 
 def _dimension_error(name: str, size: list[int]) -> InputError:
