@@ -171,12 +171,12 @@ def occlusion_map(
         coarse = changing & np.all([np.isin(lattice[:, d], nodes[d]) for d in range(3)], axis=0)
         refine = max(0, round(settings.refine * (int(changing.sum()) - int(coarse.sum()))))
         phases = len(models) * (int(coarse.sum()) + refine)
-        base, computed = runner.drops(np.flatnonzero(coarse), progress, should_cancel, phases)
-        drops[coarse] = computed
+        base, drops[coarse] = runner.drops(np.flatnonzero(coarse), progress, should_cancel, phases)
         estimate, spread = _interpolate(drops, coarse, lattice)
         uncertain = np.flatnonzero(changing & ~coarse)
         chosen = uncertain[np.argsort(-spread[uncertain], kind="stable")[:refine]]
-        _, drops[chosen] = runner.drops(chosen, progress, should_cancel, phases)
+        if len(chosen):
+            _, drops[chosen] = runner.drops(chosen, progress, should_cancel, phases)
         guessed = changing & ~coarse
         guessed[chosen] = False
         drops[guessed] = estimate[guessed]
