@@ -212,6 +212,27 @@ def test_atrophied_brain_keeps_a_plausible_scale(tmp_path: Path) -> None:
     assert report["verdict"] == "warn" and report["measures"]["signal_to_noise"] > qc.SIGNAL_TO_NOISE_WARN
 
 
+def test_qc_picture_shows_the_persons_own_t1_and_the_reasons(tmp_path: Path) -> None:
+    from PIL import Image
+
+    tm = templates.mni_templates_on_grid()
+    posteriors = np.stack([tm["CSF"], tm["GM"], tm["WM"]], axis=-1)
+    model = {"CSF_mean": 0.2, "GM_mean": 0.6, "WM_mean": 1.0, "sd": 0.1}
+    report = qc.assess(tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), tm["T1"], tm, model, [])
+    failing = qc.assess(tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), tm["T1"], tm, model, [], affine_determinant=1.25)
+    pictures = {}
+    for name, t1, result in (
+        ("template", tm["T1"], report),
+        ("other", np.roll(tm["T1"], 10, axis=2), report),
+        ("failing", tm["T1"], failing),
+    ):
+        qc.write_overlay_png(tmp_path / f"{name}.png", tm["GM"], t1, result)
+        pictures[name] = np.asarray(Image.open(tmp_path / f"{name}.png").convert("L"), dtype=float)
+    assert pictures["template"].shape == pictures["other"].shape
+    assert np.abs(pictures["template"] - pictures["other"]).mean() > 1  # the T1 drawn is the one given
+    assert pictures["failing"].shape[0] > pictures["template"].shape[0]  # a line per reason
+
+
 def test_qc_fails_an_implausible_registration_scale() -> None:
 
     tm = templates.mni_templates_on_grid()

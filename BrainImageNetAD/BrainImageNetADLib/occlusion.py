@@ -166,7 +166,7 @@ def occlusion_map(
     runner = _CubeRunner(models, xt, positions, first, size, settings, "naive" if method == "naive" else "incremental")
     drops = np.zeros(len(positions))
     if method == "approximate":
-        lattice = _lattice_index(positions, settings)
+        lattice = _lattice_index(positions)
         nodes = _lattice_nodes(lattice)
         coarse = changing & np.all([np.isin(lattice[:, d], nodes[d]) for d in range(3)], axis=0)
         refine = max(0, round(settings.refine * (int(changing.sum()) - int(coarse.sum()))))
@@ -261,11 +261,8 @@ class _CubeRunner:
         return float(base.mean()), out
 
 
-def _lattice_index(positions: np.ndarray, settings: OcclusionSettings) -> np.ndarray:
+def _lattice_index(positions: np.ndarray) -> np.ndarray:
     """Index (P, 3) of each cube start along each axis of the ``cube_positions`` lattice."""
-    every = cube_positions(settings.cube, settings.stride)
-    if len(positions) != len(every) or not np.array_equal(positions, every):
-        raise ValueError("the approximate method needs the whole lattice of cube positions")
     return np.stack([np.unique(positions[:, d], return_inverse=True)[1] for d in range(3)], axis=1)
 
 

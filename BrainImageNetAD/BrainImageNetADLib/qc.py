@@ -198,8 +198,8 @@ def write_overlay_png(path: str | Path, gmd: np.ndarray, t1_mni: np.ndarray, rep
 
     tm = mni_templates_on_grid()
     outline = (tm["mask"] > 0).astype(np.float32)
-    inside = t1_mni[outline > 0]
-    top = float(np.percentile(inside, 99)) if inside.size and np.percentile(inside, 99) > 0 else float(t1_mni.max() or 1.0)
+    top = float(np.percentile(t1_mni[outline > 0], 99))
+    top = top if top > 0 else float(t1_mni.max()) or 1.0
     reasons = report["failures"] + report["warnings"]
     figure, axes = plt.subplots(1, 3, figsize=(10, 3.6 + 0.22 * min(len(reasons), 6)), facecolor="black")
     for ax, index in zip(axes, (np.s_[60, :, :], np.s_[:, 86, :], np.s_[:, :, 60]), strict=True):

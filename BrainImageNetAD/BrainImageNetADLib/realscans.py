@@ -30,8 +30,7 @@ import numpy as np
 
 from . import grid
 from .errors import InputError
-
-VOXEL_ML = 1.5**3 / 1000.0
+from .qc import VOXEL_ML
 
 
 @dataclass(frozen=True)
