@@ -59,7 +59,7 @@ def test_predict_sample_t1_end_to_end_with_the_shipped_bundle(tmp_path: Path) ->
     result = run_cli("predict", "--sample", "--progress", "--occlusion-fold", "0", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     stages = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("progress: ")]
-    assert stages[:7] == ["read", "affine", "n4", "segment", "syn", "write", "ensemble"] and set(stages[7:]) == {"occlusion"}
+    assert stages[:7] == ["read", "affine", "n4", "segment", "normalise", "write", "ensemble"] and set(stages[7:]) == {"occlusion"}
     out = json.loads((tmp_path / "result.json").read_text())
     assert out["trained"] is True and out["demo"] is True and "DEMONSTRATION MODEL" in out["intended_use"]
     assert out["sensitivity"] is not None and 0.0 < out["probability"] < 1.0

@@ -47,7 +47,7 @@ def test_outputs_are_on_the_spm_mni_grid(colin: tuple[Path, dict]) -> None:
     gmd = np.asanyarray(nib.load(str(out / "gmd.nii.gz")).dataobj)
     gmv = np.asanyarray(nib.load(str(out / "gmv.nii.gz")).dataobj)
     assert gmd.min() >= 0.0 and gmd.max() <= 1.0 and gmv.min() >= 0.0
-    assert list(report["seconds"]) == ["read", "affine", "n4", "segment", "syn", "write", "total"]
+    assert list(report["seconds"]) == ["read", "affine", "n4", "segment", "normalise", "write", "total"]
     written = json.loads((out / "qc.json").read_text())
     assert written["verdict"] in ("pass", "warn") and written["seconds"]["total"] > 0
 

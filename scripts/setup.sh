@@ -24,11 +24,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.pinned.sha256
-wanted="$(cat requirements/pinned.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+wanted="$(cat requirements/pinned.txt requirements/no-deps.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
   echo "setup: installing Python dependencies (first run: several minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements/pinned.txt
+  .venv/bin/python -m pip install -q --no-deps -r requirements/no-deps.txt
   .venv/bin/python -m pip install -q --no-deps -e .
   echo "$wanted" > "$stamp"
 fi

@@ -125,11 +125,17 @@ def scan_fidelity(scan: ReferenceScan, preset: str = "fast") -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="brainimagenet-fidelity-") as scratch:
         out = Path(scratch)
         report = run_isolated(preprocess_t1, scan.source, out, preset)
-        gmd = _on_mni_grid(out / "gmd.nii.gz", "GMD")
-        gmv = _on_mni_grid(out / "gmv.nii.gz", "GMV")
-        measures = map_agreement(gmd, gmv, _on_mni_grid(scan.wc1, "wc1"), _on_mni_grid(scan.mwc1, "mwc1"))
-        measures["dice_native"] = native_dice(gmd, out, scan.c1)
+        measures = preprocessed_agreement(scan, out)
     return {"scan": scan.name, **measures, "qc": report["verdict"], "seconds": float(report["seconds"]["total"])}
+
+
+def preprocessed_agreement(scan: ReferenceScan, preprocessing_dir: str | Path) -> dict[str, float]:
+    """``map_agreement`` and ``native_dice`` of a finished preprocessing folder of ``scan``."""
+    out = Path(preprocessing_dir)
+    gmd = _on_mni_grid(out / "gmd.nii.gz", "GMD")
+    gmv = _on_mni_grid(out / "gmv.nii.gz", "GMV")
+    measures = map_agreement(gmd, gmv, _on_mni_grid(scan.wc1, "wc1"), _on_mni_grid(scan.mwc1, "mwc1"))
+    return {**measures, "dice_native": native_dice(gmd, out, scan.c1)}
 
 
 def summary_line(rows: list[dict[str, Any]]) -> str:

@@ -18,7 +18,7 @@ ProgressCallback = Callable[[str, float], None]
 CancelCallback = Callable[[], bool]
 
 #: The stages preprocessing reports, in order (``preprocess.preprocess_t1``).
-PREPROCESSING_STAGES = ("read", "affine", "n4", "segment", "syn", "write")
+PREPROCESSING_STAGES = ("read", "affine", "n4", "segment", "normalise", "write")
 
 #: Stage groups shown as progress bars (one per group, by both skins and on a terminal), and the
 #: stage names the command line reports for each (an occlusion stage is "occlusion model 2/5").

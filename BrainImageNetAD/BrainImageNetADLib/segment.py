@@ -1,43 +1,109 @@
-"""Three-class tissue segmentation (CSF, GM, WM) of a T1 on the MNI grid with template priors."""
+"""Tissue classification of a T1 in its own space with SPM12's six tissue priors.
+
+The model is that of SPM12's unified segmentation (Ashburner and Friston, 2005), less its bias
+and deformation fields (N4 and the affine to the priors are fitted outside it, see
+``preprocess``): each voxel's intensity comes from a mixture of Gaussians per tissue class (1, 1,
+2, 3, 4 and 2 Gaussians for GM, WM, CSF, bone, soft tissue and air, SPM's defaults), weighted by
+the class's prior probability at that voxel (the tissue probability maps moved onto the scan)
+times a per-class weight fitted to the scan. Voxels of intensity 0 (outside the field of view,
+or removed by skull stripping) are left out of the fit, as SPM does.
+
+Facts measured while choosing this design (Colin27 and real scans against SPM12's own ``c1``):
+segmenting at the scan's own resolution instead of on the 1.5 mm MNI grid, and with priors for
+bone, soft tissue and air, raised the native Dice of GM from 0.56 to 0.87-0.91. Two steps of SPM's
+writing stage lowered agreement with SPM's maps here and are not used: its Markov random field
+(strength 1, 10 mean-field sweeps; Colin27 GMD r 0.75 -> 0.72) and its "light" clean-up (a brain
+mask grown from the white matter by erosion and conditional dilation; GMD r at 4 mm 0.886 ->
+0.864 on Colin27, 0.818 -> 0.800 on the MPRAGE scan).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-TISSUES = ("CSF", "GM", "WM")
+#: Tissue classes of SPM12's TPM.nii, in its order.
+CLASSES = ("GM", "WM", "CSF", "bone", "soft tissue", "air")
+#: Gaussians per class (SPM12's defaults).
+GAUSSIANS = (1, 1, 2, 3, 4, 2)
+_CLASS_OF = np.repeat(np.arange(len(CLASSES)), GAUSSIANS)
 
 
-def segment_tissues(
-    t1: np.ndarray, priors: np.ndarray, mask: np.ndarray, prior_weight: float = 1.0, iterations: int = 15
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Gaussian-mixture segmentation with spatial priors, fitted by EM.
+@dataclass
+class MixtureModel:
+    """Fitted intensity model: ``weights`` per class (6,), and per Gaussian (13,) its
+    ``means`` and ``variances`` (in the T1's intensity units) and its ``mixing`` share within
+    its class."""
 
-    ``t1``: bias-corrected T1 intensities on the MNI grid, shape (I, J, K); ``priors``: template
-    probabilities of CSF, GM, WM, shape (I, J, K, 3); ``mask``: boolean brain mask (I, J, K).
-    Each class has one Gaussian intensity model with a variance shared by the three classes (so
-    that no class absorbs the tails of the others, such as sulcal CSF into a broad GM class); the
-    posterior of class k at a voxel is proportional to prior_k ** prior_weight *
-    N(intensity; mean_k, sd). Returns posteriors of shape (I, J, K, 3) (zero outside the mask,
-    summing to 1 inside) and the fitted model: class means ``CSF_mean``, ``GM_mean``, ``WM_mean``
-    and the shared standard deviation ``sd``, in the T1's intensity units.
-    """
-    if t1.shape != mask.shape or priors.shape != (*mask.shape, 3):
-        raise ValueError(f"shapes differ: t1 {t1.shape}, priors {priors.shape}, mask {mask.shape}")
-    x = t1[mask].astype(np.float64)
-    p_prior = priors[mask].astype(np.float64)
-    p_prior /= np.maximum(p_prior.sum(axis=1, keepdims=True), 1e-6)
-    log_prior = prior_weight * np.log(p_prior + 1e-4)
-    posterior = p_prior.copy()
-    means = np.zeros(3)
-    sd = 1.0
+    weights: np.ndarray
+    means: np.ndarray
+    variances: np.ndarray
+    mixing: np.ndarray
+
+    def summary(self) -> dict[str, float]:
+        """Mean intensity of GM, WM and CSF (mixing-weighted over a class's Gaussians) and the
+        pooled standard deviation of GM and WM, in the T1's intensity units."""
+        out = {}
+        for k, name in enumerate(CLASSES[:3]):
+            sel = _CLASS_OF == k
+            out[f"{name}_mean"] = float((self.mixing[sel] * self.means[sel]).sum())
+        out["sd"] = float(np.sqrt(0.5 * (self.variances[0] + self.variances[1])))
+        return out
+
+
+def initial_model(intensities: np.ndarray, priors: np.ndarray) -> MixtureModel:
+    """Starting point of the fit: each class's prior-weighted mean and variance, its Gaussians
+    spread over half a standard deviation around that mean. ``intensities`` (N,), ``priors`` (N, 6)."""
+    means, variances, mixing = (np.zeros(len(_CLASS_OF)) for _ in range(3))
+    for k, n in enumerate(GAUSSIANS):
+        r = priors[:, k]
+        mean = float((r * intensities).sum() / r.sum())
+        var = float((r * (intensities - mean) ** 2).sum() / r.sum())
+        sel = np.flatnonzero(_CLASS_OF == k)
+        means[sel] = mean + (np.arange(n) - (n - 1) / 2) * 0.5 * np.sqrt(var)
+        variances[sel] = var
+        mixing[sel] = 1.0 / n
+    return MixtureModel(np.full(len(CLASSES), 1.0 / len(CLASSES)), means, variances, mixing)
+
+
+def class_evidence(intensities: np.ndarray, priors: np.ndarray, model: MixtureModel) -> np.ndarray:
+    """Unnormalised posterior of each Gaussian, (N, 13): its weighted prior at the voxel times
+    the intensity likelihood. ``intensities`` (N,), ``priors`` (N, 6) summing to 1 per voxel."""
+    prior = priors * model.weights
+    prior /= prior.sum(axis=1, keepdims=True)
+    z = (intensities[:, None] - model.means) ** 2 / model.variances
+    return prior[:, _CLASS_OF] * model.mixing * np.exp(-0.5 * z) / np.sqrt(2 * np.pi * model.variances)
+
+
+def fit_mixture(intensities: np.ndarray, priors: np.ndarray, model: MixtureModel, iterations: int) -> MixtureModel:
+    """EM iterations of the mixture, starting from ``model``. ``intensities`` (N,) float64 and
+    ``priors`` (N, 6) at the sampled voxels. The class weights are updated as in SPM12 (the
+    fraction of the voxels a class takes over the share its normalised priors give it)."""
+    floor = 1e-6 * float(np.var(intensities))
     for _ in range(iterations):
-        weight = posterior.sum(axis=0) + 1e-9
-        means = (posterior * x[:, None]).sum(axis=0) / weight
-        sd = float(np.sqrt((posterior * (x[:, None] - means) ** 2).sum() / weight.sum())) + 1e-6 * (float(np.abs(means).max()) + 1)
-        log_like = -0.5 * ((x[:, None] - means) / sd) ** 2 + log_prior
-        log_like -= log_like.max(axis=1, keepdims=True)
-        posterior = np.exp(log_like)
-        posterior /= posterior.sum(axis=1, keepdims=True)
-    out = np.zeros((*mask.shape, 3), dtype=np.float32)
-    out[mask] = posterior
-    return out, {**{f"{t}_mean": float(m) for t, m in zip(TISSUES, means, strict=True)}, "sd": sd}
+        q = class_evidence(intensities, priors, model)
+        q /= q.sum(axis=1, keepdims=True) + 1e-300
+        counts = q.sum(axis=0) + 1e-9
+        means = (q * intensities[:, None]).sum(axis=0) / counts
+        variances = (q * (intensities[:, None] - means) ** 2).sum(axis=0) / counts + floor
+        mixing = counts / np.bincount(_CLASS_OF, counts)[_CLASS_OF]
+        per_class = np.bincount(_CLASS_OF, counts)
+        share = (priors / (priors * model.weights).sum(axis=1, keepdims=True)).sum(axis=0)
+        weights = per_class / share
+        model = MixtureModel(weights / weights.sum(), means, variances, mixing)
+    return model
+
+
+def posteriors(intensities: np.ndarray, priors: np.ndarray, model: MixtureModel, chunk: int = 1 << 20) -> np.ndarray:
+    """Class posteriors (..., 6) float32 of ``intensities`` (...) given ``priors`` (..., 6),
+    computed ``chunk`` voxels at a time to bound memory."""
+    flat_y = intensities.reshape(-1)
+    flat_p = priors.reshape(-1, len(CLASSES))
+    out = np.empty((flat_y.size, len(CLASSES)), dtype=np.float32)
+    for start in range(0, flat_y.size, chunk):
+        part = slice(start, start + chunk)
+        evidence = class_evidence(flat_y[part].astype(np.float64), flat_p[part].astype(np.float64), model)
+        per_class = np.stack([evidence[:, _CLASS_OF == k].sum(axis=1) for k in range(len(CLASSES))], axis=1)
+        out[part] = per_class / (per_class.sum(axis=1, keepdims=True) + 1e-300)
+    return out.reshape(*intensities.shape, len(CLASSES))

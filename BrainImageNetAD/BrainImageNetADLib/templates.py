@@ -4,11 +4,18 @@
   package ``nilearn`` (copyright McConnell Brain Imaging Centre; free use with attribution).
 - Colin27 T1 with skull, Debian package ``mricron-data`` (BSD-3-Clause): the head template for
   the first, skull-to-skull affine step.
+- SPM12's tissue probability maps (``tpm/TPM.nii``: GM, WM, CSF, bone, soft tissue, air on the
+  121x145x121 1.5 mm MNI grid; GPL-2.0, Wellcome Centre for Human Neuroimaging), read from the
+  PyPI package ``spm-runtime`` (installed without its MATLAB runtime dependency, which is not
+  used): its ``_spm.ctf`` is a zip archive that holds SPM's ``tpm`` folder unencrypted. They are
+  the priors of the segmentation, as in SPM's own Segment.
 """
 
 from __future__ import annotations
 
+import zipfile
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +94,30 @@ def mni_templates_on_grid() -> dict[str, np.ndarray]:
     out["CSF"] = np.where(mask, np.clip(1.0 - brain, 0.0, 1.0), 0.0).astype(np.float32)
     out["mask"] = mask.astype(np.float32)
     return out
+
+
+SPM_RUNTIME = "spm-runtime"
+_SPM_ARCHIVE = "spm_runtime/_spm/_spm.ctf"
+_TPM_MEMBER = "fsroot/_spm/cleaned/spm/tpm/TPM.nii"
+
+
+@lru_cache(maxsize=1)
+def spm_tissue_priors() -> np.ndarray:
+    """SPM12's six tissue probability maps on the 121x145x121 MNI grid: float32 array
+    (121, 145, 121, 6) in MNI voxel order, classes GM, WM, CSF, bone, soft tissue, air, summing
+    to 1 at each voxel. Raises FileNotFoundError naming the package when it is missing."""
+    import nibabel as nib
+
+    hint = f"install the Python package {SPM_RUNTIME} without dependencies (scripts/setup.sh does)"
+    try:
+        archive = Path(str(metadata.distribution(SPM_RUNTIME).locate_file(_SPM_ARCHIVE)))
+    except metadata.PackageNotFoundError as error:
+        raise FileNotFoundError(f"SPM12's tissue priors are missing: {hint}") from error
+    if not archive.is_file():
+        raise FileNotFoundError(f"{archive} is missing: {hint}")
+    with zipfile.ZipFile(archive) as ctf:
+        image = nib.Nifti1Image.from_bytes(ctf.read(_TPM_MEMBER))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    if data.shape != (*grid.MNI_SHAPE, 6) or not np.allclose(image.affine, grid.MNI_AFFINE, atol=1e-3):
+        raise ValueError(f"{archive}: TPM.nii is not on the 121x145x121 1.5 mm MNI grid")
+    return data

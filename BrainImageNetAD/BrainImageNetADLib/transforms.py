@@ -1,5 +1,6 @@
 """Moving maps between the MNI grids (121x145x121 or the 96x120x86 model grid) and a patient's
-native T1 grid, with the transforms a preprocessing folder keeps (``transforms/``)."""
+native T1 grid, with the transform a preprocessing folder keeps (``transforms/``: the affine
+that takes MNI points to native points, ANTs format, and the native grid)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .errors import InputError
 
 def _transforms_dir(preprocessing_dir: str | Path) -> Path:
     folder = Path(preprocessing_dir) / "transforms"
-    needed = ("mni_to_native_warp.nii.gz", "mni_to_native_affine.mat", "native_to_mni_warp.nii.gz", "native_grid.json")
+    needed = ("mni_to_native_affine.mat", "native_grid.json")
     missing = [n for n in needed if not (folder / n).is_file()]
     if missing:
         raise InputError(f"{folder}: not a finished preprocessing folder (missing {', '.join(missing)})")
@@ -48,8 +49,8 @@ def mni_to_native(data: np.ndarray, preprocessing_dir: str | Path, interpolator:
     return ants.apply_transforms(
         native_reference(preprocessing_dir),
         moving,
-        [str(folder / "mni_to_native_affine.mat"), str(folder / "native_to_mni_warp.nii.gz")],
-        whichtoinvert=[True, False],
+        [str(folder / "mni_to_native_affine.mat")],
+        whichtoinvert=[True],
         interpolator=interpolator,
     )
 
@@ -63,7 +64,7 @@ def native_to_mni(image, preprocessing_dir: str | Path, interpolator: str = "lin
     return ants.apply_transforms(
         templates.mni_grid_reference(),
         image,
-        [str(folder / "mni_to_native_warp.nii.gz"), str(folder / "mni_to_native_affine.mat")],
+        [str(folder / "mni_to_native_affine.mat")],
         interpolator=interpolator,
     ).numpy()
 

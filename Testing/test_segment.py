@@ -1,0 +1,62 @@
+"""The tissue mixture with SPM12's priors and the push of native maps onto the MNI grid (real
+numpy/ANTs, no preprocessing run)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from BrainImageNetADLib import grid, normalise, segment, templates
+
+
+def test_spm_priors_come_from_the_installed_package() -> None:
+    tpm = templates.spm_tissue_priors()
+    assert tpm.shape == (*grid.MNI_SHAPE, 6) and tpm.dtype == np.float32
+    np.testing.assert_allclose(tpm.sum(axis=-1), 1.0, atol=1e-4)
+    # GM fills the cortex, air the corners, and the brain classes hold a plausible volume (mL).
+    brain_ml = float(tpm[..., :3].sum() * normalise.MNI_VOXEL_MM3 / 1000)
+    assert 1700 < brain_ml < 2100 and tpm[0, 0, 0, 5] > 0.9
+
+
+def test_mixture_recovers_tissue_intensities_where_priors_are_vague() -> None:
+    rng = np.random.default_rng(0)
+    n = 60_000
+    truth = rng.choice(6, size=n, p=[0.3, 0.3, 0.15, 0.1, 0.1, 0.05])
+    centre = np.array([60.0, 100.0, 25.0, 15.0, 70.0, 2.0])
+    intensities = centre[truth] + rng.normal(0, 5.0, n)
+    # priors: 0.5 on the true class, the rest spread evenly (a prior that alone would mislabel half)
+    priors = np.full((n, 6), 0.1)
+    priors[np.arange(n), truth] = 0.5
+    model = segment.fit_mixture(intensities, priors, segment.initial_model(intensities, priors), 60)
+    summary = model.summary()
+    assert summary["GM_mean"] == pytest.approx(60, abs=3) and summary["WM_mean"] == pytest.approx(100, abs=3)
+    labels = segment.posteriors(intensities, priors, model, chunk=7_000).argmax(axis=1)
+    assert (labels[truth < 2] == truth[truth < 2]).mean() > 0.97
+
+
+def test_push_keeps_the_volume_and_the_shares(tmp_path) -> None:
+    # A native grid of 1 mm voxels placed in MNI space by the identity: each MNI voxel (1.5 mm)
+    # receives 3.375 native voxels' worth of weight; the modulated map keeps the native volume.
+    import ants
+
+    tpm = templates.spm_tissue_priors()
+    native = templates.ants_from_ras(
+        np.zeros((150, 180, 150), np.float32), np.array([[1, 0, 0, -75], [0, 1, 0, -110], [0, 0, 1, -65], [0, 0, 0, 1.0]])
+    )
+    identity = str(tmp_path / "identity.mat")
+    ants.write_transform(ants.create_ants_transform(transform_type="AffineTransform", dimension=3), identity)
+    coordinates = normalise.mni_coordinates(native, [identity], [False])
+    ijk = np.indices(native.shape).reshape(3, -1)
+    expected = (templates.ras_affine(native) @ np.vstack([ijk, np.ones(ijk.shape[1])]))[:3].T.reshape(*native.shape, 3)
+    np.testing.assert_allclose(coordinates, expected, atol=1e-3)
+    gm = ants.apply_transforms(native, templates.ants_from_ras(tpm[..., 0], grid.MNI_AFFINE), [identity]).numpy()
+    tissues = np.stack([gm, 1.0 - gm], axis=-1)
+    unmodulated, modulated, density = normalise.warped_maps(tissues, coordinates, 1.0)
+    assert modulated[..., 0].sum() * normalise.MNI_VOXEL_MM3 == pytest.approx(gm.sum(), rel=1e-4)
+    inside = density > 0.5
+    interior = np.zeros(grid.MNI_SHAPE, dtype=bool)
+    interior[20:100, 20:120, 20:100] = True  # well inside the native box: 1 native mm^3 per MNI mm^3 on average
+    assert density[interior].mean() == pytest.approx(1.0, abs=0.01) and inside[interior].all()
+    np.testing.assert_allclose(unmodulated[inside].sum(axis=-1), 1.0, atol=1e-4)
+    core = inside & (tpm[..., :3].sum(axis=-1) > 0.5)
+    assert np.corrcoef(unmodulated[core, 0], tpm[core, 0])[0, 1] > 0.95
