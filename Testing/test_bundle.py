@@ -122,12 +122,14 @@ def test_shipped_demo_ensemble_says_what_it_is_and_meets_its_figures() -> None:
     assert sum(f.stat().st_size for f in bundle.iterdir()) < 5_000_000  # small enough for the repository
 
 
-def test_shipped_sample_is_reproduced_by_the_project_code(tmp_path: Path, sample: dict[str, Path]) -> None:
+@pytest.mark.slow
+def test_shipped_sample_is_reproduced_by_the_project_code(tmp_path: Path, sample: dict[str, Path], colin: tuple[Path, dict]) -> None:
+    """The shipped sample maps are the preprocessing of the sample T1 (the session's Colin27 run)."""
     import nibabel as nib
 
     from BrainImageNetTrainingLib.sample import make_colin27_sample
 
-    rebuilt = make_colin27_sample(tmp_path)
+    rebuilt = make_colin27_sample(tmp_path, preprocessing_dir=colin[0])
     for kind in ("GMD", "GMV"):
         shipped, again = nib.load(str(sample[kind])), nib.load(str(rebuilt[kind]))
         np.testing.assert_array_equal(np.asanyarray(again.dataobj), np.asanyarray(shipped.dataobj))

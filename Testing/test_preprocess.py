@@ -52,24 +52,27 @@ def test_outputs_are_on_the_spm_mni_grid(colin: tuple[Path, dict]) -> None:
     assert written["verdict"] in ("pass", "warn") and written["seconds"]["total"] > 0
 
 
-def test_grey_matter_follows_the_template(colin: tuple[Path, dict]) -> None:
-    """Fidelity: target 0.85, measured 0.88 on Colin27 (README); GM must sit in grey matter, not
-    white matter, and the reported figure must be that of the written map."""
+def test_grey_matter_follows_the_priors(colin: tuple[Path, dict]) -> None:
+    """QC's GM measure is the correlation with SPM12's GM prior (measured 0.74 on Colin27; SPM's
+    own maps 0.64-0.76); GM must sit in grey matter, not white matter, and the reported figure
+    must be that of the written map."""
     out, report = colin
+    tpm = templates.spm_tissue_priors()
     tm = templates.mni_templates_on_grid()
     gmd = np.asanyarray(nib.load(str(out / "gmd.nii.gz")).dataobj)
     inside = tm["mask"] > 0
-    assert _corr(gmd[inside], tm["GM"][inside]) == pytest.approx(report["measures"]["gm_template_correlation"], abs=1e-3)
-    assert report["measures"]["gm_template_correlation"] >= 0.85
-    assert gmd[tm["GM"] > 0.7].mean() > 0.7
-    assert gmd[tm["WM"] > 0.9].mean() < 0.05
+    assert _corr(gmd[inside], tpm[..., 0][inside]) == pytest.approx(report["measures"]["gm_template_correlation"], abs=1e-3)
+    assert report["measures"]["gm_template_correlation"] >= 0.65
+    assert gmd[tpm[..., 0] > 0.7].mean() > 0.7
+    assert gmd[tpm[..., 1] > 0.9].mean() < 0.05
     volumes = report["volumes_ml"]
     assert volumes["WM_ml"] < volumes["GM_ml"] + volumes["WM_ml"] < volumes["TIV_ml"]
     assert 0.35 < volumes["GM_ml"] / volumes["TIV_ml"] < 0.6
 
 
-def test_gmv_is_gmd_times_a_volume_conserving_jacobian(colin: tuple[Path, dict]) -> None:
-    out, _ = colin
+def test_gmv_is_gmd_times_a_volume_conserving_density(colin: tuple[Path, dict]) -> None:
+    """GMV / GMD is the native volume pushed into each MNI voxel (native mm^3 per MNI mm^3)."""
+    out, report = colin
     tm = templates.mni_templates_on_grid()
     gmd = np.asanyarray(nib.load(str(out / "gmd.nii.gz")).dataobj)
     gmv = np.asanyarray(nib.load(str(out / "gmv.nii.gz")).dataobj)
@@ -82,7 +85,9 @@ def test_gmv_is_gmd_times_a_volume_conserving_jacobian(colin: tuple[Path, dict])
     integral_ml = float((gmv[mask & (gmd > 0.2)] / gmd[mask & (gmd > 0.2)]).mean() * mask.sum() * 1.5**3 / 1000)
     native_mask = transforms.mni_to_native(tm["mask"], out).numpy() > 0.5
     native_ml = float(native_mask.sum() * np.prod(transforms.native_reference(out).spacing) / 1000)
-    assert integral_ml == pytest.approx(native_ml, rel=0.1)
+    assert integral_ml == pytest.approx(native_ml, rel=0.02)
+    # the GMV map holds the native GM volume that QC reports
+    assert float(gmv.sum() * 1.5**3 / 1000) == pytest.approx(report["volumes_ml"]["GM_ml"], abs=0.1)
 
 
 def test_maps_go_to_native_space_and_back(colin: tuple[Path, dict]) -> None:
@@ -162,10 +167,10 @@ def test_atlas_labels_reach_the_native_grid(colin: tuple[Path, dict], tmp_path: 
     assert hippocampal_labels().dtype == np.uint8
 
 
-def test_mni152_t1_gives_the_template_grey_matter(tmp_path: Path) -> None:
-    """Fidelity on the template's own scan: measured 0.95 (README); the target is 0.85."""
+def test_mni152_t1_gives_the_prior_grey_matter(tmp_path: Path) -> None:
+    """The MNI152 T1 (the average of many brains) correlates 0.81 with SPM12's GM prior (README)."""
     report = preprocess(templates.template_path(templates.MNI_T1), tmp_path)
-    assert report["measures"]["gm_template_correlation"] >= 0.85
+    assert report["measures"]["gm_template_correlation"] >= 0.75
     assert report["verdict"] == "pass"
 
 

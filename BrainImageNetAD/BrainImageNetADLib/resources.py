@@ -35,7 +35,8 @@ def sample_t1() -> Path:
 
 
 def sample_maps() -> dict[str, Path]:
-    """Paths of the quick sample maps: GMD and GMV of Colin27 from a simple tissue split
-    (MNI 1.5 mm, 121x145x121), for trying the networks without preprocessing."""
+    """Paths of the quick sample maps: GMD and GMV of the sample T1 (Colin27) as preprocessing
+    makes them (``fast`` preset; MNI 1.5 mm, 121x145x121), for trying the networks without
+    preprocessing."""
     sample = resources_dir() / "Sample"
     return {"GMD": sample / "colin27_gmd.nii.gz", "GMV": sample / "colin27_gmv.nii.gz"}
