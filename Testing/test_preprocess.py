@@ -248,3 +248,22 @@ def test_qc_fails_an_implausible_registration_scale() -> None:
     too_small = qc.assess(*args, affine_determinant=1.25)
     assert too_small["verdict"] == "fail" and "scales the head by 1.25" in too_small["failures"][0]
     assert qc.assess(*args, affine_determinant=0.42)["verdict"] == "warn"
+
+
+def test_qc_flags_a_brain_cut_off_by_the_field_of_view() -> None:
+    """Whatever the GM map looks like, a registered T1 without signal over part of the brain
+    (a scan cropped above the vertex, or a brain placed outside the scan) is flagged."""
+    tm = templates.mni_templates_on_grid()
+    posteriors = np.stack([tm["CSF"], tm["GM"], tm["WM"]], axis=-1)
+    model = {"CSF_mean": 0.2, "GM_mean": 0.6, "WM_mean": 1.0, "sd": 0.1}
+    in_view = tm["T1"] + 0.01  # a scan whose field of view covers the whole MNI grid
+    whole = qc.assess(tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), in_view, tm, model, [], affine_determinant=0.7)
+    assert whole["measures"]["brain_in_view"] == 1.0 and whole["verdict"] == "pass"
+    verdicts = {}
+    for top_mm in (15, 40):  # the top of the MNI grid (z = 78 mm) down to which the scan has no signal
+        cropped = in_view.copy()
+        cropped[:, :, int((78 - top_mm + 72) / 1.5) :] = 0
+        report = qc.assess(tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), cropped, tm, model, [], affine_determinant=0.7)
+        verdicts[top_mm] = (report["verdict"], report["measures"]["brain_in_view"])
+    assert verdicts[15][0] == "warn" and 0.9 < verdicts[15][1] < 0.98, verdicts
+    assert verdicts[40][0] == "fail" and verdicts[40][1] < 0.9, verdicts

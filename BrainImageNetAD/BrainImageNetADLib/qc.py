@@ -49,6 +49,12 @@ TIV_RANGE_ML = (900.0, 2800.0)
 #: whatever the GM map looks like.
 AFFINE_SCALE_WARN = (0.45, 1.05)
 AFFINE_SCALE_FAIL = (0.35, 1.15)
+#: Share of the brain (SPM12's GM + WM priors) that the registered scan covers (``brain_in_view``):
+#: below the warn level part of the brain lies outside the field of view, below the fail level
+#: too much is missing to measure it (a cropped scan, or a registration that placed the brain
+#: outside the scan), whatever the GM map looks like.
+BRAIN_IN_VIEW_WARN = 0.98
+BRAIN_IN_VIEW_FAIL = 0.9
 VOXEL_ML = 1.5**3 / 1000.0
 
 
@@ -57,6 +63,13 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     b = b - b.mean()
     denominator = float(np.sqrt((a * a).sum() * (b * b).sum()))
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
+
+
+def brain_in_view(t1_mni: np.ndarray) -> float:
+    """Share of the brain, weighted by SPM12's GM + WM priors, where the T1 registered to the MNI
+    grid (121, 145, 121; 0 outside the scan's field of view) has signal."""
+    brain = templates.spm_tissue_priors()[..., :2].sum(axis=-1)
+    return float((brain * (t1_mni > 0)).sum() / brain.sum())
 
 
 def noise_level(t1_mni: np.ndarray, wm_prior: np.ndarray) -> tuple[float, float]:
@@ -157,6 +170,17 @@ def assess(
         warnings.append(
             f"total intracranial volume {tiv:.0f} mL is outside {TIV_RANGE_ML[0]:.0f}-{TIV_RANGE_ML[1]:.0f} mL: check the registration and the voxel size in the header"
         )
+    coverage = brain_in_view(t1_mni)
+    if coverage < BRAIN_IN_VIEW_FAIL:
+        failures.append(
+            f"the scan shows only {100 * coverage:.0f}% of the brain (fail below {100 * BRAIN_IN_VIEW_FAIL:.0f}%): "
+            "the field of view cuts it off, or the registration placed it outside the scan"
+        )
+    elif coverage < BRAIN_IN_VIEW_WARN:
+        warnings.append(
+            f"the scan shows {100 * coverage:.1f}% of the brain (warn below {100 * BRAIN_IN_VIEW_WARN:.0f}%): "
+            "part of it lies outside the field of view; check qc_gmd.png"
+        )
     verdict = "fail" if failures else "warn" if warnings else "pass"
     return {
         "verdict": verdict,
@@ -170,6 +194,7 @@ def assess(
             "gm_wm_contrast_to_noise": round(contrast_to_noise, 3),
             "gm_wm_separation": round(separation, 3),
             "affine_scale": None if affine_determinant is None else round(affine_determinant, 4),
+            "brain_in_view": round(coverage, 4),
             "thresholds": {
                 "gm_template_correlation_fail": GM_CORRELATION_FAIL,
                 "gm_template_correlation_warn": GM_CORRELATION_WARN,
@@ -178,6 +203,8 @@ def assess(
                 "signal_to_noise_warn": SIGNAL_TO_NOISE_WARN,
                 "affine_scale_warn": list(AFFINE_SCALE_WARN),
                 "affine_scale_fail": list(AFFINE_SCALE_FAIL),
+                "brain_in_view_warn": BRAIN_IN_VIEW_WARN,
+                "brain_in_view_fail": BRAIN_IN_VIEW_FAIL,
             },
         },
         "tissue_model": {k: round(v, 4) for k, v in tissue_model.items()},
