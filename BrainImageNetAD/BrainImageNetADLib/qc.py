@@ -42,13 +42,14 @@ CSF_TO_WM_FAIL = 0.15
 #: Plausible total intracranial volume, mL: adults measure 1.2-1.9 L; brains already in MNI space
 #: (Colin27, MNI152) measure 2.1-2.7 L with the template mask, so the range is wide.
 TIV_RANGE_ML = (900.0, 2800.0)
-#: Plausible volume scale of the affine to MNI (native mm^3 per MNI mm^3): 0.56-0.77 on 18 real
-#: adult and elderly scans, 0.92 for Colin27 (a large head), 1.00 for the MNI152 T1 itself; the
-#: MNI152 brain is larger than nearly every real one. Outside the warn range the registration is
-#: suspect, outside the fail range it has failed (a brain registered far too small or too large),
-#: whatever the GM map looks like.
-AFFINE_SCALE_WARN = (0.45, 1.05)
-AFFINE_SCALE_FAIL = (0.35, 1.15)
+#: Plausible volume scale of the affine to MNI (native mm^3 per MNI mm^3; the brain affine times
+#: the affine onto SPM12's priors): 0.68-0.87 on the real adult and elderly 3D T1 scans measured
+#: here, 1.06 for Colin27 (a large head), 1.09 for the MNI152 T1 itself (the priors' brain is
+#: smaller than the MNI152 one). Outside the warn range the registration is suspect, outside the
+#: fail range it has failed (a brain registered far too small or too large), whatever the GM map
+#: looks like.
+AFFINE_SCALE_WARN = (0.55, 1.15)
+AFFINE_SCALE_FAIL = (0.45, 1.3)
 #: Share of the brain (SPM12's GM + WM priors) that the registered scan covers (``brain_in_view``):
 #: below the warn level part of the brain lies outside the field of view, below the fail level
 #: too much is missing to measure it (a cropped scan, or a registration that placed the brain

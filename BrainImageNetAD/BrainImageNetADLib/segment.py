@@ -10,7 +10,10 @@ on atrophied elderly brains (2 mm NiChart scans) the fitted weights ran away ove
 (bone's weight rose to 0.65 while white matter's fell to 0.005, leaving 60-90 mL of white
 matter and intracranial volumes 0.63-0.69 of the independent DLMUSE ones), and with the priors
 as they are those scans measure 0.99-1.05 of DLMUSE's volume and Colin27 agrees better with SPM
-(GMD r at 4 mm 0.881 -> 0.896, GM volume 1.29 -> 1.16x SPM's). Voxels of intensity 0 (outside the field of view,
+(GMD r at 4 mm 0.881 -> 0.896, GM volume 1.29 -> 1.16x SPM's). The cost: the ROBEX reference
+scan (GMD r at 4 mm 0.866 -> 0.805, GM volume 1.05 -> 0.69x SPM's) and the MPRAGE scan (0.857 ->
+0.824). Weights bounded to half to twice uniform, or fitted among GM, WM and CSF only, repaired
+those two but let white matter collapse again on the elderly scans (100-265 mL). Voxels of intensity 0 (outside the field of view,
 or removed by skull stripping) are left out of the fit, as SPM does.
 
 Facts measured while choosing this design (Colin27 and real scans against SPM12's own ``c1``):
