@@ -11,7 +11,8 @@ import numpy as np
 from . import grid
 from .errors import InputError
 
-#: Largest plausible GMV value: GMD (<= 1) times a Jacobian determinant of the warp.
+#: Largest plausible GMV value: native GM volume pushed into one MNI voxel, per MNI voxel volume
+#: (GMD <= 1 times the volume scale of the normalisation).
 MAX_GMV = 10.0
 _PROBABILITY_SLACK = 0.05
 

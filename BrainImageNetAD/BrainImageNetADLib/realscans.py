@@ -103,7 +103,7 @@ def real_scans(data_dir: str | Path) -> list[RealScan]:
 
 def hippocampal_gm_ml(gmv: np.ndarray) -> float:
     """GM volume (native mL) of the left and right AAL hippocampi from a GMV map on the
-    121x145x121 MNI grid (GMD x Jacobian)."""
+    121x145x121 MNI grid (native GM volume per MNI voxel volume)."""
     from .atlas import REGIONS, load_atlas
 
     hippocampi = [label for label, name in REGIONS.items() if name.startswith("Hippocampus")]
