@@ -94,7 +94,7 @@ def test_cubes_at_the_edge_of_the_brain_compute_their_changed_box_and_stay_exact
     settings = OcclusionSettings(batch_size=4)
     fast = occlusion_map([model], x, settings, positions=picked)
     naive = occlusion_map([model], x, settings, "naive", positions=picked)
-    assert np.abs(naive.drops[:6]).max() > 1e-3
+    assert np.abs(naive.drops[:6]).max() > 1e-4  # well above the 1e-5 tolerance below
     np.testing.assert_allclose(fast.drops, naive.drops, rtol=0, atol=1e-5)
 
 

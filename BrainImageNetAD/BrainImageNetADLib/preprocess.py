@@ -359,7 +359,9 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings, s
         )
         prior_affine = fit["fwdtransforms"]
     tissues[intensities <= 0] = np.eye(len(segment.CLASSES), dtype=np.float32)[segment.CLASSES.index("air")]
-    return tissues, box, prior_affine, model
+    # Stored as SPM stores its c1..c6 (steps of 1/255): probabilities below 1/510 become 0, so that
+    # the maps are 0 away from the tissue, as SPM's are (and occlusion skips cubes without brain).
+    return np.round(tissues * 255.0) / 255.0, box, prior_affine, model
 
 
 #: Scans with voxels at least this size (mm, every axis) are segmented on their own grid; finer
