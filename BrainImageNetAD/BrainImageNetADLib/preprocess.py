@@ -5,9 +5,9 @@ networks were trained on. Stages (ANTsPy and numpy): read and validate -> affine
 head (3 mm), then affine of the brain to the MNI152 2009 T1 inside its brain mask (3 mm) -> N4
 bias correction (low resolution, field applied at full resolution) -> segmentation in the scan's
 own space (its own voxels; the 1 mm working grid if they are finer than 0.9 mm) with SPM12's six
-tissue priors (``segment``),
-alternated with an affine of the subject's brain (GM + WM) onto the priors' brain, so that the
-priors and the scan line up better at each pass -> GM written to MNI by pushing native voxels
+tissue priors (``segment``), alternated with an affine of the subject's brain (GM + WM) onto the
+priors' brain, so that the priors and the scan line up better at each pass; probabilities are
+stored in steps of 1/255 as SPM stores ``c1`` -> GM written to MNI by pushing native voxels
 through that affine (``normalise``): GMD = the GM share of each MNI voxel, GMV = the pushed GM
 volume (native mm^3 per MNI mm^3) -> QC.
 

@@ -13,8 +13,9 @@ as they are those scans measure 0.99-1.05 of DLMUSE's volume and Colin27 agrees 
 (GMD r at 4 mm 0.881 -> 0.896, GM volume 1.29 -> 1.16x SPM's). The cost: the ROBEX reference
 scan (GMD r at 4 mm 0.866 -> 0.805, GM volume 1.05 -> 0.69x SPM's) and the MPRAGE scan (0.857 ->
 0.824). Weights bounded to half to twice uniform, or fitted among GM, WM and CSF only, repaired
-those two but let white matter collapse again on the elderly scans (100-265 mL). Voxels of intensity 0 (outside the field of view,
-or removed by skull stripping) are left out of the fit, as SPM does.
+those two but let white matter collapse again on the elderly scans (100-265 mL). Voxels of
+intensity 0 (outside the field of view, or removed by skull stripping) are left out of the fit,
+as SPM does.
 
 Facts measured while choosing this design (Colin27 and real scans against SPM12's own ``c1``):
 segmenting at the scan's own resolution instead of on the 1.5 mm MNI grid, and with priors for
