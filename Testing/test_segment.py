@@ -14,7 +14,7 @@ def test_spm_priors_come_from_the_installed_package() -> None:
     assert tpm.shape == (*grid.MNI_SHAPE, 6) and tpm.dtype == np.float32
     np.testing.assert_allclose(tpm.sum(axis=-1), 1.0, atol=1e-4)
     # GM fills the cortex, air the corners, and the brain classes hold a plausible volume (mL).
-    brain_ml = float(tpm[..., :3].sum() * normalise.MNI_VOXEL_MM3 / 1000)
+    brain_ml = float(tpm[..., :3].sum() * grid.MNI_VOXEL_MM3 / 1000)
     assert 1700 < brain_ml < 2100 and tpm[0, 0, 0, 5] > 0.9
 
 
@@ -52,7 +52,7 @@ def test_push_keeps_the_volume_and_the_shares(tmp_path) -> None:
     gm = ants.apply_transforms(native, templates.ants_from_ras(tpm[..., 0], grid.MNI_AFFINE), [identity]).numpy()
     tissues = np.stack([gm, 1.0 - gm], axis=-1)
     unmodulated, modulated, density = normalise.warped_maps(tissues, coordinates, 1.0)
-    assert modulated[..., 0].sum() * normalise.MNI_VOXEL_MM3 == pytest.approx(gm.sum(), rel=1e-4)
+    assert modulated[..., 0].sum() * grid.MNI_VOXEL_MM3 == pytest.approx(gm.sum(), rel=1e-4)
     inside = density > 0.5
     interior = np.zeros(grid.MNI_SHAPE, dtype=bool)
     interior[20:100, 20:120, 20:100] = True  # well inside the native box: 1 native mm^3 per MNI mm^3 on average

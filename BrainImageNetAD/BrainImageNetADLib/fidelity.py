@@ -29,8 +29,6 @@ from . import grid
 from .errors import InputError
 from .maps import load_nifti
 
-#: Volume of one voxel of the 1.5 mm MNI grid, in mm^3.
-VOXEL_MM3 = 1.5**3
 #: Smoothing applied to both maps for the smoothed correlations (FWHM, mm).
 SMOOTHING_MM = 4.0
 _FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -82,8 +80,8 @@ def map_agreement(gmd: np.ndarray, gmv: np.ndarray, wc1: np.ndarray, mwc1: np.nd
         inside = (ours > 0.05) | (theirs > 0.05)
         out[f"{name}_r"] = _correlation(ours, theirs, inside)
         out[f"{name}_r_4mm"] = _correlation(_smooth(ours, SMOOTHING_MM), _smooth(theirs, SMOOTHING_MM), inside)
-    out["gm_ml"] = float(gmv.sum() * VOXEL_MM3 / 1000)
-    out["spm_gm_ml"] = float(mwc1.sum() * VOXEL_MM3 / 1000)
+    out["gm_ml"] = float(gmv.sum() * grid.MNI_VOXEL_MM3 / 1000)
+    out["spm_gm_ml"] = float(mwc1.sum() * grid.MNI_VOXEL_MM3 / 1000)
     out["gm_volume_ratio"] = out["gm_ml"] / out["spm_gm_ml"]
     return out
 

@@ -21,6 +21,8 @@ MNI_AFFINE: np.ndarray = np.array(
         [0.0, 0.0, 0.0, 1.0],
     ]
 )
+#: Volume of one voxel of that grid (mm^3).
+MNI_VOXEL_MM3: float = 1.5**3
 #: Crop of the MNI grid that the networks see: [12:108, 13:133, 16:102] (paper, authors' code).
 CROP_START: tuple[int, int, int] = (12, 13, 16)
 #: Shape (i, j, k) of the model grid.

@@ -15,8 +15,6 @@ from scipy import ndimage
 
 from . import grid, templates
 
-#: MNI voxel volume (mm^3).
-MNI_VOXEL_MM3 = float(abs(np.linalg.det(grid.MNI_AFFINE[:3, :3])))
 _OUTSIDE = -1e6
 
 
@@ -45,7 +43,8 @@ def push(values: np.ndarray, coordinates: np.ndarray) -> tuple[np.ndarray, np.nd
     mm) with trilinear weights. Returns the pushed sums (121, 145, 121, K) and the pushed weight
     (121, 145, 121), both float64 in MNI voxel order."""
     inside = np.isfinite(coordinates).all(axis=-1)
-    position = coordinates[inside].astype(np.float64) @ np.linalg.inv(grid.MNI_AFFINE)[:3, :3].T + np.linalg.inv(grid.MNI_AFFINE)[:3, 3]
+    to_voxels = np.linalg.inv(grid.MNI_AFFINE)
+    position = coordinates[inside].astype(np.float64) @ to_voxels[:3, :3].T + to_voxels[:3, 3]
     data = values[inside].astype(np.float64)
     base = np.floor(position).astype(np.int64)
     fraction = position - base
@@ -75,5 +74,5 @@ def warped_maps(tissues: np.ndarray, coordinates: np.ndarray, native_voxel_mm3: 
     for k in range(sums.shape[-1]):
         filled = ndimage.gaussian_filter(sums[..., k], 1.0) / np.maximum(smooth_weight, 1e-6)
         unmodulated[..., k] = np.where(reached, sums[..., k] / np.maximum(weight, 1e-3), np.where(smooth_weight > 1e-3, filled, 0.0))
-    scale = native_voxel_mm3 / MNI_VOXEL_MM3
+    scale = native_voxel_mm3 / grid.MNI_VOXEL_MM3
     return unmodulated.clip(0.0, 1.0).astype(np.float32), (sums * scale).astype(np.float32), (weight * scale).astype(np.float32)

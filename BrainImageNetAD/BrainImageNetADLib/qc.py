@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import templates
+from . import grid, templates
 from .atomic import write_bytes_atomic
 
 #: Below this correlation of GMD with SPM12's GM prior the map is not usable: the verdict is "fail".
@@ -56,7 +56,7 @@ AFFINE_SCALE_FAIL = (0.45, 1.3)
 #: outside the scan), whatever the GM map looks like.
 BRAIN_IN_VIEW_WARN = 0.98
 BRAIN_IN_VIEW_FAIL = 0.9
-VOXEL_ML = 1.5**3 / 1000.0
+VOXEL_ML = grid.MNI_VOXEL_MM3 / 1000.0
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
