@@ -180,10 +180,11 @@ def _run_stages(
     coordinates = normalise.mni_coordinates(box, to_native, [True] * len(to_native))
     warped, modulated, density = normalise.warped_maps(tissues[..., :3], coordinates, float(np.prod(box.spacing)))
     del coordinates
-    reference = templates.mni_grid_reference()
-    t1_mni = ants.apply_transforms(reference, corrected, [*prior_affine, *brain_affine], interpolator="linear").numpy()
+    mni_to_native_chain = [*prior_affine, *brain_affine]
+    mni_to_native = _compose_affines(mni_to_native_chain, scratch / "mni_to_native.mat")
+    t1_mni = ants.apply_transforms(templates.mni_grid_reference(), corrected, mni_to_native_chain, interpolator="linear").numpy()
     gmd, gmv = warped[..., 0], modulated[..., 0]
-    affine_scale = _determinant(brain_affine[0]) * _determinant(prior_affine[0])
+    affine_scale = _determinant(mni_to_native)
     stage_done("normalise")
 
     report = qc.assess(
@@ -205,7 +206,6 @@ def _run_stages(
             "affine": {k: round(v, 4) if isinstance(v, float) else v for k, v in affine_record.items()},
         }
     )
-    mni_to_native = _compose_affines([*prior_affine, *brain_affine], scratch / "mni_to_native.mat")
     _write_outputs(out_dir, gmd, gmv, t1_mni, mni_to_native, native, report, timings, stage_done)
     return report
 
@@ -217,9 +217,8 @@ BRAIN_TO_HEAD_SCALE = (0.7, 1.3)
 
 
 def _determinant(transform_file: str) -> float:
-    import ants
-
-    return float(abs(np.linalg.det(np.array(ants.read_transform(transform_file).parameters[:9]).reshape(3, 3))))
+    """Volume scale (absolute determinant) of an ANTs affine file."""
+    return float(abs(np.linalg.det(_affine_matrix(transform_file)[:3, :3])))
 
 
 def _affine_to_mni(working, tm: dict[str, np.ndarray], mni_mask, scratch: Path) -> tuple[list[str], dict[str, Any]]:
@@ -328,13 +327,14 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings, s
         templates.ants_from_ras(data, grid.MNI_AFFINE), (PRIOR_AFFINE_SPACING_MM,) * 3, use_voxels=False, interp_type=0
     )
     priors_brain = on_grid(tpm[..., 0] + tpm[..., 1])
+    intracranial = templates.ants_from_ras(tpm[..., :3].sum(axis=-1), grid.MNI_AFFINE)
     reference = templates.mni_grid_reference()
     prior_affine: list[str] = []
     model = None
     for index in range(settings.passes):
         to_native = [*brain_affine, *prior_affine]
         invert = [True] * len(to_native)
-        box = _prior_box(corrected, tpm, to_native, invert)
+        box = _prior_box(corrected, intracranial, to_native, invert)
         priors = _priors_on(box, tpm, to_native, invert)
         intensities = box.numpy().astype(np.float64)
         steps = [max(1, round(settings.fit_spacing_mm / float(spacing))) for spacing in box.spacing]
@@ -381,12 +381,12 @@ def _segmentation_image(native, working, bias_low, floor: float):
     return image.new_image_like(image.numpy().astype(np.float32) / np.maximum(bias, floor))
 
 
-def _prior_box(image, tpm: np.ndarray, to_native: list[str], invert: list[bool]):
-    """The crop of ``image`` that holds the priors' brain (GM + WM + CSF > 0.01) with a margin."""
+def _prior_box(image, intracranial, to_native: list[str], invert: list[bool]):
+    """The crop of ``image`` that holds the priors' brain (``intracranial``: ANTs image of the
+    priors' GM + WM + CSF on the MNI grid; > 0.01) with a margin."""
     import ants
 
-    brain = templates.ants_from_ras(tpm[..., :3].sum(axis=-1), grid.MNI_AFFINE)
-    inside = np.argwhere(ants.apply_transforms(image, brain, to_native, whichtoinvert=invert).numpy() > 0.01)
+    inside = np.argwhere(ants.apply_transforms(image, intracranial, to_native, whichtoinvert=invert).numpy() > 0.01)
     if inside.size == 0:
         raise RuntimeError("the tissue priors do not overlap the scan after the affine: registration failed")
     low = np.maximum(inside.min(axis=0) - BOX_MARGIN, 0)
