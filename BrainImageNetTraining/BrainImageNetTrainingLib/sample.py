@@ -4,10 +4,10 @@ BSD-3-Clause), so that trying the networks without preprocessing gives what prep
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
+from BrainImageNetADLib.atomic import write_bytes_atomic
 from BrainImageNetADLib.preprocess import is_done, preprocess_t1
 from BrainImageNetADLib.resources import sample_t1
 from BrainImageNetADLib.worker import run_isolated
@@ -21,18 +21,13 @@ def make_colin27_sample(out_dir: str | Path, preprocessing_dir: str | Path | Non
     preprocessing of that T1 with that preset. Returns ``{"GMD": path, "GMV": path}``.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="brainimagenet-sample-") as scratch:
         source = Path(preprocessing_dir) if preprocessing_dir is not None else Path(scratch)
         if preprocessing_dir is None:
             run_isolated(preprocess_t1, sample_t1(), source, "fast")
         if not is_done(source):
             raise FileNotFoundError(f"{source}: not a finished preprocessing folder")
-        written = {}
-        for kind in ("gmd", "gmv"):
-            target = out_dir / f"colin27_{kind}.nii.gz"
-            staging = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(source / f"{kind}.nii.gz", staging)
-            staging.replace(target)
-            written[kind.upper()] = target
-    return written
+        return {
+            kind.upper(): write_bytes_atomic(out_dir / f"colin27_{kind}.nii.gz", (source / f"{kind}.nii.gz").read_bytes())
+            for kind in ("gmd", "gmv")
+        }
