@@ -7,11 +7,11 @@ uses, in the space the maps are written to) inside the MNI152 brain mask. SPM12'
 reference scans correlate 0.64-0.76 with it, and 0.42-0.56 with the MNI152 2009 grey-matter map,
 which is sharper and in a slightly different space: that one is not the reference. A scan whose
 segmentation followed the priors rather than its intensities (heavy noise) also correlates well:
-the signal-to-noise ratio measured in the
-deep white matter catches that case (``noise_level``). The separation of grey and white matter
-in the fitted tissue model is reported but sets no verdict: ageing lowers it in usable scans.
-A reversed header (found while registering) fails; the volume scale of the affine flags a failed
-registration whatever the GM map looks like. Tissue contrast (CSF < GM < WM on a T1) and total
+the signal-to-noise ratio measured in the deep white matter catches that case (``noise_level``).
+The separation of grey and white matter in the fitted tissue model is reported but sets no
+verdict: ageing lowers it in usable scans. A reversed header (found while registering) fails;
+the volume scale of the affine and the share of the brain in the field of view flag a failed
+registration or a cropped scan whatever the GM map looks like. Tissue contrast (CSF < GM < WM on a T1) and total
 intracranial volume are checked too. Default thresholds were set from scans measured here
 (README, "Preprocessing").
 """
@@ -111,7 +111,7 @@ def assess(
 ) -> dict[str, Any]:
     """QC report of one preprocessing. All arrays lie on the 121x145x121 MNI grid; ``posteriors``
     has shape (121, 145, 121, 3) for CSF, GM, WM; ``jacobian`` is native mm^3 per MNI mm^3;
-    ``tissue_model`` holds the segmentation's class means and shared SD (``segment_tissues``);
+    ``tissue_model`` holds the segmentation's class means and GM/WM SD (``MixtureModel.summary``);
     ``affine_determinant`` is the volume scale of the affine to MNI (native mm^3 per MNI mm^3);
     ``known_failures`` are failures found before (slice thickness) or while registering (a
     reversed header).
