@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from . import grid, normalise, qc, segment, templates
+from . import deformation, grid, normalise, qc, segment, templates
 from .atomic import write_json_atomic, write_nifti_atomic
 from .progress import PREPROCESSING_STAGES, CancelCallback, ProgressCallback, check_cancel
 from .t1io import T1Image, read_t1
@@ -51,21 +51,22 @@ class PreprocessSettings:
 
     name: str
     n4_spacing_mm: float
-    passes: int
     first_iterations: int
     later_iterations: int
     fit_spacing_mm: int
+    affine_rounds: int
+    deformation_rounds: int
+    deformation_steps: int
+    stiffness: float
 
 
 PRESETS = {
-    "fast": PreprocessSettings("fast", 3.0, 6, 30, 10, 3),
-    "accurate": PreprocessSettings("accurate", 2.0, 8, 50, 20, 2),
+    "fast": PreprocessSettings("fast", 3.0, 30, 10, 3, 2, 6, 15, 10.0),
+    "accurate": PreprocessSettings("accurate", 2.0, 50, 20, 2, 3, 8, 20, 10.0),
 }
 
-#: Grid of the affine of the brain to the priors' brain (mm).
-PRIOR_AFFINE_SPACING_MM = 2.0
 #: Margin around the priors' brain (GM + WM + CSF > 0.01) of the box that is segmented (voxels).
-BOX_MARGIN = 6
+BOX_MARGIN = 10
 
 
 def canonical_grid(image, spacing_mm: float = 1.0):
@@ -173,18 +174,18 @@ def _run_stages(
     corrected = working.new_image_like(working.numpy() / np.maximum(bias, floor))
     stage_done("n4")
 
-    tissues, box, prior_affine, model = _segment(_segmentation_image(native, working, bias_low, floor), brain_affine, settings, scratch)
+    tissues, box, positions, to_mni, model = _segment(_segmentation_image(native, working, bias_low, floor), brain_affine, settings)
     stage_done("segment")
 
-    to_native = [*brain_affine, *prior_affine]
-    coordinates = normalise.mni_coordinates(box, to_native, [True] * len(to_native))
+    coordinates = positions @ grid.MNI_AFFINE[:3, :3].T.astype(np.float32) + grid.MNI_AFFINE[:3, 3].astype(np.float32)
+    del positions
     warped, modulated, density = normalise.warped_maps(tissues[..., :3], coordinates, float(np.prod(box.spacing)))
     del coordinates
-    mni_to_native_chain = [*prior_affine, *brain_affine]
-    mni_to_native = _compose_affines(mni_to_native_chain, scratch / "mni_to_native.mat")
-    t1_mni = ants.apply_transforms(templates.mni_grid_reference(), corrected, mni_to_native_chain, interpolator="linear").numpy()
+    matrix = _mni_to_native(box, to_mni)
+    mni_to_native = _write_affine(matrix, scratch / "mni_to_native.mat")
+    t1_mni = ants.apply_transforms(templates.mni_grid_reference(), corrected, [mni_to_native], interpolator="linear").numpy()
+    affine_scale = float(abs(np.linalg.det(matrix[:3, :3])))
     gmd, gmv = warped[..., 0], modulated[..., 0]
-    affine_scale = _determinant(mni_to_native)
     stage_done("normalise")
 
     report = qc.assess(
@@ -310,58 +311,68 @@ def _orientation_check(head3, native3, head_transforms: list[str], scratch: Path
     return record
 
 
-def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings, scratch: Path):
+def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     """Segment the bias-corrected T1 (ANTs image in native space, see ``_segmentation_image``) with SPM12's
-    tissue priors, in ``settings.passes`` passes. The priors reach the scan through the brain
-    affine and an affine of the priors' brain onto the subject's (identity at first); after
-    each pass but the last that second affine is refitted (mean squares of GM + WM against the
-    priors' GM + WM, 2 mm, on the brain affine's MNI grid), starting from the previous one.
+    tissue priors moved onto it (``deformation``): the brain affine, refined by the affine under
+    which the scan is most probable (``settings.affine_rounds`` rounds, each followed by EM
+    iterations of the mixture), then a displacement (``settings.deformation_rounds`` rounds),
+    all fitted on voxels ``settings.fit_spacing_mm`` apart.
 
-    Returns the class posteriors (X, Y, Z, 6) float32 of the last pass, the ANTs image of the
-    box they cover (a crop of the native grid around the priors' brain), the prior affine (ANTs
-    transform list: MNI points to brain-affine points) and the fitted ``segment.MixtureModel``."""
-    import ants
-
+    Returns the class posteriors (X, Y, Z, 6) float32, the ANTs image of the box they cover (a
+    crop of the native grid around the priors' brain), the MNI voxel position of each box voxel
+    (X, Y, Z, 3) float32, the 4x4 matrix of the affine part (box voxel indices to MNI voxel
+    indices) and the fitted ``segment.MixtureModel``."""
     tpm = templates.spm_tissue_priors()
-    on_grid = lambda data: ants.resample_image(  # noqa: E731
-        templates.ants_from_ras(data, grid.MNI_AFFINE), (PRIOR_AFFINE_SPACING_MM,) * 3, use_voxels=False, interp_type=0
-    )
-    priors_brain = on_grid(tpm[..., 0] + tpm[..., 1])
+    sampler = deformation.PriorSampler(tpm)
     intracranial = templates.ants_from_ras(tpm[..., :3].sum(axis=-1), grid.MNI_AFFINE)
-    reference = templates.mni_grid_reference()
-    prior_affine: list[str] = []
-    model = None
-    for index in range(settings.passes):
-        to_native = [*brain_affine, *prior_affine]
-        invert = [True] * len(to_native)
-        box = _prior_box(corrected, intracranial, to_native, invert)
-        priors = _priors_on(box, tpm, to_native, invert)
-        intensities = box.numpy().astype(np.float64)
-        steps = [max(1, round(settings.fit_spacing_mm / float(spacing))) for spacing in box.spacing]
-        sample = np.zeros(intensities.shape, dtype=bool)
-        sample[:: steps[0], :: steps[1], :: steps[2]] = True
-        sample &= intensities > 0
-        x, p = intensities[sample], priors[sample].astype(np.float64)
-        if model is None:
-            model = segment.initial_model(x, p)
-        model = segment.fit_mixture(x, p, model, settings.first_iterations if index == 0 else settings.later_iterations)
-        tissues = segment.posteriors(intensities, priors, model)
-        if index == settings.passes - 1:
-            break
-        brain = ants.apply_transforms(reference, box.new_image_like(tissues[..., 0] + tissues[..., 1]), brain_affine, interpolator="linear")
-        fit = ants.registration(
-            priors_brain,
-            on_grid(brain.numpy()),
-            type_of_transform="Affine",
-            aff_metric="meansquares",
-            outprefix=str(scratch / f"prior{index}_"),
-            **({"initial_transform": prior_affine} if prior_affine else {}),
+    box = _prior_box(corrected, intracranial, brain_affine)
+    to_mni = _box_to_mni_voxels(box, _affine_matrix(brain_affine[0]))
+    intensities = box.numpy().astype(np.float64)
+    steps = tuple(max(1, round(settings.fit_spacing_mm / float(spacing))) for spacing in box.spacing)
+    lattice = intensities[:: steps[0], :: steps[1], :: steps[2]]
+    lattice_ijk = np.moveaxis(np.indices(lattice.shape), 0, -1) * np.array(steps)
+    valid = lattice > 0
+    x = lattice[valid]
+
+    def lattice_positions() -> np.ndarray:
+        return lattice_ijk @ to_mni[:3, :3].T + to_mni[:3, 3]
+
+    positions = lattice_positions()
+    p = sampler.priors(positions[valid])
+    model = segment.fit_mixture(x, p, segment.initial_model(x, p), settings.first_iterations)
+    for _ in range(settings.affine_rounds):
+        to_mni = deformation.fit_affine(positions[valid], deformation.class_likelihoods(x, model), sampler) @ to_mni
+        positions = lattice_positions()
+        model = segment.fit_mixture(x, sampler.priors(positions[valid]), model, settings.later_iterations)
+    displacement = np.zeros(positions.shape)
+    lattice_mm = float(np.mean(np.array(steps) * np.array(box.spacing)))
+    for _ in range(settings.deformation_rounds):
+        displacement = deformation.fit_displacement(
+            positions,
+            valid,
+            deformation.class_likelihoods(x, model),
+            sampler,
+            displacement,
+            lattice_mm,
+            settings.stiffness,
+            settings.deformation_steps,
         )
-        prior_affine = fit["fwdtransforms"]
+        model = segment.fit_mixture(x, sampler.priors(positions[valid] + displacement[valid]), model, settings.later_iterations)
+    full = _full_positions(box.shape, to_mni, displacement, steps)
+    tissues = segment.posteriors(intensities, _priors_at(sampler, full), model)
     tissues[intensities <= 0] = np.eye(len(segment.CLASSES), dtype=np.float32)[segment.CLASSES.index("air")]
     # Stored as SPM stores its c1..c6 (steps of 1/255): probabilities below 1/510 become 0, so that
     # the maps are 0 away from the tissue, as SPM's are (and occlusion skips cubes without brain).
-    return np.round(tissues * 255.0) / 255.0, box, prior_affine, model
+    return np.round(tissues * 255.0) / 255.0, box, full, to_mni, model
+
+
+def _priors_at(sampler: deformation.PriorSampler, positions: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """The priors at ``positions`` (X, Y, Z, 3 MNI voxels): (X, Y, Z, 6) float32, ``chunk`` voxels at a time."""
+    flat = positions.reshape(-1, 3)
+    out = np.empty((len(flat), len(segment.CLASSES)), dtype=np.float32)
+    for start in range(0, len(flat), chunk):
+        out[start : start + chunk] = sampler.priors(flat[start : start + chunk])
+    return out.reshape(*positions.shape[:3], len(segment.CLASSES))
 
 
 #: Scans with voxels at least this size (mm, every axis) are segmented on their own grid; finer
@@ -381,33 +392,55 @@ def _segmentation_image(native, working, bias_low, floor: float):
     return image.new_image_like(image.numpy().astype(np.float32) / np.maximum(bias, floor))
 
 
-def _prior_box(image, intracranial, to_native: list[str], invert: list[bool]):
+def _box_to_lps(box) -> np.ndarray:
+    """4x4 matrix taking voxel indices of the ANTs image ``box`` to physical points (LPS mm)."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.asarray(box.direction) @ np.diag(box.spacing)
+    matrix[:3, 3] = box.origin
+    return matrix
+
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _box_to_mni_voxels(box, mni_to_native: np.ndarray) -> np.ndarray:
+    """4x4 matrix taking voxel indices of ``box`` to MNI voxel indices (the 121x145x121 grid),
+    given the affine ``mni_to_native`` (4x4, MNI points to native points, LPS mm)."""
+    return np.linalg.inv(grid.MNI_AFFINE) @ _LPS_TO_RAS @ np.linalg.inv(mni_to_native) @ _box_to_lps(box)
+
+
+def _mni_to_native(box, to_mni: np.ndarray) -> np.ndarray:
+    """The inverse of ``_box_to_mni_voxels``: MNI points to native points (4x4, LPS mm)."""
+    return _box_to_lps(box) @ np.linalg.inv(to_mni) @ np.linalg.inv(grid.MNI_AFFINE) @ _LPS_TO_RAS
+
+
+def _full_positions(shape, to_mni: np.ndarray, displacement: np.ndarray, steps) -> np.ndarray:
+    """MNI voxel position (X, Y, Z, 3) float32 of every voxel of a box of ``shape``: the affine
+    ``to_mni`` plus the lattice ``displacement`` interpolated (lattice every ``steps`` voxels)."""
+    from scipy import ndimage
+
+    out = np.empty((*shape, 3), dtype=np.float32)
+    ijk = np.indices(shape, dtype=np.float32)
+    lattice_ijk = ijk / np.array(steps, dtype=np.float32)[:, None, None, None]
+    for a in range(3):
+        out[..., a] = np.tensordot(to_mni[a, :3], ijk, axes=1) + to_mni[a, 3]
+        out[..., a] += ndimage.map_coordinates(displacement[..., a], lattice_ijk, order=1, mode="nearest")
+    return out
+
+
+def _prior_box(image, intracranial, to_native: list[str]):
     """The crop of ``image`` that holds the priors' brain (``intracranial``: ANTs image of the
-    priors' GM + WM + CSF on the MNI grid; > 0.01) with a margin."""
+    priors' GM + WM + CSF on the MNI grid; > 0.01) with a margin of ``BOX_MARGIN`` voxels, the
+    priors placed by the affine ``to_native`` (ANTs transform list, MNI points to native points)."""
     import ants
 
-    inside = np.argwhere(ants.apply_transforms(image, intracranial, to_native, whichtoinvert=invert).numpy() > 0.01)
+    moved = ants.apply_transforms(image, intracranial, to_native, whichtoinvert=[True] * len(to_native)).numpy()
+    inside = np.argwhere(moved > 0.01)
     if inside.size == 0:
         raise RuntimeError("the tissue priors do not overlap the scan after the affine: registration failed")
     low = np.maximum(inside.min(axis=0) - BOX_MARGIN, 0)
     high = np.minimum(inside.max(axis=0) + BOX_MARGIN + 1, image.shape)
     return ants.crop_indices(image, low.tolist(), high.tolist())
-
-
-def _priors_on(box, tpm: np.ndarray, to_native: list[str], invert: list[bool]) -> np.ndarray:
-    """SPM12's priors moved onto ``box``'s grid: (X, Y, Z, 6) float32, each voxel summing to 1
-    (outside the priors' field of view: air)."""
-    import ants
-
-    air = segment.CLASSES.index("air")
-    moved = [
-        ants.apply_transforms(
-            box, templates.ants_from_ras(tpm[..., k], grid.MNI_AFFINE), to_native, whichtoinvert=invert, defaultvalue=float(k == air)
-        ).numpy()
-        for k in range(len(segment.CLASSES))
-    ]
-    priors = np.stack(moved, axis=-1).clip(1e-4, None)
-    return (priors / priors.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def _affine_matrix(transform_file: str) -> np.ndarray:
@@ -422,18 +455,14 @@ def _affine_matrix(transform_file: str) -> np.ndarray:
     return matrix
 
 
-def _compose_affines(transforms: list[str], path: Path) -> str:
-    """One ANTs affine file equal to the list ``transforms`` as ``ants.apply_transforms`` uses
-    it (a point of the fixed image goes through the first transform of the list first)."""
+def _write_affine(matrix: np.ndarray, path: Path) -> str:
+    """Write the 4x4 affine ``matrix`` (LPS mm) as an ANTs affine file; returns its path."""
     import ants
 
-    matrix = np.eye(4)
-    for transform_file in transforms:
-        matrix = _affine_matrix(transform_file) @ matrix
-    composed = ants.create_ants_transform(
+    transform = ants.create_ants_transform(
         transform_type="AffineTransform", dimension=3, matrix=matrix[:3, :3], translation=matrix[:3, 3], center=(0.0, 0.0, 0.0)
     )
-    ants.write_transform(composed, str(path))
+    ants.write_transform(transform, str(path))
     return str(path)
 
 

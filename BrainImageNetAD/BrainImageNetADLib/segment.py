@@ -37,6 +37,8 @@ CLASSES = ("GM", "WM", "CSF", "bone", "soft tissue", "air")
 #: Gaussians per class (SPM12's defaults).
 GAUSSIANS = (1, 1, 2, 3, 4, 2)
 _CLASS_OF = np.repeat(np.arange(len(CLASSES)), GAUSSIANS)
+#: (13, 6): which class each Gaussian belongs to, one-hot.
+CLASS_MATRIX = np.eye(len(CLASSES))[_CLASS_OF]
 
 
 @dataclass

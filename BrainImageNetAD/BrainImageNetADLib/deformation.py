@@ -1,0 +1,134 @@
+"""Alignment of SPM12's tissue priors to a scan, fitted on the mixture's own likelihood.
+
+SPM12's Segment moves its priors onto the subject while it fits the mixture: its affine
+(``spm_maff8``) and then its deformation are the ones under which the scan's intensities are most
+probable. Here the same objective is climbed on the voxels the mixture is fitted on (3 mm
+apart). Each voxel's position in MNI space is an affine of its position in the scan plus a
+displacement (in MNI voxels of 1.5 mm); the log-likelihood is sum_i log sum_k b_k(y_i) L_k(x_i)
+(b: the priors at y, L: the likelihood of the intensity x under class k's Gaussians) and its
+gradient with respect to y_i is sum_k L_k grad b_k / sum_k b_k L_k.
+
+- The affine is fitted first (12 parameters, L-BFGS), alternated with the mixture.
+- Then the displacement: steps along the gradient smoothed by a Gaussian (``PRECONDITION_MM``),
+  kept only when the objective rises, the objective penalised by the membrane energy of the
+  displacement (``stiffness`` times half the sum of its squared differences between neighbouring
+  lattice voxels), which plays the part of SPM's regularisation of its warp.
+
+Measured against SPM12's own maps (GMD r unsmoothed / at 4 mm), starting from the previous
+pipeline's affine (mean squares of GM + WM on the priors' brain): Colin27 0.78/0.90 -> 0.88/0.92
+with the likelihood affine alone; the Siemens MPRAGE scan, where the mean-squares affine was
+tilted 2.5 degrees against SPM's, 0.57/0.83 -> 0.75/0.91 with the affine, 0.84/0.95 with the
+displacement added (stiffness 5); IXI012 0.63/0.90 -> 0.84/0.95. A softer displacement (bending
+energy only) helped the MPRAGE scan more (0.86/0.96) and pulled Colin27 away from SPM's maps
+(0.80/0.90): the stiffness is the compromise between the two.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage, optimize
+
+from . import segment
+
+_AIR = segment.CLASSES.index("air")
+#: FWHM (mm) of the Gaussian that smooths the gradient of the displacement before each step.
+PRECONDITION_MM = 24.0
+
+
+class PriorSampler:
+    """SPM12's priors (121, 145, 121, 6) on the MNI grid, sampled at MNI voxel positions
+    (trilinear; outside the grid: air), with their spatial gradients (per MNI voxel)."""
+
+    def __init__(self, tpm: np.ndarray) -> None:
+        self.tpm = np.ascontiguousarray(np.moveaxis(tpm.astype(np.float32), -1, 0))
+        self.gradient = np.stack([np.stack(np.gradient(t), axis=0) for t in self.tpm], axis=0)
+
+    def priors(self, positions: np.ndarray) -> np.ndarray:
+        """Priors at ``positions`` (N, 3, MNI voxels): (N, 6) float64, each row summing to 1."""
+        values = np.stack(
+            [ndimage.map_coordinates(t, positions.T, order=1, mode="constant", cval=float(k == _AIR)) for k, t in enumerate(self.tpm)],
+            axis=1,
+        ).astype(np.float64)
+        values = values.clip(1e-4, None)
+        return values / values.sum(axis=1, keepdims=True)
+
+    def log_likelihood(self, positions: np.ndarray, likelihoods: np.ndarray) -> tuple[float, np.ndarray]:
+        """Log-likelihood of the voxels at ``positions`` (N, 3) with class ``likelihoods`` (N, 6),
+        and its gradient with respect to the positions (N, 3, per MNI voxel)."""
+        total = (self.priors(positions) * likelihoods).sum(axis=1) + 1e-300
+        gradient = np.zeros_like(positions, dtype=np.float64)
+        for k, per_class in enumerate(self.gradient):
+            for axis in range(3):
+                gradient[:, axis] += likelihoods[:, k] * ndimage.map_coordinates(per_class[axis], positions.T, order=1, mode="constant")
+        return float(np.log(total).sum()), gradient / total[:, None]
+
+
+def class_likelihoods(intensities: np.ndarray, model: segment.MixtureModel) -> np.ndarray:
+    """Likelihood (N, 6) of each intensity (N,) under each class's Gaussians."""
+    return segment.class_evidence(intensities, np.ones((intensities.size, len(segment.CLASSES))), model) @ segment.CLASS_MATRIX
+
+
+def fit_affine(positions: np.ndarray, likelihoods: np.ndarray, sampler: PriorSampler, iterations: int = 50) -> np.ndarray:
+    """The 4x4 affine of MNI voxel positions that maximises the likelihood of the voxels at
+    ``positions`` (N, 3, MNI voxels) with class ``likelihoods`` (N, 6) under the moved priors."""
+    center = positions.mean(axis=0)
+    scale = 50.0
+    design = np.hstack([(positions - center) / scale, np.ones((len(positions), 1))])
+
+    def cost(params: np.ndarray) -> tuple[float, np.ndarray]:
+        value, gradient = sampler.log_likelihood(positions + design @ params.reshape(3, 4).T, likelihoods)
+        return -value, -(gradient.T @ design).ravel()
+
+    params = optimize.minimize(cost, np.zeros(12), jac=True, method="L-BFGS-B", options={"maxiter": iterations}).x.reshape(3, 4)
+    affine = np.eye(4)
+    affine[:3, :3] += params[:, :3] / scale
+    affine[:3, 3] = params[:, 3] - params[:, :3] @ center / scale
+    return affine
+
+
+def _laplacian(d: np.ndarray) -> np.ndarray:
+    return np.stack([ndimage.laplace(d[..., a], mode="nearest") for a in range(3)], axis=-1)
+
+
+def _membrane(d: np.ndarray) -> float:
+    return float(sum((np.diff(d, axis=a) ** 2).sum() for a in range(3)))
+
+
+def fit_displacement(
+    positions: np.ndarray,
+    valid: np.ndarray,
+    likelihoods: np.ndarray,
+    sampler: PriorSampler,
+    displacement: np.ndarray,
+    spacing_mm: float,
+    stiffness: float,
+    steps: int,
+) -> np.ndarray:
+    """``steps`` steps of the displacement (X, Y, Z, 3, MNI voxels) of a lattice of voxels
+    ``spacing_mm`` apart: ``positions`` (X, Y, Z, 3) their affine MNI voxel positions, ``valid``
+    (X, Y, Z) the voxels that count, ``likelihoods`` (n_valid, 6) their class likelihoods.
+    Returns the new displacement."""
+    sigma = PRECONDITION_MM / spacing_mm / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+
+    def objective(d: np.ndarray) -> tuple[float, np.ndarray]:
+        value, gradient = sampler.log_likelihood(positions[valid] + d[valid], likelihoods)
+        return value - 0.5 * stiffness * _membrane(d), gradient
+
+    current, gradient = objective(displacement)
+    step = 1.0
+    for _ in range(steps):
+        field = stiffness * _laplacian(displacement)
+        field[valid] += gradient
+        field = np.stack([ndimage.gaussian_filter(field[..., a], sigma) for a in range(3)], axis=-1)
+        field /= np.abs(field).max() + 1e-12
+        while step > 1e-3:
+            trial = displacement + step * field
+            value, trial_gradient = objective(trial)
+            if value > current:
+                displacement, current, gradient = trial, value, trial_gradient
+                step *= 1.5
+                break
+            step *= 0.5
+        else:
+            break
+    return displacement
