@@ -30,14 +30,14 @@ from scipy import ndimage, optimize
 
 from . import segment
 
-_AIR = segment.CLASSES.index("air")
 #: FWHM (mm) of the Gaussian that smooths the gradient of the displacement before each step.
 PRECONDITION_MM = 24.0
 
 
 class PriorSampler:
     """SPM12's priors (121, 145, 121, 6) on the MNI grid, sampled at MNI voxel positions
-    (trilinear; outside the grid: air), with their spatial gradients (per MNI voxel)."""
+    (trilinear; outside the grid: the nearest edge voxel, which is air, so that the likelihood
+    stays continuous there), with their spatial gradients (per MNI voxel)."""
 
     def __init__(self, tpm: np.ndarray) -> None:
         self.tpm = np.ascontiguousarray(np.moveaxis(tpm.astype(np.float32), -1, 0))
@@ -46,7 +46,7 @@ class PriorSampler:
     def priors(self, positions: np.ndarray) -> np.ndarray:
         """Priors at ``positions`` (N, 3, MNI voxels): (N, 6) float64, each row summing to 1."""
         values = np.stack(
-            [ndimage.map_coordinates(t, positions.T, order=1, mode="constant", cval=float(k == _AIR)) for k, t in enumerate(self.tpm)],
+            [ndimage.map_coordinates(t, positions.T, order=1, mode="nearest") for t in self.tpm],
             axis=1,
         ).astype(np.float64)
         values = values.clip(1e-4, None)
@@ -59,7 +59,7 @@ class PriorSampler:
         gradient = np.zeros_like(positions, dtype=np.float64)
         for k, per_class in enumerate(self.gradient):
             for axis in range(3):
-                gradient[:, axis] += likelihoods[:, k] * ndimage.map_coordinates(per_class[axis], positions.T, order=1, mode="constant")
+                gradient[:, axis] += likelihoods[:, k] * ndimage.map_coordinates(per_class[axis], positions.T, order=1, mode="nearest")
         return float(np.log(total).sum()), gradient / total[:, None]
 
 

@@ -5,17 +5,17 @@ networks were trained on. Stages (ANTsPy and numpy): read and validate -> affine
 head (3 mm), then affine of the brain to the MNI152 2009 T1 inside its brain mask (3 mm) -> N4
 bias correction (low resolution, field applied at full resolution) -> segmentation in the scan's
 own space (its own voxels; the 1 mm working grid if they are finer than 0.9 mm) with SPM12's six
-tissue priors (``segment``), alternated with an affine of the subject's brain (GM + WM) onto the
-priors' brain, so that the priors and the scan line up better at each pass; probabilities are
-stored in steps of 1/255 as SPM stores ``c1`` -> GM written to MNI by pushing native voxels
-through that affine (``normalise``): GMD = the GM share of each MNI voxel, GMV = the pushed GM
-volume (native mm^3 per MNI mm^3) -> QC.
+tissue priors (``segment``), moved onto the scan as SPM moves them (``deformation``): the brain
+affine refined by the affine under which the scan's intensities are most probable, then a
+smooth displacement fitted on the same likelihood; probabilities are stored in steps of 1/255 as
+SPM stores ``c1`` -> GM written to MNI by pushing native voxels through that mapping
+(``normalise``): GMD = the GM share of each MNI voxel, GMV = the pushed GM volume (native mm^3
+per MNI mm^3) -> QC.
 
-The mapping to MNI is affine. Measured against SPM12's maps (Colin27, IXI048): adding a SyN warp
-of the tissue maps to the priors lowered agreement (Colin27 GMD r at 4 mm 0.885 affine, 0.875
-with SyN, 0.85 with a smoother SyN), because SPM's own warp is strongly regularised while the
-affine fitted to SPM's priors already places the cortex where SPM places it. The transform is
-kept so that maps move between the model grid and the patient's native grid (``transforms``).
+``transforms/`` keeps the affine part of the mapping (MNI points to native points), which moves
+heat maps and atlas labels between the model grid and the patient's grid; the displacement on top
+of it (root mean square under 1 mm on the reference scans) is not kept. ``t1_mni.nii.gz`` (QC
+and display) is the bias-corrected T1 resampled through that affine.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ OUTPUT_FILES = ("gmd.nii.gz", "gmv.nii.gz", "t1_mni.nii.gz", "transforms", "qc_g
 
 @dataclass(frozen=True)
 class PreprocessSettings:
-    """Settings of a preset (times for 2 cores, see README): N4 fitting grid (mm); passes of the
-    segmentation (each but the last followed by an affine of the brain to the priors); EM
-    iterations of the first pass and of each later one; spacing of the voxels the mixture is
-    fitted on (mm; SPM samples every 3 mm)."""
+    """Settings of a preset (times for 2 cores, see README): N4 fitting grid (mm); EM iterations
+    of the mixture at the start and after each later step; spacing of the voxels the mixture and
+    the mapping are fitted on (mm; SPM samples every 3 mm); rounds of the likelihood affine;
+    rounds of the displacement, steps in each, and its stiffness (``deformation``)."""
 
     name: str
     n4_spacing_mm: float

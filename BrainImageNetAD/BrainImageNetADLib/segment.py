@@ -1,12 +1,13 @@
 """Tissue classification of a T1 in its own space with SPM12's six tissue priors.
 
 The model is that of SPM12's unified segmentation (Ashburner and Friston, 2005), less its bias
-and deformation fields (N4 and the affine to the priors are fitted outside it, see
-``preprocess``): each voxel's intensity comes from a mixture of Gaussians per tissue class (1, 1,
-2, 3, 4 and 2 Gaussians for GM, WM, CSF, bone, soft tissue and air, SPM's defaults), weighted by
-the class's prior probability at that voxel (the tissue probability maps moved onto the scan).
-SPM also fits a weight per class that rescales the priors; here the priors are used as they are:
-on atrophied elderly brains (2 mm NiChart scans) the fitted weights ran away over the passes
+field (N4 is fitted before, see ``preprocess``; the priors' affine and displacement are fitted on
+this model's likelihood, see ``deformation``): each voxel's intensity comes from a mixture of
+Gaussians per tissue class (1, 1, 2, 3, 4 and 2 Gaussians for GM, WM, CSF, bone, soft tissue and
+air, SPM's defaults), weighted by the class's prior probability at that voxel (the tissue
+probability maps moved onto the scan).
+SPM also fits a weight per class that rescales the priors; here the priors are used as they are
+(measured with the earlier mean-squares affine of the priors' brain and no displacement): on atrophied elderly brains (2 mm NiChart scans) the fitted weights ran away over the passes
 (bone's weight rose to 0.65 while white matter's fell to 0.005, leaving 60-90 mL of white
 matter and intracranial volumes 0.63-0.69 of the independent DLMUSE ones), and with the priors
 as they are those scans measure 0.99-1.05 of DLMUSE's volume and Colin27 agrees better with SPM
