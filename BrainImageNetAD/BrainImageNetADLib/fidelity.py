@@ -8,8 +8,8 @@ all made by SPM12's Segment with its defaults. Measures per scan:
 - GMD vs ``wc1`` and GMV vs ``mwc1``: Pearson r over the voxels where either map exceeds 0.05,
   unsmoothed and after smoothing both with a 4 mm FWHM Gaussian;
 - total grey matter: sum of GMV x 3.375 mm^3 (native mL), as a ratio to SPM's;
-- native GM vs ``c1``: Dice of both thresholded at 0.5, compared in physical space (our GMD taken
-  back to the scan's grid through the inverse of our normalisation, then onto ``c1``'s grid).
+- native GM vs ``c1``: Dice of both thresholded at 0.5, compared in physical space (our GM on the
+  grid it was segmented on, ``gm_native.nii.gz``, resampled onto ``c1``'s grid).
 
 The correlation of GMD with the MNI152 GM prior (QC) is not fidelity: a map that follows the
 prior scores well on it and still differs from what SPM gives.
@@ -92,15 +92,12 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * int((a & b).sum()) / total if total else 1.0
 
 
-def native_dice(gmd: np.ndarray, preprocessing_dir: str | Path, c1_path: str | Path) -> float:
-    """Dice of our GM and SPM's ``c1`` in the scan's space, both thresholded at 0.5: our GMD
-    (MNI grid) is taken to the native grid with the inverse of our normalisation, then resampled
-    onto ``c1``'s grid (physical space, linear)."""
+def native_dice(preprocessing_dir: str | Path, c1_path: str | Path) -> float:
+    """Dice of our GM in the scan's space (``gm_native.nii.gz``) and SPM's ``c1``, both
+    thresholded at 0.5, ours resampled onto ``c1``'s grid (physical space, linear)."""
     import ants
 
-    from .transforms import mni_to_native
-
-    ours = mni_to_native(gmd, preprocessing_dir)
+    ours = ants.image_read(str(Path(preprocessing_dir) / "gm_native.nii.gz"))
     theirs = ants.image_read(str(c1_path))
     on_theirs = ants.resample_image_to_target(ours, theirs, interp_type="linear").numpy()
     return dice(on_theirs > 0.5, theirs.numpy() > 0.5)
@@ -133,7 +130,7 @@ def preprocessed_agreement(scan: ReferenceScan, preprocessing_dir: str | Path) -
     gmd = _on_mni_grid(out / "gmd.nii.gz", "GMD")
     gmv = _on_mni_grid(out / "gmv.nii.gz", "GMV")
     measures = map_agreement(gmd, gmv, _on_mni_grid(scan.wc1, "wc1"), _on_mni_grid(scan.mwc1, "mwc1"))
-    return {**measures, "dice_native": native_dice(gmd, out, scan.c1)}
+    return {**measures, "dice_native": native_dice(out, scan.c1)}
 
 
 def summary_line(rows: list[dict[str, Any]]) -> str:

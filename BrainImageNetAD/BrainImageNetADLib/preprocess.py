@@ -39,7 +39,7 @@ from .t1io import T1Image, read_t1
 REGISTRATION_SEED = 20220421
 
 #: Files a finished preprocessing folder holds; ``qc.json`` is written last.
-OUTPUT_FILES = ("gmd.nii.gz", "gmv.nii.gz", "t1_mni.nii.gz", "transforms", "qc_gmd.png", "qc.json")
+OUTPUT_FILES = ("gmd.nii.gz", "gmv.nii.gz", "gm_native.nii.gz", "t1_mni.nii.gz", "transforms", "qc_gmd.png", "qc.json")
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,8 @@ def preprocess_t1(
 ) -> dict[str, Any]:
     """Preprocess one T1 file (NIfTI/NRRD/MHA/DICOM folder) into ``out_dir``; return the QC report.
 
-    Writes ``gmd.nii.gz`` and ``gmv.nii.gz`` (121x145x121, MNI 1.5 mm, SPM's grid), ``t1_mni.nii.gz``,
+    Writes ``gmd.nii.gz`` and ``gmv.nii.gz`` (121x145x121, MNI 1.5 mm, SPM's grid), ``gm_native.nii.gz``
+    (GM probability in the scan's space, on the grid it was segmented on, like SPM's ``c1``), ``t1_mni.nii.gz``,
     ``transforms/`` (ANTs files plus ``native_grid.json``), ``qc_gmd.png`` and ``qc.json`` last.
     Each file is written atomically. ``progress(stage, fraction)`` is called at each stage;
     ``should_cancel()`` is polled between stages and stops the run with ``Cancelled``.
@@ -174,7 +175,9 @@ def _run_stages(
     corrected = working.new_image_like(working.numpy() / np.maximum(bias, floor))
     stage_done("n4")
 
-    tissues, box, positions, to_mni, model = _segment(_segmentation_image(native, working, bias_low, floor), brain_affine, settings)
+    segmented = _segmentation_image(native, working, bias_low, floor)
+    tissues, box, positions, to_mni, model = _segment(segmented, brain_affine, settings)
+    gm_native = ants.decrop_image(box.new_image_like(tissues[..., 0]), segmented.new_image_like(np.zeros(segmented.shape, np.float32)))
     stage_done("segment")
 
     coordinates = positions @ grid.MNI_AFFINE[:3, :3].T.astype(np.float32) + grid.MNI_AFFINE[:3, 3].astype(np.float32)
@@ -207,7 +210,7 @@ def _run_stages(
             "affine": {k: round(v, 4) if isinstance(v, float) else v for k, v in affine_record.items()},
         }
     )
-    _write_outputs(out_dir, gmd, gmv, t1_mni, mni_to_native, native, report, timings, stage_done)
+    _write_outputs(out_dir, gmd, gmv, gm_native, t1_mni, mni_to_native, native, report, timings, stage_done)
     return report
 
 
@@ -466,10 +469,11 @@ def _write_affine(matrix: np.ndarray, path: Path) -> str:
     return str(path)
 
 
-def _write_outputs(out_dir: Path, gmd, gmv, t1_mni, mni_to_native: str, native, report, timings, stage_done) -> None:
+def _write_outputs(out_dir: Path, gmd, gmv, gm_native, t1_mni, mni_to_native: str, native, report, timings, stage_done) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in (("gmd", gmd), ("gmv", gmv), ("t1_mni", t1_mni)):
         write_nifti_atomic(out_dir / f"{name}.nii.gz", np.asarray(data, dtype=np.float32), grid.MNI_AFFINE, f"BrainImageNet-AD {name}")
+    write_nifti_atomic(out_dir / "gm_native.nii.gz", gm_native.numpy(), templates.ras_affine(gm_native), "BrainImageNet-AD GM, scan space")
     staging = Path(tempfile.mkdtemp(prefix=".transforms.", dir=out_dir))
     shutil.copyfile(mni_to_native, staging / "mni_to_native_affine.mat")
     native_grid = {
