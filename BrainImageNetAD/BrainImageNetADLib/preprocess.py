@@ -12,10 +12,12 @@ SPM stores ``c1`` -> GM written to MNI by pushing native voxels through that map
 (``normalise``): GMD = the GM share of each MNI voxel, GMV = the pushed GM volume (native mm^3
 per MNI mm^3) -> QC.
 
-``transforms/`` keeps the affine part of the mapping (MNI points to native points), which moves
-heat maps and atlas labels between the model grid and the patient's grid; the displacement on top
-of it (root mean square under 1 mm on the reference scans) is not kept. ``t1_mni.nii.gz`` (QC
-and display) is the bias-corrected T1 resampled through that affine.
+``transforms/`` keeps the mapping: its affine part (MNI points to native points) and the
+displacement on top of it as an ANTs displacement field in native space (``native_warp.nii.gz``),
+with which heat maps and atlas labels go from the model grid to the patient's grid exactly where
+the segmentation placed the priors. The other direction (``t1_mni.nii.gz``, for QC and display,
+and ``transforms.native_to_mni``) uses the affine alone: the displacement is under 1 mm root mean
+square on the reference scans.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ def _run_stages(
     stage_done("n4")
 
     segmented = _segmentation_image(native, working, bias_low, floor)
-    tissues, box, positions, to_mni, model = _segment(segmented, brain_affine, settings)
+    tissues, box, positions, to_mni, model, displacement = _segment(segmented, brain_affine, settings)
     gm_native = ants.decrop_image(box.new_image_like(tissues[..., 0]), segmented.new_image_like(np.zeros(segmented.shape, np.float32)))
     stage_done("segment")
 
@@ -186,6 +188,7 @@ def _run_stages(
     del coordinates
     matrix = _mni_to_native(box, to_mni)
     mni_to_native = _write_affine(matrix, scratch / "mni_to_native.mat")
+    warp = _native_warp(displacement, matrix)
     t1_mni = ants.apply_transforms(templates.mni_grid_reference(), corrected, [mni_to_native], interpolator="linear").numpy()
     affine_scale = float(abs(np.linalg.det(matrix[:3, :3])))
     gmd, gmv = warped[..., 0], modulated[..., 0]
@@ -210,7 +213,7 @@ def _run_stages(
             "affine": {k: round(v, 4) if isinstance(v, float) else v for k, v in affine_record.items()},
         }
     )
-    _write_outputs(out_dir, gmd, gmv, gm_native, t1_mni, mni_to_native, native, report, timings, stage_done)
+    _write_outputs(out_dir, gmd, gmv, gm_native, t1_mni, (mni_to_native, warp), native, report, timings, stage_done)
     return report
 
 
@@ -324,7 +327,7 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     Returns the class posteriors (X, Y, Z, 6) float32, the ANTs image of the box they cover (a
     crop of the native grid around the priors' brain), the MNI voxel position of each box voxel
     (X, Y, Z, 3) float32, the 4x4 matrix of the affine part (box voxel indices to MNI voxel
-    indices) and the fitted ``segment.MixtureModel``."""
+    indices), the fitted ``segment.MixtureModel`` and the displacement (``_displacement_image``)."""
     tpm = templates.spm_tissue_priors()
     sampler = deformation.PriorSampler(tpm)
     intracranial = templates.ants_from_ras(tpm[..., :3].sum(axis=-1), grid.MNI_AFFINE)
@@ -366,7 +369,30 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     tissues[intensities <= 0] = np.eye(len(segment.CLASSES), dtype=np.float32)[segment.CLASSES.index("air")]
     # Stored as SPM stores its c1..c6 (steps of 1/255): probabilities below 1/510 become 0, so that
     # the maps are 0 away from the tissue, as SPM's are (and occlusion skips cubes without brain).
-    return np.round(tissues * 255.0) / 255.0, box, full, to_mni, model
+    return np.round(tissues * 255.0) / 255.0, box, full, to_mni, model, _displacement_image(box, displacement, steps)
+
+
+def _displacement_image(box, displacement: np.ndarray, steps) -> Any:
+    """The displacement (lattice (X, Y, Z, 3), MNI voxels, one lattice voxel every ``steps`` box
+    voxels) as an ANTs vector image on that lattice, its components in MNI mm (LPS)."""
+    import ants
+
+    to_lps = (_LPS_TO_RAS @ grid.MNI_AFFINE)[:3, :3]
+    return ants.from_numpy(
+        (displacement @ to_lps.T).astype(np.float32),
+        origin=list(box.origin),
+        spacing=[float(a) * b for a, b in zip(box.spacing, steps, strict=True)],
+        direction=np.asarray(box.direction),
+        has_components=True,
+    )
+
+
+def _native_warp(displacement, mni_to_native: np.ndarray):
+    """The displacement as an ANTs displacement field in native space: with the affine file
+    (inverted) after it, a native point x goes to MNI as the segmentation placed it,
+    inverse(A)(x + w(x)), so w = A's linear part applied to the MNI displacement."""
+    field = displacement.numpy() @ mni_to_native[:3, :3].T
+    return displacement.new_image_like(field.astype(np.float32))
 
 
 def _priors_at(sampler: deformation.PriorSampler, positions: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
@@ -469,13 +495,16 @@ def _write_affine(matrix: np.ndarray, path: Path) -> str:
     return str(path)
 
 
-def _write_outputs(out_dir: Path, gmd, gmv, gm_native, t1_mni, mni_to_native: str, native, report, timings, stage_done) -> None:
+def _write_outputs(out_dir: Path, gmd, gmv, gm_native, t1_mni, mapping: tuple[str, Any], native, report, timings, stage_done) -> None:
+    import ants
+
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in (("gmd", gmd), ("gmv", gmv), ("t1_mni", t1_mni)):
         write_nifti_atomic(out_dir / f"{name}.nii.gz", np.asarray(data, dtype=np.float32), grid.MNI_AFFINE, f"BrainImageNet-AD {name}")
     write_nifti_atomic(out_dir / "gm_native.nii.gz", gm_native.numpy(), templates.ras_affine(gm_native), "BrainImageNet-AD GM, scan space")
     staging = Path(tempfile.mkdtemp(prefix=".transforms.", dir=out_dir))
-    shutil.copyfile(mni_to_native, staging / "mni_to_native_affine.mat")
+    shutil.copyfile(mapping[0], staging / "mni_to_native_affine.mat")
+    ants.image_write(mapping[1], str(staging / "native_warp.nii.gz"))
     native_grid = {
         "size": list(native.shape),
         "spacing": list(native.spacing),

@@ -1,6 +1,8 @@
 """Moving maps between the MNI grids (121x145x121 or the 96x120x86 model grid) and a patient's
 native T1 grid, with the transform a preprocessing folder keeps (``transforms/``: the affine
-that takes MNI points to native points, ANTs format, and the native grid)."""
+that takes MNI points to native points, ANTs format, the displacement that the segmentation
+added to it, ``native_warp.nii.gz``, and the native grid). MNI maps reach the native grid through
+both; native images reach MNI through the affine alone (the displacement is under 1 mm)."""
 
 from __future__ import annotations
 
@@ -46,11 +48,13 @@ def mni_to_native(data: np.ndarray, preprocessing_dir: str | Path, interpolator:
         raise InputError(f"expected a map of shape {grid.MNI_SHAPE} or {grid.MODEL_SHAPE}, got {data.shape}")
     folder = _transforms_dir(preprocessing_dir)
     moving = templates.ants_from_ras(data.astype(np.float32), grid.MNI_AFFINE)
+    # Folders written before the displacement was kept hold the affine alone.
+    warp = [str(folder / "native_warp.nii.gz")] if (folder / "native_warp.nii.gz").is_file() else []
     return ants.apply_transforms(
         native_reference(preprocessing_dir),
         moving,
-        [str(folder / "mni_to_native_affine.mat")],
-        whichtoinvert=[True],
+        [str(folder / "mni_to_native_affine.mat"), *warp],
+        whichtoinvert=[True] + [False] * len(warp),
         interpolator=interpolator,
     )
 
