@@ -337,13 +337,17 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     steps = tuple(max(1, round(settings.fit_spacing_mm / float(spacing))) for spacing in box.spacing)
     lattice = intensities[:: steps[0], :: steps[1], :: steps[2]]
     lattice_ijk = np.moveaxis(np.indices(lattice.shape), 0, -1) * np.array(steps)
-    valid = lattice > 0
-    x = lattice[valid]
 
     def lattice_positions() -> np.ndarray:
         return lattice_ijk @ to_mni[:3, :3].T + to_mni[:3, 3]
 
     positions = lattice_positions()
+    # Fitted on the voxels with signal inside the priors' field of view: beyond it the priors say
+    # nothing, and on 2 mm scans whose box reaches below it (IXI012, IXI014) letting those
+    # voxels pull on the affine lowered GMD r at 4 mm against SPM's from 0.95 and 0.92 to 0.93 and
+    # 0.92 with the priors' edge extended outward, to 0.71 and 0.89 with air beyond it.
+    valid = (lattice > 0) & ((positions >= 0) & (positions <= np.array(grid.MNI_SHAPE) - 1)).all(axis=-1)
+    x = lattice[valid]
     p = sampler.priors(positions[valid])
     model = segment.fit_mixture(x, p, segment.initial_model(x, p), settings.first_iterations)
     for _ in range(settings.affine_rounds):
