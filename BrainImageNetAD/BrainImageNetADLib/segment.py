@@ -7,8 +7,9 @@ Gaussians per tissue class (1, 1, 2, 3, 4 and 2 Gaussians for GM, WM, CSF, bone,
 air, SPM's defaults), weighted by the class's prior probability at that voxel (the tissue
 probability maps moved onto the scan).
 SPM also fits a weight per class that rescales the priors; here the priors are used as they are
-(measured with the earlier mean-squares affine of the priors' brain and no displacement): on atrophied elderly brains (2 mm NiChart scans) the fitted weights ran away over the passes
-(bone's weight rose to 0.65 while white matter's fell to 0.005, leaving 60-90 mL of white
+(measured with an earlier mapping, a mean-squares affine of the priors' brain and no
+displacement): on atrophied elderly brains (2 mm NiChart scans) the fitted weights ran away over
+the passes (bone's weight rose to 0.65 while white matter's fell to 0.005, leaving 60-90 mL of white
 matter and intracranial volumes 0.63-0.69 of the independent DLMUSE ones), and with the priors
 as they are those scans measure 0.99-1.05 of DLMUSE's volume and Colin27 agrees better with SPM
 (GMD r at 4 mm 0.881 -> 0.896, GM volume 1.29 -> 1.16x SPM's). The cost: the ROBEX reference
