@@ -13,29 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from . import grid, templates
-
-_OUTSIDE = -1e6
-
-
-def mni_coordinates(native, to_native: list[str], invert: list[bool]) -> np.ndarray:
-    """MNI position (RAS mm) of each voxel of the ANTs image ``native``: array (X, Y, Z, 3)
-    float32, ``nan`` where the mapping leaves the MNI grid. ``to_native``/``invert``: the ANTs
-    transform list that takes native points to MNI points (as for ``ants.apply_transforms`` with
-    ``native`` as the fixed image and an MNI image as the moving one)."""
-    import ants
-
-    ijk = np.indices(grid.MNI_SHAPE, dtype=np.float32)
-    out = []
-    for axis in range(3):
-        coordinate = np.tensordot(grid.MNI_AFFINE[axis, :3], ijk, axes=1) + grid.MNI_AFFINE[axis, 3]
-        image = templates.ants_from_ras(coordinate.astype(np.float32), grid.MNI_AFFINE)
-        out.append(
-            ants.apply_transforms(native, image, to_native, whichtoinvert=invert, interpolator="linear", defaultvalue=_OUTSIDE).numpy()
-        )
-    coordinates = np.stack(out, axis=-1)
-    coordinates[(coordinates <= _OUTSIDE / 2).any(axis=-1)] = np.nan
-    return coordinates
+from . import grid
 
 
 def push(values: np.ndarray, coordinates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
