@@ -90,6 +90,30 @@ def test_gmv_is_gmd_times_a_volume_conserving_density(colin: tuple[Path, dict]) 
     assert float(gmv.sum() * 1.5**3 / 1000) == pytest.approx(report["volumes_ml"]["GM_ml"], abs=0.1)
 
 
+def test_kept_displacement_puts_maps_where_the_segmentation_placed_them(colin: tuple[Path, dict], tmp_path: Path) -> None:
+    """GMD taken back to the scan's grid through ``transforms/`` matches the native GM map
+    (``gm_native.nii.gz``) better with the kept displacement than with the affine alone
+    (measured on Colin27: r 0.92 vs 0.89)."""
+    import shutil
+
+    import ants
+
+    out, _ = colin
+    gmd = nib.load(str(out / "gmd.nii.gz")).get_fdata().astype(np.float32)
+    gm_native = ants.image_read(str(out / "gm_native.nii.gz"))
+    affine_only = tmp_path / "affine_only"
+    shutil.copytree(out / "transforms", affine_only / "transforms")
+    (affine_only / "transforms" / "native_warp.nii.gz").unlink()
+
+    def agreement(folder: Path) -> float:
+        back = ants.resample_image_to_target(transforms.mni_to_native(gmd, folder), gm_native, interp_type="linear").numpy()
+        inside = (back > 0.05) | (gm_native.numpy() > 0.05)
+        return _corr(back[inside], gm_native.numpy()[inside])
+
+    with_warp, without = agreement(out), agreement(affine_only)
+    assert with_warp > 0.9 and with_warp > without + 0.01
+
+
 def test_maps_go_to_native_space_and_back(colin: tuple[Path, dict]) -> None:
     out, _ = colin
     tm = templates.mni_templates_on_grid()
