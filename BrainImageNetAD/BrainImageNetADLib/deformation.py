@@ -54,10 +54,17 @@ class PriorSampler:
         values = values.clip(1e-4, None)
         return values / values.sum(axis=1, keepdims=True)
 
-    def log_likelihood(self, positions: np.ndarray, likelihoods: np.ndarray) -> tuple[float, np.ndarray]:
-        """Log-likelihood of the voxels at ``positions`` (N, 3) with class ``likelihoods`` (N, 6),
-        and its gradient with respect to the positions (N, 3, per MNI voxel)."""
-        total = (self.priors(positions) * likelihoods).sum(axis=1) + 1e-300
+    def _total(self, positions: np.ndarray, likelihoods: np.ndarray) -> np.ndarray:
+        return (self.priors(positions) * likelihoods).sum(axis=1) + 1e-300
+
+    def log_likelihood(self, positions: np.ndarray, likelihoods: np.ndarray) -> float:
+        """Log-likelihood of the voxels at ``positions`` (N, 3, MNI voxels) with class
+        ``likelihoods`` (N, 6) under the priors there."""
+        return float(np.log(self._total(positions, likelihoods)).sum())
+
+    def log_likelihood_and_gradient(self, positions: np.ndarray, likelihoods: np.ndarray) -> tuple[float, np.ndarray]:
+        """``log_likelihood`` and its gradient with respect to the positions (N, 3, per MNI voxel)."""
+        total = self._total(positions, likelihoods)
         gradient = np.zeros_like(positions, dtype=np.float64)
         for k, per_class in enumerate(self.gradient):
             for axis in range(3):
@@ -78,7 +85,7 @@ def fit_affine(positions: np.ndarray, likelihoods: np.ndarray, sampler: PriorSam
     design = np.hstack([(positions - center) / scale, np.ones((len(positions), 1))])
 
     def cost(params: np.ndarray) -> tuple[float, np.ndarray]:
-        value, gradient = sampler.log_likelihood(positions + design @ params.reshape(3, 4).T, likelihoods)
+        value, gradient = sampler.log_likelihood_and_gradient(positions + design @ params.reshape(3, 4).T, likelihoods)
         return -value, -(gradient.T @ design).ravel()
 
     params = optimize.minimize(cost, np.zeros(12), jac=True, method="L-BFGS-B", options={"maxiter": iterations}).x.reshape(3, 4)
@@ -112,22 +119,22 @@ def fit_displacement(
     Returns the new displacement."""
     sigma = PRECONDITION_MM / spacing_mm / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
-    def objective(d: np.ndarray) -> tuple[float, np.ndarray]:
-        value, gradient = sampler.log_likelihood(positions[valid] + d[valid], likelihoods)
-        return value - 0.5 * stiffness * _membrane(d), gradient
+    def penalised(d: np.ndarray) -> float:
+        return sampler.log_likelihood(positions[valid] + d[valid], likelihoods) - 0.5 * stiffness * _membrane(d)
 
-    current, gradient = objective(displacement)
+    current = penalised(displacement)
     step = 1.0
     for _ in range(steps):
+        # The gradient only where a step starts: trial steps the line search rejects need the value alone.
         field = stiffness * _laplacian(displacement)
-        field[valid] += gradient
+        field[valid] += sampler.log_likelihood_and_gradient(positions[valid] + displacement[valid], likelihoods)[1]
         field = np.stack([ndimage.gaussian_filter(field[..., a], sigma) for a in range(3)], axis=-1)
         field /= np.abs(field).max() + 1e-12
         while step > 1e-3:
             trial = displacement + step * field
-            value, trial_gradient = objective(trial)
+            value = penalised(trial)
             if value > current:
-                displacement, current, gradient = trial, value, trial_gradient
+                displacement, current = trial, value
                 step *= 1.5
                 break
             step *= 0.5
