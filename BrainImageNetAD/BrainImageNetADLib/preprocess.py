@@ -178,7 +178,7 @@ def _run_stages(
     stage_done("n4")
 
     segmented = _segmentation_image(native, working, bias_low, floor)
-    tissues, box, positions, to_mni, model, displacement = _segment(segmented, brain_affine, settings)
+    tissues, box, positions, to_mni, model, displacement, steps = _segment(segmented, brain_affine, settings)
     gm_native = ants.decrop_image(box.new_image_like(tissues[..., 0]), segmented.new_image_like(np.zeros(segmented.shape, np.float32)))
     stage_done("segment")
 
@@ -188,7 +188,7 @@ def _run_stages(
     del coordinates
     matrix = _mni_to_native(box, to_mni)
     mni_to_native = _write_affine(matrix, scratch / "mni_to_native.mat")
-    warp = _native_warp(displacement, matrix)
+    warp = _native_warp(box, displacement, steps, matrix)
     t1_mni = ants.apply_transforms(templates.mni_grid_reference(), corrected, [mni_to_native], interpolator="linear").numpy()
     affine_scale = float(abs(np.linalg.det(matrix[:3, :3])))
     gmd, gmv = warped[..., 0], modulated[..., 0]
@@ -327,7 +327,8 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     Returns the class posteriors (X, Y, Z, 6) float32, the ANTs image of the box they cover (a
     crop of the native grid around the priors' brain), the MNI voxel position of each box voxel
     (X, Y, Z, 3) float32, the 4x4 matrix of the affine part (box voxel indices to MNI voxel
-    indices), the fitted ``segment.MixtureModel`` and the displacement (``_displacement_image``)."""
+    indices), the fitted ``segment.MixtureModel``, the displacement of the lattice the mapping was
+    fitted on ((x, y, z, 3) MNI voxels) and that lattice's step in box voxels per axis."""
     tpm = templates.spm_tissue_priors()
     sampler = deformation.PriorSampler(tpm)
     intracranial = templates.ants_from_ras(tpm[..., :3].sum(axis=-1), grid.MNI_AFFINE)
@@ -373,30 +374,25 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     tissues[intensities <= 0] = np.eye(len(segment.CLASSES), dtype=np.float32)[segment.CLASSES.index("air")]
     # Stored as SPM stores its c1..c6 (steps of 1/255): probabilities below 1/510 become 0, so that
     # the maps are 0 away from the tissue, as SPM's are (and occlusion skips cubes without brain).
-    return np.round(tissues * 255.0) / 255.0, box, full, to_mni, model, _displacement_image(box, displacement, steps)
+    return np.round(tissues * 255.0) / 255.0, box, full, to_mni, model, displacement, steps
 
 
-def _displacement_image(box, displacement: np.ndarray, steps) -> Any:
-    """The displacement (lattice (X, Y, Z, 3), MNI voxels, one lattice voxel every ``steps`` box
-    voxels) as an ANTs vector image on that lattice, its components in MNI mm (LPS)."""
+def _native_warp(box, displacement: np.ndarray, steps, mni_to_native: np.ndarray):
+    """The displacement (lattice (X, Y, Z, 3), MNI voxels, one lattice voxel every ``steps`` voxels
+    of the ANTs image ``box``) as an ANTs displacement field on that lattice in native space: with
+    the affine ``mni_to_native`` (4x4, LPS mm) inverted after it, a native point x goes to MNI as
+    the segmentation placed it, inverse(A)(x + w(x)), so w is the displacement in MNI mm (LPS)
+    under A's linear part."""
     import ants
 
-    to_lps = (_LPS_TO_RAS @ grid.MNI_AFFINE)[:3, :3]
+    linear = mni_to_native[:3, :3] @ (_LPS_TO_RAS @ grid.MNI_AFFINE)[:3, :3]
     return ants.from_numpy(
-        (displacement @ to_lps.T).astype(np.float32),
+        (displacement @ linear.T).astype(np.float32),
         origin=list(box.origin),
         spacing=[float(a) * b for a, b in zip(box.spacing, steps, strict=True)],
         direction=np.asarray(box.direction),
         has_components=True,
     )
-
-
-def _native_warp(displacement, mni_to_native: np.ndarray):
-    """The displacement as an ANTs displacement field in native space: with the affine file
-    (inverted) after it, a native point x goes to MNI as the segmentation placed it,
-    inverse(A)(x + w(x)), so w = A's linear part applied to the MNI displacement."""
-    field = displacement.numpy() @ mni_to_native[:3, :3].T
-    return displacement.new_image_like(field.astype(np.float32))
 
 
 def _priors_at(sampler: deformation.PriorSampler, positions: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
