@@ -109,6 +109,6 @@ def posteriors(intensities: np.ndarray, priors: np.ndarray, model: MixtureModel,
     for start in range(0, flat_y.size, chunk):
         part = slice(start, start + chunk)
         evidence = class_evidence(flat_y[part].astype(np.float64), flat_p[part].astype(np.float64), model)
-        per_class = np.stack([evidence[:, _CLASS_OF == k].sum(axis=1) for k in range(len(CLASSES))], axis=1)
+        per_class = evidence @ CLASS_MATRIX
         out[part] = per_class / (per_class.sum(axis=1, keepdims=True) + 1e-300)
     return out.reshape(*intensities.shape, len(CLASSES))
