@@ -70,3 +70,26 @@ def test_displacement_moves_towards_a_known_local_warp(sampler) -> None:
     assert after < 0.6 * before
     # away from the bump the displacement stays small (the regularisation holds the rest still)
     assert np.abs(found[bump < 0.05]).mean() < 0.25
+
+
+def test_likelihood_gradient_follows_finite_differences(sampler) -> None:
+    # Positions inside the brain, away from voxel centres: within a cell of the priors' grid the
+    # trilinear priors have an exact derivative, which the central-difference gradient follows.
+    rng = np.random.default_rng(2)
+    positions = np.array([60.0, 72.0, 60.0]) + rng.uniform(-25.0, 25.0, (400, 3))
+    positions = np.floor(positions) + rng.uniform(0.2, 0.8, positions.shape)
+    intensities, model = _scan_from_priors(sampler, positions[:, None, None, :], seed=3)
+    likelihoods = deformation.class_likelihoods(intensities.ravel(), model)
+    value, gradient = sampler.log_likelihood_and_gradient(positions, likelihoods)
+    assert value == pytest.approx(sampler.log_likelihood(positions, likelihoods))
+    step = 1e-3
+    for axis in range(3):
+        numeric = np.empty(len(positions))
+        for i in range(len(positions)):
+            moved = positions[i : i + 1].copy()
+            moved[0, axis] += step
+            here = likelihoods[i : i + 1]
+            numeric[i] = (sampler.log_likelihood(moved, here) - sampler.log_likelihood(positions[i : i + 1], here)) / step
+        assert np.corrcoef(numeric, gradient[:, axis])[0, 1] > 0.95
+        slope = numeric @ gradient[:, axis] / (gradient[:, axis] @ gradient[:, axis])
+        assert 0.9 < slope < 1.2

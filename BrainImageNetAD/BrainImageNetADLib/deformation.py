@@ -63,7 +63,10 @@ class PriorSampler:
         return float(np.log(self._total(positions, likelihoods)).sum())
 
     def log_likelihood_and_gradient(self, positions: np.ndarray, likelihoods: np.ndarray) -> tuple[float, np.ndarray]:
-        """``log_likelihood`` and its gradient with respect to the positions (N, 3, per MNI voxel)."""
+        """``log_likelihood`` and its gradient with respect to the positions (N, 3, per MNI voxel),
+        taken with the priors' gradients (central differences on their grid, interpolated): within
+        a cell it follows the exact derivative of the trilinear priors (correlation about 0.98,
+        about 5 % smaller; a test)."""
         total = self._total(positions, likelihoods)
         gradient = np.zeros_like(positions, dtype=np.float64)
         for k, per_class in enumerate(self.gradient):
