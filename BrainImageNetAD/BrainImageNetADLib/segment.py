@@ -7,7 +7,7 @@ Gaussians per tissue class (1, 1, 2, 3, 4 and 2 Gaussians for GM, WM, CSF, bone,
 air, SPM's defaults), weighted by the class's prior probability at that voxel (the tissue
 probability maps moved onto the scan).
 SPM also fits a weight per class that rescales the priors; here the priors are used as they are.
-Measured with the likelihood-fitted mapping (``fast``), SPM's weight update brings young adults'
+Measured with the likelihood-fitted mapping (``fast``, displacement stiffness 10), SPM's weight update brings young adults'
 scans closer to SPM's maps (GMD r unsmoothed / at 4 mm and GM volume against SPM's: ROBEX reference
 0.72/0.88, 0.80x -> 0.77/0.91, 1.02x; Siemens MPRAGE 0.81/0.93, 0.90x -> 0.83/0.94, 0.99x) and
 Colin27's volume further from it (1.14x -> 1.27x), but on the atrophied elderly brains (2 mm
@@ -30,7 +30,7 @@ writing stage lowered agreement with SPM's maps here and are not used: its Marko
 mask grown from the white matter by erosion and conditional dilation; GMD r at 4 mm 0.886 ->
 0.864 on Colin27, 0.818 -> 0.800 on the MPRAGE scan).
 
-Where Colin27's extra grey matter lies (fast preset, 867 mL against SPM's 762): at the boundary with
+Where Colin27's extra grey matter lies (fast preset, stiffness 10, 867 mL against SPM's 762): at the boundary with
 white matter. Binned by the scan's own intensity (grey matter about 86, white matter about 113),
 SPM's ``c1`` in the cortex falls from 0.29 (97-103) to 0.01 (103-107) while ours is 0.73 and 0.44;
 with N4 replaced by a flat field ours is sharper but still 0.60 and 0.22, so the boundary between
