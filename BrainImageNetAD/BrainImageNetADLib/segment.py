@@ -7,17 +7,17 @@ Gaussians per tissue class (1, 1, 2, 3, 4 and 2 Gaussians for GM, WM, CSF, bone,
 air, SPM's defaults), weighted by the class's prior probability at that voxel (the tissue
 probability maps moved onto the scan).
 SPM also fits a weight per class that rescales the priors; here the priors are used as they are.
-Measured with the likelihood-fitted mapping (``fast``, displacement stiffness 10), SPM's weight update brings young adults'
-scans closer to SPM's maps (GMD r unsmoothed / at 4 mm and GM volume against SPM's: ROBEX reference
-0.72/0.88, 0.80x -> 0.77/0.91, 1.02x; Siemens MPRAGE 0.81/0.93, 0.90x -> 0.83/0.94, 0.99x) and
-Colin27's volume further from it (1.14x -> 1.27x), but on the atrophied elderly brains (2 mm
-NiChart scans) the CSF weight rises and takes white or grey matter: against the independent
-DLMUSE volumes of the eight people, TIV r 0.95 -> 0.57 and GM r 0.92 -> 0.77 (Subj12's white
-matter 387 -> 220 mL; Subj10's GM 1.05 -> 0.77 of DLMUSE's). Weights fitted among GM, WM and CSF
-only (their share of the priors kept) gave the same gains and the same losses (Subj12's white
-matter 206 mL); among GM and WM only, no gain on the ROBEX scan (0.73/0.88) and Subj12's white
-matter 210 mL. With the earlier mapping (a mean-squares affine of the priors' brain, no
-displacement) the weights ran away the same way (bone's weight 0.65, white matter's 0.005 on the
+Measured with the likelihood-fitted mapping (``fast``, displacement stiffness 10), SPM's weight
+update brings young adults' scans closer to SPM's maps (GMD r unsmoothed / at 4 mm and GM volume
+against SPM's: ROBEX reference 0.72/0.88, 0.80x -> 0.77/0.91, 1.02x; Siemens MPRAGE 0.81/0.93,
+0.90x -> 0.83/0.94, 0.99x) and Colin27's volume further from it (1.14x -> 1.27x), but on the
+atrophied elderly brains (2 mm NiChart scans) the CSF weight rises and takes white or grey matter:
+against the independent DLMUSE volumes of the eight people, TIV r 0.95 -> 0.57 and GM r 0.92 ->
+0.77 (Subj12's white matter 387 -> 220 mL; Subj10's GM 1.05 -> 0.77 of DLMUSE's). Weights fitted
+among GM, WM and CSF only (their share of the priors kept) gave the same gains and the same losses
+(Subj12's white matter 206 mL); among GM and WM only, no gain on the ROBEX scan (0.73/0.88) and
+Subj12's white matter 210 mL. With the earlier mapping (a mean-squares affine of the priors' brain,
+no displacement) the weights ran away the same way (bone's weight 0.65, white matter's 0.005 on the
 elderly scans). A tool for old people's brains cannot trade their volumes for a closer match on
 young ones, so the weights stay uniform. Voxels of intensity 0 (outside the field of view, or
 removed by skull stripping) are left out of the fit, as SPM does.
@@ -30,14 +30,14 @@ writing stage lowered agreement with SPM's maps here and are not used: its Marko
 mask grown from the white matter by erosion and conditional dilation; GMD r at 4 mm 0.886 ->
 0.864 on Colin27, 0.818 -> 0.800 on the MPRAGE scan).
 
-Where Colin27's extra grey matter lies (fast preset, stiffness 10, 867 mL against SPM's 762): at the boundary with
-white matter. Binned by the scan's own intensity (grey matter about 86, white matter about 113),
-SPM's ``c1`` in the cortex falls from 0.29 (97-103) to 0.01 (103-107) while ours is 0.73 and 0.44;
-with N4 replaced by a flat field ours is sharper but still 0.60 and 0.22, so the boundary between
-the two classes sits 3-4 intensity units (of the 27 between their means) brighter than SPM's. N4's
-field varies 0.91-1.07 across Colin27's grey matter, but neither a flat field (GMD r 0.86 / 0.89 at
-4 mm, volume 1.14x) nor N4 with three or five fitting levels instead of four (0.83 / 0.88 and 0.83
-/ 0.90) brings the maps closer to SPM's.
+Where Colin27's extra grey matter lies (fast preset, stiffness 10, 867 mL against SPM's 762): at
+the boundary with white matter. Binned by the scan's own intensity (grey matter about 86, white
+matter about 113), SPM's ``c1`` in the cortex falls from 0.29 (97-103) to 0.01 (103-107) while ours
+is 0.73 and 0.44; with N4 replaced by a flat field ours is sharper but still 0.60 and 0.22, so the
+boundary between the two classes sits 3-4 intensity units (of the 27 between their means) brighter
+than SPM's. N4's field varies 0.91-1.07 across Colin27's grey matter, but neither a flat field (GMD
+r 0.86 / 0.89 at 4 mm, volume 1.14x) nor N4 with three or five fitting levels instead of four (0.83
+/ 0.88 and 0.83 / 0.90) brings the maps closer to SPM's.
 """
 
 from __future__ import annotations
