@@ -82,6 +82,9 @@ def test_likelihood_gradient_follows_finite_differences(sampler) -> None:
     likelihoods = deformation.class_likelihoods(intensities.ravel(), model)
     value, gradient = sampler.log_likelihood_and_gradient(positions, likelihoods)
     assert value == pytest.approx(sampler.log_likelihood(positions, likelihoods))
+    # priors sampled beforehand (as the displacement fit passes them on) give the same answer
+    given_value, given_gradient = sampler.log_likelihood_and_gradient(positions, likelihoods, sampler.priors(positions))
+    assert given_value == value and np.array_equal(given_gradient, gradient)
     step = 1e-3
     for axis in range(3):
         numeric = np.empty(len(positions))

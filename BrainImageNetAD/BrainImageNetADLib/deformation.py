@@ -44,7 +44,15 @@ PRECONDITION_MM = 24.0
 class PriorSampler:
     """SPM12's priors (121, 145, 121, 6) on the MNI grid, sampled at MNI voxel positions
     (trilinear; outside the grid: the nearest edge voxel, which is air, so that the likelihood
-    stays continuous there), with their spatial gradients (per MNI voxel)."""
+    stays continuous there), with their spatial gradients (per MNI voxel).
+
+    SPM12 samples them differently: the exponential of the interpolated log(prior + 1e-4),
+    renormalised, its interpolation a quadratic B-spline over the voxel values (a slight blur).
+    Both were measured in the whole pipeline (fast preset) and gave the same maps as the linear
+    priors (GMD r against SPM's unsmoothed / at 4 mm, log-linear and log-quadratic): Colin27
+    0.847/0.910 -> 0.844/0.908 and 0.845/0.909, MPRAGE 0.84/0.95 -> 0.84/0.95 both, ROBEX
+    reference 0.75/0.89 -> 0.75/0.89 both, IXI014 0.82/0.93 -> 0.82/0.93 both; GM volume within
+    0.1 %. The linear sampling stays: it is the cheaper one."""
 
     def __init__(self, tpm: np.ndarray) -> None:
         self.tpm = np.ascontiguousarray(np.moveaxis(tpm.astype(np.float32), -1, 0))
@@ -59,22 +67,27 @@ class PriorSampler:
         values = values.clip(1e-4, None)
         return values / values.sum(axis=1, keepdims=True)
 
-    def _total(self, positions: np.ndarray, likelihoods: np.ndarray) -> np.ndarray:
-        return (self.priors(positions) * likelihoods).sum(axis=1) + 1e-300
+    def _total(self, positions: np.ndarray, likelihoods: np.ndarray, priors: np.ndarray | None) -> np.ndarray:
+        if priors is None:
+            priors = self.priors(positions)
+        return (priors * likelihoods).sum(axis=1) + 1e-300
 
-    def log_likelihood(self, positions: np.ndarray, likelihoods: np.ndarray) -> float:
+    def log_likelihood(self, positions: np.ndarray, likelihoods: np.ndarray, priors: np.ndarray | None = None) -> float:
         """Log-likelihood of the voxels at ``positions`` (N, 3, MNI voxels) with class
-        ``likelihoods`` (N, 6) under the priors there."""
-        return float(np.log(self._total(positions, likelihoods)).sum())
+        ``likelihoods`` (N, 6) under the priors there; ``priors`` (N, 6): those priors when they
+        have been sampled already (``priors(positions)``), which spares sampling them again."""
+        return float(np.log(self._total(positions, likelihoods, priors)).sum())
 
-    def log_likelihood_and_gradient(self, positions: np.ndarray, likelihoods: np.ndarray) -> tuple[float, np.ndarray]:
+    def log_likelihood_and_gradient(
+        self, positions: np.ndarray, likelihoods: np.ndarray, priors: np.ndarray | None = None
+    ) -> tuple[float, np.ndarray]:
         """``log_likelihood`` and its gradient with respect to the positions (N, 3, per MNI voxel),
         taken with the priors' gradients (central differences on their grid, interpolated): within
         a cell it follows the exact derivative of the trilinear priors (correlation about 0.98,
         about 5 % smaller; a test). The exact derivative (forward differences sampled on the
         cell's face) gave the same maps: GMD r against SPM's Colin27 0.870 (0.873 with this one),
         MPRAGE 0.810 (0.807), ROBEX reference 0.723 (0.720)."""
-        total = self._total(positions, likelihoods)
+        total = self._total(positions, likelihoods, priors)
         gradient = np.zeros_like(positions, dtype=np.float64)
         for k, per_class in enumerate(self.gradient):
             for axis in range(3):
@@ -129,22 +142,25 @@ def fit_displacement(
     Returns the new displacement."""
     sigma = PRECONDITION_MM / spacing_mm / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
-    def penalised(d: np.ndarray) -> float:
-        return sampler.log_likelihood(positions[valid] + d[valid], likelihoods) - 0.5 * stiffness * _membrane(d)
+    def penalised(d: np.ndarray) -> tuple[float, np.ndarray]:
+        moved = positions[valid] + d[valid]
+        priors = sampler.priors(moved)
+        return sampler.log_likelihood(moved, likelihoods, priors) - 0.5 * stiffness * _membrane(d), priors
 
-    current = penalised(displacement)
+    current, priors = penalised(displacement)
     step = 1.0
     for _ in range(steps):
-        # The gradient only where a step starts: trial steps the line search rejects need the value alone.
+        # The gradient only where a step starts (trial steps the line search rejects need the
+        # value alone), with the priors the accepted step sampled.
         field = stiffness * _laplacian(displacement)
-        field[valid] += sampler.log_likelihood_and_gradient(positions[valid] + displacement[valid], likelihoods)[1]
+        field[valid] += sampler.log_likelihood_and_gradient(positions[valid] + displacement[valid], likelihoods, priors)[1]
         field = np.stack([ndimage.gaussian_filter(field[..., a], sigma) for a in range(3)], axis=-1)
         field /= np.abs(field).max() + 1e-12
         while step > 1e-3:
             trial = displacement + step * field
-            value = penalised(trial)
+            value, trial_priors = penalised(trial)
             if value > current:
-                displacement, current = trial, value
+                displacement, current, priors = trial, value, trial_priors
                 step *= 1.5
                 break
             step *= 0.5
