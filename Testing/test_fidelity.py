@@ -50,22 +50,23 @@ def test_measures_on_spm_maps() -> None:
 
 @pytest.mark.slow
 def test_colin27_maps_agree_with_spm(colin: tuple[Path, dict]) -> None:
-    """Our Colin27 maps against SPM12's (``fast`` preset; README table). Measured: GMD r 0.85
-    (4 mm 0.91), GMV r 4 mm 0.91, native Dice 0.90, GM volume 1.14x SPM's (the target, within
-    5 %, is not met on this averaged scan)."""
+    """Our Colin27 maps against SPM12's (``fast`` preset; README table). Measured: GMD r 0.80
+    (4 mm 0.895), GMV r 4 mm 0.895, native Dice 0.90, GM volume 1.14x SPM's (the targets, r at
+    4 mm >= 0.90 and volume within 5 %, are not met on this averaged scan; the softer
+    displacement that brings every real scan closer to SPM takes Colin27 from 0.85 / 0.91)."""
     out, _ = colin
     scan = next(s for s in reference_scans(REFERENCE) if s.name == "colin27")
     measures = preprocessed_agreement(scan, out)
-    assert measures["gmd_r"] > 0.83 and measures["gmd_r_4mm"] > 0.9 and measures["gmv_r_4mm"] > 0.9
+    assert measures["gmd_r"] > 0.78 and measures["gmd_r_4mm"] > 0.88 and measures["gmv_r_4mm"] > 0.88
     assert measures["dice_native"] > 0.87 and 1.0 < measures["gm_volume_ratio"] < 1.2
 
 
 @pytest.mark.slow
 def test_a_real_scan_agrees_with_spm() -> None:
     """IXI012 (a healthy man of 38, 2 mm voxels), as ``bench fidelity`` measures it. Measured:
-    GMD r 0.84 (4 mm 0.95), GMV r 4 mm 0.95, GM volume 0.88x SPM's, native Dice 0.92 (unsmoothed
+    GMD r 0.86 (4 mm 0.95), GMV r 4 mm 0.95, GM volume 0.88x SPM's, native Dice 0.92 (unsmoothed
     agreement on 2 mm scans is capped by SPM's own speckled maps)."""
     scan = next(s for s in reference_scans(REFERENCE) if s.name == "IXI012-HH-1211")
     measures = scan_fidelity(scan)
-    assert measures["gmd_r"] > 0.78 and measures["gmd_r_4mm"] > 0.92 and measures["gmv_r_4mm"] > 0.92
+    assert measures["gmd_r"] > 0.82 and measures["gmd_r_4mm"] > 0.93 and measures["gmv_r_4mm"] > 0.93
     assert measures["dice_native"] > 0.89 and 0.8 < measures["gm_volume_ratio"] < 1.0

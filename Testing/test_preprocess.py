@@ -93,7 +93,7 @@ def test_gmv_is_gmd_times_a_volume_conserving_density(colin: tuple[Path, dict]) 
 def test_kept_displacement_puts_maps_where_the_segmentation_placed_them(colin: tuple[Path, dict], tmp_path: Path) -> None:
     """GMD taken back to the scan's grid through ``transforms/`` matches the native GM map
     (``gm_native.nii.gz``) better with the kept displacement than with the affine alone
-    (measured on Colin27: r 0.92 vs 0.86)."""
+    (measured on Colin27: r 0.92 vs 0.80)."""
     import shutil
 
     import ants

@@ -63,8 +63,8 @@ class PreprocessSettings:
 
 
 PRESETS = {
-    "fast": PreprocessSettings("fast", 3.0, 30, 10, 3, 2, 6, 15, 5.0),
-    "accurate": PreprocessSettings("accurate", 2.0, 50, 20, 3, 3, 8, 20, 5.0),
+    "fast": PreprocessSettings("fast", 3.0, 30, 10, 3, 2, 6, 15, 2.5),
+    "accurate": PreprocessSettings("accurate", 2.0, 50, 20, 3, 3, 8, 20, 2.5),
 }
 
 #: Margin around the priors' brain (GM + WM + CSF > 0.01) of the box that is segmented (voxels).
