@@ -32,10 +32,11 @@ SPM's maps the softer the displacement, and only Colin27, an average of 27 scans
 
 GM volume and native Dice moved by at most 0.01 (Subj5's Dice 0.853 -> 0.858). Bending energy
 added to the membrane (2.5 + 10 x the summed squared Laplacian) gave the same trade (MPRAGE
-0.87/0.96, Colin27 0.81/0.90). The presets take 2.5: the real scans are what the tool reads, and below it they gain less
-(2.5 -> 1.5: +0.01 unsmoothed) than Colin27 loses (-0.05).
-On the eight NiChart elderly people nothing else moved (stiffness 5 -> 2.5: TIV/ICV within 4 %
-of the median ratio, TIV r 0.95 -> 0.96, GM r 0.93 -> 0.93 against DLMUSE).
+0.87/0.96, Colin27 0.81/0.90). The presets take 2.5: the real scans are what the tool reads,
+and below it they gain less (2.5 -> 1.5: +0.01 unsmoothed) than Colin27 loses (-0.05). On the
+real scans (`bench realscans`) nothing else moved (stiffness 5 -> 2.5): the same QC outcomes;
+against DLMUSE, TIV/ICV within 4 % of the median ratio, TIV r 0.95 -> 0.96, GM r 0.93 both,
+hippocampus r 0.81 -> 0.80.
 """
 
 from __future__ import annotations
@@ -56,11 +57,11 @@ class PriorSampler:
 
     SPM12 samples them differently: the exponential of the interpolated log(prior + 1e-4),
     renormalised, its interpolation a quadratic B-spline over the voxel values (a slight blur).
-    Both were measured in the whole pipeline (fast preset, stiffness 5) and gave the same maps as the linear
-    priors (GMD r against SPM's unsmoothed / at 4 mm, log-linear and log-quadratic): Colin27
-    0.847/0.910 -> 0.844/0.908 and 0.845/0.909, MPRAGE 0.84/0.95 -> 0.84/0.95 both, ROBEX
-    reference 0.75/0.89 -> 0.75/0.89 both, IXI014 0.82/0.93 -> 0.82/0.93 both; GM volume within
-    0.1 %. The linear sampling stays: it is the cheaper one."""
+    Both were measured in the whole pipeline (fast preset, stiffness 5) and gave the same maps as
+    the linear priors (GMD r against SPM's unsmoothed / at 4 mm, log-linear and log-quadratic):
+    Colin27 0.847/0.910 -> 0.844/0.908 and 0.845/0.909, MPRAGE 0.84/0.95 -> 0.84/0.95 both,
+    ROBEX reference 0.75/0.89 -> 0.75/0.89 both, IXI014 0.82/0.93 -> 0.82/0.93 both; GM volume
+    within 0.1 %. The linear sampling stays: it is the cheaper one."""
 
     def __init__(self, tpm: np.ndarray) -> None:
         self.tpm = np.ascontiguousarray(np.moveaxis(tpm.astype(np.float32), -1, 0))
