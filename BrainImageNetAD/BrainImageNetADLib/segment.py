@@ -30,11 +30,12 @@ brain mask grown from the white matter by erosion and conditional dilation; GMD 
 0.864 on Colin27, 0.818 -> 0.800 on the MPRAGE scan) and its Markov random field. SPM's field
 multiplies each class's evidence by exp(strength x the mean of that class's probability over the
 six face neighbours, each weighted by 1/voxel size^2 in mm), strength 1, in 10 red-black
-mean-field sweeps started from zero, probabilities kept in steps of 1/255. Rebuilt that way on the
-pipeline with displacement stiffness 5 (fast preset), it moved GM volume slightly towards SPM's on the young adults
-(MPRAGE 0.90x -> 0.93x, ROBEX reference 0.81x -> 0.82x, IXI014 0.88x -> 0.88x) and Colin27's away
-(1.14x -> 1.15x), native Dice within +0.006, and lowered GMD r unsmoothed on every scan (Colin27
-0.847 -> 0.838, MPRAGE 0.843 -> 0.839, IXI014 0.820 -> 0.817; ROBEX 0.747 both).
+mean-field sweeps started from zero, probabilities kept in steps of 1/255. Rebuilt that way on
+the pipeline with displacement stiffness 5 (fast preset), it moved GM volume slightly towards
+SPM's on the young adults (MPRAGE 0.90x -> 0.93x, ROBEX reference 0.81x -> 0.82x, IXI014 0.88x ->
+0.88x) and Colin27's away (1.14x -> 1.15x), native Dice within +0.006, and lowered GMD r
+unsmoothed on every scan (Colin27 0.847 -> 0.838, MPRAGE 0.843 -> 0.839, IXI014 0.820 -> 0.817;
+ROBEX 0.747 both).
 
 Where Colin27's extra grey matter lies (fast preset, stiffness 10, 867 mL against SPM's 762): at
 the boundary with white matter. Binned by the scan's own intensity (grey matter about 86, white
