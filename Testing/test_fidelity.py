@@ -65,8 +65,9 @@ def test_colin27_maps_agree_with_spm(colin: tuple[Path, dict]) -> None:
 def test_a_real_scan_agrees_with_spm() -> None:
     """IXI012 (a healthy man of 38, 2 mm voxels), as ``bench fidelity`` measures it. Measured:
     GMD r 0.86 (4 mm 0.95), GMV r 4 mm 0.95, GM volume 0.88x SPM's, native Dice 0.92 (unsmoothed
-    agreement on 2 mm scans is capped by SPM's own speckled maps)."""
+    agreement on 2 mm scans is capped by SPM's own speckled maps; with the stiffer displacement
+    of stiffness 5 it was 0.84, so the unsmoothed bound holds the softer one)."""
     scan = next(s for s in reference_scans(REFERENCE) if s.name == "IXI012-HH-1211")
     measures = scan_fidelity(scan)
-    assert measures["gmd_r"] > 0.82 and measures["gmd_r_4mm"] > 0.93 and measures["gmv_r_4mm"] > 0.93
+    assert measures["gmd_r"] > 0.85 and measures["gmd_r_4mm"] > 0.93 and measures["gmv_r_4mm"] > 0.93
     assert measures["dice_native"] > 0.89 and 0.8 < measures["gm_volume_ratio"] < 1.0
