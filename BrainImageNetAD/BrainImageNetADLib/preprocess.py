@@ -16,8 +16,11 @@ per MNI mm^3) -> QC.
 displacement on top of it as an ANTs displacement field in native space (``native_warp.nii.gz``),
 with which heat maps and atlas labels go from the model grid to the patient's grid exactly where
 the segmentation placed the priors. The other direction (``t1_mni.nii.gz``, for QC and display,
-and ``transforms.native_to_mni``) uses the affine alone: the displacement is under 1 mm root mean
-square on the reference scans.
+and ``transforms.native_to_mni``) takes the affine, then the displacement negated
+(``native_warp_inverse.nii.gz``): the first-order inverse, exact up to the displacement's change
+over its own length (it is smooth on a 3 mm lattice). Left out, the T1 in MNI space would sit
+beside the GM maps by the displacement: measured on the seven SPM reference scans (``fast``),
+0.4-1.1 mm root mean square over the lattice, 95th percentile 0.6-2.0 mm, largest 4.3 mm (Colin27).
 """
 
 from __future__ import annotations
@@ -189,7 +192,9 @@ def _run_stages(
     matrix = _mni_to_native(box, to_mni)
     mni_to_native = _write_affine(matrix, scratch / "mni_to_native.mat")
     warp = _native_warp(box, displacement, steps, matrix)
-    t1_mni = ants.apply_transforms(templates.mni_grid_reference(), corrected, [mni_to_native], interpolator="linear").numpy()
+    inverse_warp = str(scratch / "native_warp_inverse.nii.gz")
+    ants.image_write(_native_warp(box, -displacement, steps, matrix), inverse_warp)
+    t1_mni = ants.apply_transforms(templates.mni_grid_reference(), corrected, [inverse_warp, mni_to_native], interpolator="linear").numpy()
     affine_scale = float(abs(np.linalg.det(matrix[:3, :3])))
     gmd, gmv = warped[..., 0], modulated[..., 0]
     stage_done("normalise")
@@ -213,7 +218,7 @@ def _run_stages(
             "affine": {k: round(v, 4) if isinstance(v, float) else v for k, v in affine_record.items()},
         }
     )
-    _write_outputs(out_dir, gmd, gmv, gm_native, t1_mni, (mni_to_native, warp), native, report, timings, stage_done)
+    _write_outputs(out_dir, gmd, gmv, gm_native, t1_mni, (mni_to_native, warp, inverse_warp), native, report, timings, stage_done)
     return report
 
 
@@ -445,7 +450,9 @@ def _mni_to_native(box, to_mni: np.ndarray) -> np.ndarray:
 
 def _full_positions(shape, to_mni: np.ndarray, displacement: np.ndarray, steps) -> np.ndarray:
     """MNI voxel position (X, Y, Z, 3) float32 of every voxel of a box of ``shape``: the affine
-    ``to_mni`` plus the lattice ``displacement`` interpolated (lattice every ``steps`` voxels)."""
+    ``to_mni`` plus the lattice ``displacement`` interpolated (lattice every ``steps`` voxels).
+    Trilinear: SPM interpolates its displacement with cubic B-splines, which gave the same maps
+    here (GMD r against SPM's MPRAGE 0.879 both, Colin27 0.801 -> 0.800)."""
     from scipy import ndimage
 
     out = np.empty((*shape, 3), dtype=np.float32)
@@ -505,6 +512,7 @@ def _write_outputs(out_dir: Path, gmd, gmv, gm_native, t1_mni, mapping: tuple[st
     staging = Path(tempfile.mkdtemp(prefix=".transforms.", dir=out_dir))
     shutil.copyfile(mapping[0], staging / "mni_to_native_affine.mat")
     ants.image_write(mapping[1], str(staging / "native_warp.nii.gz"))
+    shutil.copyfile(mapping[2], staging / "native_warp_inverse.nii.gz")
     native_grid = {
         "size": list(native.shape),
         "spacing": list(native.spacing),

@@ -1,8 +1,9 @@
 """Moving maps between the MNI grids (121x145x121 or the 96x120x86 model grid) and a patient's
 native T1 grid, with the transform a preprocessing folder keeps (``transforms/``: the affine
 that takes MNI points to native points, ANTs format, the displacement that the segmentation
-added to it, ``native_warp.nii.gz``, and the native grid). MNI maps reach the native grid through
-both; native images reach MNI through the affine alone (the displacement is under 1 mm)."""
+added to it, ``native_warp.nii.gz``, its first-order inverse, ``native_warp_inverse.nii.gz``, and
+the native grid; see ``preprocess``). Folders written before a displacement was kept hold the
+affine alone, and then it alone is used."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ def _transforms_dir(preprocessing_dir: str | Path) -> Path:
     if missing:
         raise InputError(f"{folder}: not a finished preprocessing folder (missing {', '.join(missing)})")
     return folder
+
+
+def _kept(folder: Path, name: str) -> list[str]:
+    """``[path]`` of a displacement file in ``folder``, or ``[]`` where the folder predates it."""
+    return [str(folder / name)] if (folder / name).is_file() else []
 
 
 def native_reference(preprocessing_dir: str | Path):
@@ -48,8 +54,7 @@ def mni_to_native(data: np.ndarray, preprocessing_dir: str | Path, interpolator:
         raise InputError(f"expected a map of shape {grid.MNI_SHAPE} or {grid.MODEL_SHAPE}, got {data.shape}")
     folder = _transforms_dir(preprocessing_dir)
     moving = templates.ants_from_ras(data.astype(np.float32), grid.MNI_AFFINE)
-    # Folders written before the displacement was kept hold the affine alone.
-    warp = [str(folder / "native_warp.nii.gz")] if (folder / "native_warp.nii.gz").is_file() else []
+    warp = _kept(folder, "native_warp.nii.gz")
     return ants.apply_transforms(
         native_reference(preprocessing_dir),
         moving,
@@ -68,7 +73,7 @@ def native_to_mni(image, preprocessing_dir: str | Path, interpolator: str = "lin
     return ants.apply_transforms(
         templates.mni_grid_reference(),
         image,
-        [str(folder / "mni_to_native_affine.mat")],
+        [*_kept(folder, "native_warp_inverse.nii.gz"), str(folder / "mni_to_native_affine.mat")],
         interpolator=interpolator,
     ).numpy()
 
