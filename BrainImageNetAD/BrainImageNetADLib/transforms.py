@@ -65,7 +65,8 @@ def mni_to_native(data: np.ndarray, preprocessing_dir: str | Path, interpolator:
 
 
 def native_to_mni(image, preprocessing_dir: str | Path, interpolator: str = "linear") -> np.ndarray:
-    """Resample an ANTs image in the patient's native space onto the 121x145x121 MNI grid;
+    """Resample an ANTs image in the patient's native space onto the 121x145x121 MNI grid, through
+    the affine and the displacement's first-order inverse (where MNI points the GM maps hold);
     returns an array (121, 145, 121) in MNI voxel order."""
     import ants
 
