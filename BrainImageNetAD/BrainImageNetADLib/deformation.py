@@ -42,7 +42,7 @@ The steps reach the penalised optimum: L-BFGS on the whole field (no smoothing o
 60 iterations a round) gave the same maps (stiffness 2.5: MPRAGE 0.880/0.963, Colin27
 0.800/0.895; with 15 iterations a round it stopped short, 0.877/0.960 and 0.819/0.900), and so
 did a lattice 2 mm apart with the stiffness scaled to keep the same balance with the likelihood
-(2.25 x: 0.880/0.962, 0.800/0.895) in 2.5x the time. What separates these maps from SPM's is the
+(2.25 x: 0.880/0.962, 0.800/0.895) in 2-2.6x the time. What separates these maps from SPM's is the
 objective, not its optimiser: SPM's own ``c1`` pushed through this mapping agrees with its ``wc1``
 at r 0.874 (MPRAGE), 0.835 (Colin27) and 0.827 (ROBEX reference) unsmoothed, 0.94-0.96 at 4 mm.
 """
