@@ -42,7 +42,11 @@ The steps reach the penalised optimum: L-BFGS on the whole field (no smoothing o
 60 iterations a round) gave the same maps (stiffness 2.5: MPRAGE 0.880/0.963, Colin27
 0.800/0.895; with 15 iterations a round it stopped short, 0.877/0.960 and 0.819/0.900), and so
 did a lattice 2 mm apart with the stiffness scaled to keep the same balance with the likelihood
-(2.25 x: 0.880/0.962, 0.800/0.895) in 2-2.6x the time. What separates these maps from SPM's is the
+(2.25 x: 0.880/0.962, 0.800/0.895) in 2-2.6x the time. SPM's form of the regulariser (its
+weights 0.001 membrane, 0.5 bending, linear elasticity mu 0.05 and lambda 0.2, converted to
+lattice steps of 3 mm: membrane 0.051, divergence 0.25 and bending 0.056, all times a scale)
+gives the same trade as the stiffness: scale 49 (the membrane part as now) MPRAGE 0.860/0.954,
+Colin27 0.819/0.901; scale 10 both worse (0.835/0.960, 0.688/0.854). What separates these maps from SPM's is the
 objective, not its optimiser: SPM's own ``c1`` pushed through this mapping agrees with its ``wc1``
 at r 0.874 (MPRAGE), 0.835 (Colin27) and 0.827 (ROBEX reference) unsmoothed, 0.94-0.96 at 4 mm.
 """
