@@ -46,9 +46,10 @@ did a lattice 2 mm apart with the stiffness scaled to keep the same balance with
 weights 0.001 membrane, 0.5 bending, linear elasticity mu 0.05 and lambda 0.2, converted to
 lattice steps of 3 mm: membrane 0.051, divergence 0.25 and bending 0.056, all times a scale)
 gives the same trade as the stiffness: scale 49 (the membrane part as now) MPRAGE 0.860/0.954,
-Colin27 0.819/0.901; scale 10 both worse (0.835/0.960, 0.688/0.854). What separates these maps from SPM's is the
-objective, not its optimiser: SPM's own ``c1`` pushed through this mapping agrees with its ``wc1``
-at r 0.874 (MPRAGE), 0.835 (Colin27) and 0.827 (ROBEX reference) unsmoothed, 0.94-0.96 at 4 mm.
+Colin27 0.819/0.901; scale 10 both worse (0.835/0.960, 0.688/0.854). Neither the optimiser nor
+the regulariser's form separates these maps from SPM's; the mapping bounds the unsmoothed
+agreement all the same: SPM's own ``c1`` pushed through it agrees with SPM's ``wc1`` at r 0.874
+(MPRAGE), 0.835 (Colin27) and 0.827 (ROBEX reference) unsmoothed, 0.94-0.96 at 4 mm.
 """
 
 from __future__ import annotations
