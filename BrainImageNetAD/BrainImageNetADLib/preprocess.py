@@ -191,10 +191,14 @@ def _run_stages(
     del coordinates
     matrix = _mni_to_native(box, to_mni)
     mni_to_native = _write_affine(matrix, scratch / "mni_to_native.mat")
-    warp = _native_warp(box, displacement, steps, matrix)
-    inverse_warp = str(scratch / "native_warp_inverse.nii.gz")
-    ants.image_write(_native_warp(box, -displacement, steps, matrix), inverse_warp)
-    t1_mni = ants.apply_transforms(templates.mni_grid_reference(), corrected, [inverse_warp, mni_to_native], interpolator="linear").numpy()
+    # transforms/ as it is kept: file name -> the file written to scratch.
+    mapping = {"mni_to_native_affine.mat": mni_to_native}
+    for name, field in (("native_warp.nii.gz", displacement), ("native_warp_inverse.nii.gz", -displacement)):
+        mapping[name] = str(scratch / name)
+        ants.image_write(_native_warp(box, field, steps, matrix), mapping[name])
+    t1_mni = ants.apply_transforms(
+        templates.mni_grid_reference(), corrected, [mapping["native_warp_inverse.nii.gz"], mni_to_native], interpolator="linear"
+    ).numpy()
     affine_scale = float(abs(np.linalg.det(matrix[:3, :3])))
     gmd, gmv = warped[..., 0], modulated[..., 0]
     stage_done("normalise")
@@ -218,7 +222,7 @@ def _run_stages(
             "affine": {k: round(v, 4) if isinstance(v, float) else v for k, v in affine_record.items()},
         }
     )
-    _write_outputs(out_dir, gmd, gmv, gm_native, t1_mni, (mni_to_native, warp, inverse_warp), native, report, timings, stage_done)
+    _write_outputs(out_dir, gmd, gmv, gm_native, t1_mni, mapping, native, report, timings, stage_done)
     return report
 
 
@@ -502,17 +506,14 @@ def _write_affine(matrix: np.ndarray, path: Path) -> str:
     return str(path)
 
 
-def _write_outputs(out_dir: Path, gmd, gmv, gm_native, t1_mni, mapping: tuple[str, Any], native, report, timings, stage_done) -> None:
-    import ants
-
+def _write_outputs(out_dir: Path, gmd, gmv, gm_native, t1_mni, mapping: dict[str, str], native, report, timings, stage_done) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in (("gmd", gmd), ("gmv", gmv), ("t1_mni", t1_mni)):
         write_nifti_atomic(out_dir / f"{name}.nii.gz", np.asarray(data, dtype=np.float32), grid.MNI_AFFINE, f"BrainImageNet-AD {name}")
     write_nifti_atomic(out_dir / "gm_native.nii.gz", gm_native.numpy(), templates.ras_affine(gm_native), "BrainImageNet-AD GM, scan space")
     staging = Path(tempfile.mkdtemp(prefix=".transforms.", dir=out_dir))
-    shutil.copyfile(mapping[0], staging / "mni_to_native_affine.mat")
-    ants.image_write(mapping[1], str(staging / "native_warp.nii.gz"))
-    shutil.copyfile(mapping[2], staging / "native_warp_inverse.nii.gz")
+    for name, path in mapping.items():
+        shutil.copyfile(path, staging / name)
     native_grid = {
         "size": list(native.shape),
         "spacing": list(native.spacing),
