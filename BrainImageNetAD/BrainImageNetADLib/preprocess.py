@@ -367,7 +367,7 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     displacement = np.zeros(positions.shape)
     lattice_mm = float(np.mean(np.array(steps) * np.array(box.spacing)))
     for _ in range(settings.deformation_rounds):
-        displacement = deformation.fit_displacement(
+        displacement, moved_priors = deformation.fit_displacement(
             positions,
             valid,
             deformation.class_likelihoods(x, model),
@@ -377,7 +377,7 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
             settings.stiffness,
             settings.deformation_steps,
         )
-        model = segment.fit_mixture(x, sampler.priors(positions[valid] + displacement[valid]), model, settings.later_iterations)
+        model = segment.fit_mixture(x, moved_priors, model, settings.later_iterations)
     full = _full_positions(box.shape, to_mni, displacement, steps)
     tissues = segment.posteriors(intensities, _priors_at(sampler, full), model)
     tissues[intensities <= 0] = np.eye(len(segment.CLASSES), dtype=np.float32)[segment.CLASSES.index("air")]
