@@ -51,23 +51,24 @@ def test_measures_on_spm_maps() -> None:
 @pytest.mark.slow
 def test_colin27_maps_agree_with_spm(colin: tuple[Path, dict]) -> None:
     """Our Colin27 maps against SPM12's (``fast`` preset; README table). Measured: GMD r 0.80
-    (4 mm 0.895), GMV r 4 mm 0.895, native Dice 0.90, GM volume 1.14x SPM's (the targets, r at
-    4 mm >= 0.90 and volume within 5 %, are not met on this averaged scan; the softer
-    displacement that brings every real scan closer to SPM takes Colin27 from 0.85 / 0.91)."""
+    (4 mm 0.90), GMV r 4 mm 0.90, native Dice 0.89, GM volume 1.17x SPM's (the target of volume
+    within 5 % is not met on this averaged scan; the softer displacement that brings every real
+    scan closer to SPM takes Colin27 from 0.85 / 0.91)."""
     out, _ = colin
     scan = next(s for s in reference_scans(REFERENCE) if s.name == "colin27")
     measures = preprocessed_agreement(scan, out)
     assert measures["gmd_r"] > 0.78 and measures["gmd_r_4mm"] > 0.88 and measures["gmv_r_4mm"] > 0.88
-    assert measures["dice_native"] > 0.87 and 1.0 < measures["gm_volume_ratio"] < 1.2
+    assert measures["dice_native"] > 0.87 and 1.0 < measures["gm_volume_ratio"] < 1.25
 
 
 @pytest.mark.slow
 def test_a_real_scan_agrees_with_spm() -> None:
     """IXI012 (a healthy man of 38, 2 mm voxels), as ``bench fidelity`` measures it. Measured:
-    GMD r 0.86 (4 mm 0.95), GMV r 4 mm 0.95, GM volume 0.88x SPM's, native Dice 0.92 (unsmoothed
+    GMD r 0.87 (4 mm 0.96), GMV r 4 mm 0.96, GM volume 0.90x SPM's, native Dice 0.94 (unsmoothed
     agreement on 2 mm scans is capped by SPM's own speckled maps; with the stiffer displacement
-    of stiffness 5 it was 0.84, so the unsmoothed bound holds the softer one)."""
+    of stiffness 5 it was 0.84, so the unsmoothed bound holds the softer one; without the bias
+    field fitted in the mixture 0.86 / 0.95, Dice 0.92)."""
     scan = next(s for s in reference_scans(REFERENCE) if s.name == "IXI012-HH-1211")
     measures = scan_fidelity(scan)
-    assert measures["gmd_r"] > 0.85 and measures["gmd_r_4mm"] > 0.93 and measures["gmv_r_4mm"] > 0.93
-    assert measures["dice_native"] > 0.89 and 0.8 < measures["gm_volume_ratio"] < 1.0
+    assert measures["gmd_r"] > 0.85 and measures["gmd_r_4mm"] > 0.95 and measures["gmv_r_4mm"] > 0.95
+    assert measures["dice_native"] > 0.92 and 0.8 < measures["gm_volume_ratio"] < 1.0

@@ -7,8 +7,8 @@ bias correction (low resolution, field applied at full resolution) -> segmentati
 own space (its own voxels; the 1 mm working grid if they are finer than 0.9 mm) with SPM12's six
 tissue priors (``segment``), moved onto the scan as SPM moves them (``deformation``): the brain
 affine refined by the affine under which the scan's intensities are most probable, then a
-smooth displacement fitted on the same likelihood; probabilities are stored in steps of 1/255 as
-SPM stores ``c1`` -> GM written to MNI by pushing native voxels through that mapping
+smooth displacement fitted on the same likelihood, with SPM's bias field fitted on it too
+(``bias_field``, on top of N4); probabilities are stored in steps of 1/255 as SPM stores ``c1`` -> GM written to MNI by pushing native voxels through that mapping
 (``normalise``): GMD = the GM share of each MNI voxel, GMV = the pushed GM volume (native mm^3
 per MNI mm^3) -> QC.
 
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from . import deformation, grid, normalise, qc, segment, templates
+from . import bias_field, deformation, grid, normalise, qc, segment, templates
 from .atomic import write_json_atomic, write_nifti_atomic
 from .progress import PREPROCESSING_STAGES, CancelCallback, ProgressCallback, check_cancel
 from .t1io import T1Image, read_t1
@@ -52,7 +52,8 @@ class PreprocessSettings:
     """Settings of a preset (times for 2 cores, see README): N4 fitting grid (mm); EM iterations
     of the mixture at the start and after each later step; spacing of the voxels the mixture and
     the mapping are fitted on (mm; SPM samples every 3 mm); rounds of the likelihood affine;
-    rounds of the displacement, steps in each, and its stiffness (``deformation``)."""
+    rounds of the displacement, steps in each, and its stiffness (``deformation``); steps of the
+    bias field after each fit of the mixture (``bias_field``)."""
 
     name: str
     n4_spacing_mm: float
@@ -63,12 +64,16 @@ class PreprocessSettings:
     deformation_rounds: int
     deformation_steps: int
     stiffness: float
+    bias_steps: int
 
 
 PRESETS = {
-    "fast": PreprocessSettings("fast", 3.0, 30, 10, 3, 2, 6, 15, 2.5),
-    "accurate": PreprocessSettings("accurate", 2.0, 50, 20, 3, 3, 8, 20, 2.5),
+    "fast": PreprocessSettings("fast", 3.0, 30, 10, 3, 2, 6, 15, 2.5, 3),
+    "accurate": PreprocessSettings("accurate", 2.0, 50, 20, 3, 3, 8, 20, 2.5, 3),
 }
+
+#: EM iterations of the mixture after each step of the bias field.
+BIAS_ITERATIONS = 5
 
 #: Margin around the priors' brain (GM + WM + CSF > 0.01) of the box that is segmented (voxels).
 BOX_MARGIN = 10
@@ -331,7 +336,8 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     tissue priors moved onto it (``deformation``): the brain affine, refined by the affine under
     which the scan is most probable (``settings.affine_rounds`` rounds, each followed by EM
     iterations of the mixture), then a displacement (``settings.deformation_rounds`` rounds),
-    all fitted on voxels ``settings.fit_spacing_mm`` apart.
+    all fitted on voxels ``settings.fit_spacing_mm`` apart, with a bias field fitted after each
+    fit of the mixture (``bias_field``).
 
     Returns the class posteriors (X, Y, Z, 6) float32, the ANTs image of the box they cover (a
     crop of the native grid around the priors' brain), the MNI voxel position of each box voxel
@@ -357,29 +363,40 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     # voxels pull on the affine lowered GMD r at 4 mm against SPM's from 0.95 and 0.92 to 0.93 and
     # 0.92 with the priors' edge extended outward, to 0.71 and 0.89 with air beyond it.
     valid = (lattice > 0) & ((positions >= 0) & (positions <= np.array(grid.MNI_SHAPE) - 1)).all(axis=-1)
-    x = lattice[valid]
+    bias = bias_field.BiasField(box.shape, tuple(float(s) for s in box.spacing), steps)
+
+    def corrected_lattice() -> np.ndarray:
+        return lattice[valid] * np.exp(bias.log_on_lattice()[valid])
+
+    def fit(priors: np.ndarray, model: segment.MixtureModel, iterations: int) -> segment.MixtureModel:
+        model = segment.fit_mixture(corrected_lattice(), priors, model, iterations)
+        for _ in range(settings.bias_steps):
+            bias.step(lattice, valid, priors, model)
+            model = segment.fit_mixture(corrected_lattice(), priors, model, BIAS_ITERATIONS)
+        return model
+
     p = sampler.priors(positions[valid])
-    model = segment.fit_mixture(x, p, segment.initial_model(x, p), settings.first_iterations)
+    model = fit(p, segment.initial_model(lattice[valid], p), settings.first_iterations)
     for _ in range(settings.affine_rounds):
-        to_mni = deformation.fit_affine(positions[valid], deformation.class_likelihoods(x, model), sampler) @ to_mni
+        to_mni = deformation.fit_affine(positions[valid], deformation.class_likelihoods(corrected_lattice(), model), sampler) @ to_mni
         positions = lattice_positions()
-        model = segment.fit_mixture(x, sampler.priors(positions[valid]), model, settings.later_iterations)
+        model = fit(sampler.priors(positions[valid]), model, settings.later_iterations)
     displacement = np.zeros(positions.shape)
     lattice_mm = float(np.mean(np.array(steps) * np.array(box.spacing)))
     for _ in range(settings.deformation_rounds):
         displacement, moved_priors = deformation.fit_displacement(
             positions,
             valid,
-            deformation.class_likelihoods(x, model),
+            deformation.class_likelihoods(corrected_lattice(), model),
             sampler,
             displacement,
             lattice_mm,
             settings.stiffness,
             settings.deformation_steps,
         )
-        model = segment.fit_mixture(x, moved_priors, model, settings.later_iterations)
+        model = fit(moved_priors, model, settings.later_iterations)
     full = _full_positions(box.shape, to_mni, displacement, steps)
-    tissues = segment.posteriors(intensities, _priors_at(sampler, full), model)
+    tissues = segment.posteriors(intensities * bias.on_box(), _priors_at(sampler, full), model)
     tissues[intensities <= 0] = np.eye(len(segment.CLASSES), dtype=np.float32)[segment.CLASSES.index("air")]
     # Stored as SPM stores its c1..c6 (steps of 1/255): probabilities below 1/510 become 0, so that
     # the maps are 0 away from the tissue, as SPM's are (and occlusion skips cubes without brain).

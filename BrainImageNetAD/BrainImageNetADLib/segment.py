@@ -1,8 +1,8 @@
 """Tissue classification of a T1 in its own space with SPM12's six tissue priors.
 
-The model is that of SPM12's unified segmentation (Ashburner and Friston, 2005), less its bias
-field (N4 is fitted before, see ``preprocess``; the priors' affine and displacement are fitted on
-this model's likelihood, see ``deformation``): each voxel's intensity comes from a mixture of
+The model is that of SPM12's unified segmentation (Ashburner and Friston, 2005; its bias field is
+fitted on this model's likelihood in ``bias_field``, after N4, and so are the priors' affine and
+displacement, in ``deformation``): each voxel's intensity comes from a mixture of
 Gaussians per tissue class (1, 1, 2, 3, 4 and 2 Gaussians for GM, WM, CSF, bone, soft tissue and
 air, SPM's defaults), weighted by the class's prior probability at that voxel (the tissue
 probability maps moved onto the scan).
