@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tissue_scan import scan_from_priors
 
-from BrainImageNetADLib import bias_field, deformation, segment, templates
-
-#: Intensities of the synthetic classes (GM, WM, CSF, bone, soft tissue, air), T1-like.
-_MEANS = np.array([60.0, 100.0, 25.0, 15.0, 70.0, 2.0])
+from BrainImageNetADLib import bias_field, deformation, templates
 
 
 @pytest.fixture(scope="module")
@@ -19,18 +17,11 @@ def scan():
     from the priors there; the priors (N, 6), the mixture that made the intensities, the drawn
     class of each voxel and the priors' brain (GM + WM > 0.5)."""
     sampler = deformation.PriorSampler(templates.spm_tissue_priors())
-    positions = np.moveaxis(np.indices((60, 72, 60)), 0, -1).reshape(-1, 3) * 2.0
-    priors = sampler.priors(positions)
-    rng = np.random.default_rng(4)
-    labels = (priors.cumsum(axis=1) > rng.random((len(priors), 1))).argmax(axis=1)
-    intensities = _MEANS[labels] + rng.normal(0.0, 4.0, len(labels))
-    model = segment.MixtureModel(
-        means=np.repeat(_MEANS, segment.GAUSSIANS),
-        variances=np.full(13, 16.0),
-        mixing=np.repeat(1.0 / np.array(segment.GAUSSIANS), segment.GAUSSIANS),
-    )
+    positions = np.moveaxis(np.indices((60, 72, 60)), 0, -1) * 2.0
+    intensities, labels, model = scan_from_priors(sampler, positions, 4.0, seed=4)
+    priors = sampler.priors(positions.reshape(-1, 3))
     brain = priors[:, :2].sum(axis=1).reshape(60, 72, 60) > 0.5
-    return intensities.reshape(60, 72, 60), priors, model, labels.reshape(60, 72, 60), brain
+    return intensities, priors, model, labels, brain
 
 
 def _fit(intensities, priors, model, steps: int = 8) -> tuple[bias_field.BiasField, list[float]]:

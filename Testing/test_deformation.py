@@ -6,31 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tissue_scan import scan_from_priors
 
-from BrainImageNetADLib import deformation, segment, templates
-
-#: Intensities of the synthetic classes (GM, WM, CSF, bone, soft tissue, air), T1-like.
-_MEANS = np.array([60.0, 100.0, 25.0, 15.0, 70.0, 2.0])
+from BrainImageNetADLib import deformation, templates
 
 
 @pytest.fixture(scope="module")
 def sampler() -> deformation.PriorSampler:
     return deformation.PriorSampler(templates.spm_tissue_priors())
-
-
-def _scan_from_priors(sampler: deformation.PriorSampler, truth: np.ndarray, seed: int = 0):
-    """Intensities (X, Y, Z) on a lattice of MNI voxels 2 apart whose tissue at lattice voxel v is
-    drawn from the priors at ``truth[v]`` (MNI voxel positions), and the mixture that made them."""
-    rng = np.random.default_rng(seed)
-    p = sampler.priors(truth.reshape(-1, 3))
-    labels = (p.cumsum(axis=1) > rng.random((len(p), 1))).argmax(axis=1)
-    intensities = _MEANS[labels] + rng.normal(0.0, 6.0, len(labels))
-    model = segment.MixtureModel(
-        means=np.repeat(_MEANS, segment.GAUSSIANS),
-        variances=np.full(13, 36.0),
-        mixing=np.repeat(1.0 / np.array(segment.GAUSSIANS), segment.GAUSSIANS),
-    )
-    return intensities.reshape(truth.shape[:3]), model
 
 
 def _lattice() -> np.ndarray:
@@ -43,7 +26,7 @@ def test_likelihood_affine_undoes_a_known_shift_and_scale(sampler) -> None:
     truth_affine = np.diag([1.05, 1.0, 0.97, 1.0])
     truth_affine[:3, 3] = [4.0, -3.0, 2.0]
     truth = lattice @ truth_affine[:3, :3].T + truth_affine[:3, 3]
-    intensities, model = _scan_from_priors(sampler, truth)
+    intensities, _, model = scan_from_priors(sampler, truth, 6.0)
     found = deformation.fit_affine(lattice.reshape(-1, 3), deformation.class_likelihoods(intensities.ravel(), model), sampler)
     # inside the brain the fitted positions are within a third of an MNI voxel (0.5 mm) of the truth
     brain = sampler.priors(truth.reshape(-1, 3))[:, :3].sum(axis=1) > 0.5
@@ -60,7 +43,7 @@ def test_displacement_moves_towards_a_known_local_warp(sampler) -> None:
     bump = 2.0 * np.exp(-((lattice - centre) ** 2).sum(axis=-1) / (2 * 15.0**2))
     warp = np.zeros_like(lattice)
     warp[..., 0] = bump
-    intensities, model = _scan_from_priors(sampler, lattice + warp, seed=1)
+    intensities, _, model = scan_from_priors(sampler, lattice + warp, 6.0, seed=1)
     valid = intensities > -np.inf
     likelihoods = deformation.class_likelihoods(intensities[valid], model)
     found, priors = deformation.fit_displacement(lattice, valid, likelihoods, sampler, np.zeros_like(lattice), 3.0, 1.0, 40)
@@ -80,7 +63,7 @@ def test_likelihood_gradient_follows_finite_differences(sampler) -> None:
     rng = np.random.default_rng(2)
     positions = np.array([60.0, 72.0, 60.0]) + rng.uniform(-25.0, 25.0, (400, 3))
     positions = np.floor(positions) + rng.uniform(0.2, 0.8, positions.shape)
-    intensities, model = _scan_from_priors(sampler, positions[:, None, None, :], seed=3)
+    intensities, _, model = scan_from_priors(sampler, positions[:, None, None, :], 6.0, seed=3)
     likelihoods = deformation.class_likelihoods(intensities.ravel(), model)
     value, gradient = sampler.log_likelihood_and_gradient(positions, likelihoods)
     assert value == pytest.approx(deformation.log_likelihood(sampler.priors(positions), likelihoods))
