@@ -8,9 +8,9 @@ own space (its own voxels; the 1 mm working grid if they are finer than 0.9 mm) 
 tissue priors (``segment``), moved onto the scan as SPM moves them (``deformation``): the brain
 affine refined by the affine under which the scan's intensities are most probable, then a
 smooth displacement fitted on the same likelihood, with SPM's bias field fitted on it too
-(``bias_field``, on top of N4); probabilities are stored in steps of 1/255 as SPM stores ``c1`` -> GM written to MNI by pushing native voxels through that mapping
-(``normalise``): GMD = the GM share of each MNI voxel, GMV = the pushed GM volume (native mm^3
-per MNI mm^3) -> QC.
+(``bias_field``, on top of N4); probabilities are stored in steps of 1/255 as SPM stores ``c1``
+-> GM written to MNI by pushing native voxels through that mapping (``normalise``): GMD = the GM
+share of each MNI voxel, GMV = the pushed GM volume (native mm^3 per MNI mm^3) -> QC.
 
 ``transforms/`` keeps the mapping: its affine part (MNI points to native points) and the
 displacement on top of it as an ANTs displacement field in native space (``native_warp.nii.gz``),
