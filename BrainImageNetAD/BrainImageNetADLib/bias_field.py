@@ -37,13 +37,15 @@ FWHM_MM = 60.0
 REGULARISATION = 0.001
 
 
-def dct_basis(length: int, count: int, indices: np.ndarray) -> np.ndarray:
-    """The first ``count`` orthonormal DCT-II functions over ``length`` voxels, evaluated at voxel
-    ``indices`` (0-based): (len(indices), count)."""
-    out = np.empty((len(indices), count))
+def dct_basis(length: int, count: int) -> np.ndarray:
+    """The first ``count`` orthonormal DCT-II functions over ``length`` voxels, at each voxel:
+    (length, count)."""
+    out = np.empty((length, count))
     out[:, 0] = 1.0 / np.sqrt(length)
     frequencies = np.arange(1, count)
-    out[:, 1:] = np.sqrt(2.0 / length) * np.cos(np.pi * (2.0 * np.asarray(indices, float)[:, None] + 1.0) * frequencies / (2.0 * length))
+    out[:, 1:] = np.sqrt(2.0 / length) * np.cos(
+        np.pi * (2.0 * np.arange(length, dtype=float)[:, None] + 1.0) * frequencies / (2.0 * length)
+    )
     return out
 
 
@@ -63,8 +65,8 @@ class BiasField:
         s = float(np.mean(spacing_mm)) / np.sqrt(8.0 * np.log(2.0))
         fudge = float(np.prod(4.0 * np.pi * (s / np.asarray(spacing_mm) / np.asarray(steps)) ** 2 + 1.0) ** 0.5)
         self.precision = np.einsum("i,j,k->ijk", *kernels) ** -2 * REGULARISATION * fudge
-        self.box_basis = [dct_basis(n, k, np.arange(n)) for n, k in zip(shape, counts, strict=True)]
-        self.lattice_basis = [b[::s] for b, s in zip(self.box_basis, steps, strict=True)]
+        self.box_basis = [dct_basis(n, k) for n, k in zip(shape, counts, strict=True)]
+        self.lattice_basis = [basis[::step] for basis, step in zip(self.box_basis, steps, strict=True)]
         self.coefficients = np.zeros(counts)
 
     def log_on_lattice(self, coefficients: np.ndarray | None = None) -> np.ndarray:

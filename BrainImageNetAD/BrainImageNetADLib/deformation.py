@@ -33,9 +33,8 @@ SPM's maps the softer the displacement, and only Colin27, an average of 27 scans
 GM volume and native Dice moved by at most 0.01 (Subj5's Dice 0.853 -> 0.858). This table and
 the measurements below were taken before ``bias_field`` was fitted in the mixture; with it, at
 2.5: Colin27 0.80/0.90, MPRAGE 0.88/0.97, ROBEX reference 0.79/0.93, IXI 0.87/0.96, Subj5
-0.71/0.94. Bending energy
-added to the membrane (2.5 + 10 x the summed squared Laplacian) gave the same trade (MPRAGE
-0.87/0.96, Colin27 0.81/0.90). The presets take 2.5: the real scans are what the tool reads,
+0.71/0.94. Bending energy added to the membrane (2.5 + 10 x the summed squared Laplacian) gave
+the same trade (MPRAGE 0.87/0.96, Colin27 0.81/0.90). The presets take 2.5: the real scans are what the tool reads,
 and below it they gain less (2.5 -> 1.5: +0.01 unsmoothed) than Colin27 loses (-0.05). On the
 real scans (`bench realscans`) nothing else moved (stiffness 5 -> 2.5): the same QC outcomes;
 against DLMUSE, TIV/ICV within 4 % of the median ratio, TIV r 0.95 -> 0.96, GM r 0.93 both,
@@ -100,9 +99,10 @@ class PriorSampler:
         have been sampled already, which spares sampling them again) and its gradient with
         respect to the positions (N, 3, per MNI voxel), taken with the priors' gradients (central
         differences on their grid, interpolated): within a cell it follows the exact derivative of
-        the trilinear priors (correlation about 0.98, about 5 % smaller; a test). The exact derivative (forward differences sampled on the
-        cell's face) gave the same maps: GMD r against SPM's Colin27 0.870 (0.873 with this one),
-        MPRAGE 0.810 (0.807), ROBEX reference 0.723 (0.720)."""
+        the trilinear priors (correlation about 0.98, about 5 % smaller; a test). The exact
+        derivative (forward differences sampled on the cell's face) gave the same maps: GMD r
+        against SPM's Colin27 0.870 (0.873 with this one), MPRAGE 0.810 (0.807), ROBEX reference
+        0.723 (0.720)."""
         if priors is None:
             priors = self.priors(positions)
         total = _mixture_total(priors, likelihoods)
