@@ -58,7 +58,7 @@ def test_colin27_maps_agree_with_spm(colin: tuple[Path, dict]) -> None:
     scan = next(s for s in reference_scans(REFERENCE) if s.name == "colin27")
     measures = preprocessed_agreement(scan, out)
     assert measures["gmd_r"] > 0.78 and measures["gmd_r_4mm"] > 0.88 and measures["gmv_r_4mm"] > 0.88
-    assert measures["dice_native"] > 0.87 and 1.0 < measures["gm_volume_ratio"] < 1.25
+    assert measures["dice_native"] > 0.87 and 1.0 < measures["gm_volume_ratio"] < 1.2
 
 
 @pytest.mark.slow
