@@ -27,7 +27,7 @@ def test_likelihood_affine_undoes_a_known_shift_and_scale(sampler) -> None:
     truth_affine[:3, 3] = [4.0, -3.0, 2.0]
     truth = lattice @ truth_affine[:3, :3].T + truth_affine[:3, 3]
     intensities, _, model = scan_from_priors(sampler, truth, 6.0)
-    found = deformation.fit_affine(lattice.reshape(-1, 3), deformation.class_likelihoods(intensities.ravel(), model), sampler)
+    found = deformation.fit_affine(lattice.reshape(-1, 3), deformation.class_likelihoods(intensities.ravel(), model), model.weights, sampler)
     # inside the brain the fitted positions are within a third of an MNI voxel (0.5 mm) of the truth
     brain = sampler.priors(truth.reshape(-1, 3))[:, :3].sum(axis=1) > 0.5
     fitted = lattice.reshape(-1, 3) @ found[:3, :3].T + found[:3, 3]
@@ -46,7 +46,7 @@ def test_displacement_moves_towards_a_known_local_warp(sampler) -> None:
     intensities, _, model = scan_from_priors(sampler, lattice + warp, 6.0, seed=1)
     valid = intensities > -np.inf
     likelihoods = deformation.class_likelihoods(intensities[valid], model)
-    found, priors = deformation.fit_displacement(lattice, valid, likelihoods, sampler, np.zeros_like(lattice), 3.0, 1.0, 40)
+    found, priors = deformation.fit_displacement(lattice, valid, likelihoods, model.weights, sampler, np.zeros_like(lattice), 3.0, 1.0, 40)
     # the priors handed back are those at the positions the displacement reached
     np.testing.assert_array_equal(priors, sampler.priors((lattice + found)[valid]))
     near = bump > 1.0
@@ -63,12 +63,14 @@ def test_likelihood_gradient_follows_finite_differences(sampler) -> None:
     rng = np.random.default_rng(2)
     positions = np.array([60.0, 72.0, 60.0]) + rng.uniform(-25.0, 25.0, (400, 3))
     positions = np.floor(positions) + rng.uniform(0.2, 0.8, positions.shape)
-    intensities, _, model = scan_from_priors(sampler, positions[:, None, None, :], 6.0, seed=3)
+    # class weights far from uniform, so that their part of the gradient counts
+    weights = np.array([0.3, 0.1, 0.25, 0.1, 0.15, 0.1])
+    intensities, _, model = scan_from_priors(sampler, positions[:, None, None, :], 6.0, seed=3, weights=weights)
     likelihoods = deformation.class_likelihoods(intensities.ravel(), model)
-    value, gradient = sampler.log_likelihood_and_gradient(positions, likelihoods)
-    assert value == pytest.approx(deformation.log_likelihood(sampler.priors(positions), likelihoods))
+    value, gradient = sampler.log_likelihood_and_gradient(positions, likelihoods, model.weights)
+    assert value == pytest.approx(deformation.log_likelihood(sampler.priors(positions), likelihoods, model.weights))
     # priors sampled beforehand (as the displacement fit passes them on) give the same answer
-    given_value, given_gradient = sampler.log_likelihood_and_gradient(positions, likelihoods, sampler.priors(positions))
+    given_value, given_gradient = sampler.log_likelihood_and_gradient(positions, likelihoods, model.weights, sampler.priors(positions))
     assert given_value == value and np.array_equal(given_gradient, gradient)
     step = 1e-3
     for axis in range(3):
@@ -78,8 +80,8 @@ def test_likelihood_gradient_follows_finite_differences(sampler) -> None:
             moved[0, axis] += step
             here = likelihoods[i : i + 1]
             numeric[i] = (
-                deformation.log_likelihood(sampler.priors(moved), here)
-                - deformation.log_likelihood(sampler.priors(positions[i : i + 1]), here)
+                deformation.log_likelihood(sampler.priors(moved), here, model.weights)
+                - deformation.log_likelihood(sampler.priors(positions[i : i + 1]), here, model.weights)
             ) / step
         assert np.corrcoef(numeric, gradient[:, axis])[0, 1] > 0.95
         slope = numeric @ gradient[:, axis] / (gradient[:, axis] @ gradient[:, axis])

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tissue_scan import scan_from_priors
 
-from BrainImageNetADLib import grid, normalise, segment, templates
+from BrainImageNetADLib import deformation, grid, normalise, segment, templates
 
 
 def test_spm_priors_come_from_the_installed_package() -> None:
@@ -32,6 +33,38 @@ def test_mixture_recovers_tissue_intensities_where_priors_are_vague() -> None:
     assert summary["GM_mean"] == pytest.approx(60, abs=3) and summary["WM_mean"] == pytest.approx(100, abs=3)
     labels = segment.posteriors(intensities, priors, model, chunk=7_000).argmax(axis=1)
     assert (labels[truth < 2] == truth[truth < 2]).mean() > 0.95  # soft tissue (70) overlaps GM (60) a little
+
+
+def _fitted_weights(truth_weights: np.ndarray) -> tuple[segment.MixtureModel, np.ndarray, np.ndarray, np.ndarray]:
+    """A scan drawn from the priors rescaled by ``truth_weights`` on a 3 mm lattice, its mixture
+    refitted from the true Gaussians with uniform weights: the fitted model, the priors, the
+    intensities and the drawn classes (all flat over the lattice)."""
+    sampler = deformation.PriorSampler(templates.spm_tissue_priors())
+    positions = np.moveaxis(np.indices((60, 72, 60)), 0, -1) * 2.0
+    intensities, labels, model = scan_from_priors(sampler, positions, 12.0, seed=5, weights=truth_weights)
+    priors = sampler.priors(positions.reshape(-1, 3))
+    start = segment.MixtureModel(model.means, model.variances, model.mixing, segment.uniform_weights())
+    return segment.fit_mixture(intensities.ravel(), priors, start, 30), priors, intensities.ravel(), labels.ravel()
+
+
+def test_class_weights_follow_a_shift_of_tissue_from_the_priors() -> None:
+    # An atrophied brain: twice the CSF and two thirds of the grey matter the priors expect.
+    truth = segment.uniform_weights() * np.array([2 / 3, 1.0, 2.0, 1.0, 1.0, 1.0])
+    model, priors, intensities, labels = _fitted_weights(truth / truth.sum())
+    gm, csf = segment.CLASSES.index("GM"), segment.CLASSES.index("CSF")
+    # pulled towards uniform, the weights move part of the way: CSF up, GM down, the rest between
+    assert model.weights[csf] > 1.2 * model.weights[1] and model.weights[1] > 1.1 * model.weights[gm]
+    # and the CSF the posteriors find comes closer to the CSF drawn than with the priors unweighted
+    unweighted = segment.MixtureModel(model.means, model.variances, model.mixing, segment.uniform_weights())
+    drawn = (labels == csf).sum()
+    found = segment.posteriors(intensities, priors, model)[:, csf].sum()
+    found_unweighted = segment.posteriors(intensities, priors, unweighted)[:, csf].sum()
+    assert abs(found - drawn) < 0.85 * abs(found_unweighted - drawn)
+
+
+def test_class_weights_stay_uniform_when_the_scan_follows_the_priors() -> None:
+    model, *_ = _fitted_weights(segment.uniform_weights())
+    np.testing.assert_allclose(model.weights / model.weights.mean(), 1.0, atol=0.05)
 
 
 def test_push_keeps_the_volume_and_the_shares(tmp_path) -> None:

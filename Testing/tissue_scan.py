@@ -11,17 +11,22 @@ from BrainImageNetADLib import deformation, segment
 MEANS = np.array([60.0, 100.0, 25.0, 15.0, 70.0, 2.0])
 
 
-def scan_from_priors(sampler: deformation.PriorSampler, truth: np.ndarray, noise_sd: float, seed: int = 0):
+def scan_from_priors(
+    sampler: deformation.PriorSampler, truth: np.ndarray, noise_sd: float, seed: int = 0, weights: np.ndarray | None = None
+):
     """Intensities (X, Y, Z) whose tissue at voxel v is drawn from the priors at ``truth[v]``
-    (X, Y, Z, 3 MNI voxel positions), plus Gaussian noise of ``noise_sd``; returns them, the drawn
-    class of each voxel (X, Y, Z) and the mixture that made them."""
+    (X, Y, Z, 3 MNI voxel positions), rescaled by the class ``weights`` (6,; uniform when None),
+    plus Gaussian noise of ``noise_sd``; returns them, the drawn class of each voxel (X, Y, Z) and
+    the mixture that made them."""
     rng = np.random.default_rng(seed)
-    p = sampler.priors(truth.reshape(-1, 3))
+    weights = segment.uniform_weights() if weights is None else weights
+    p = segment.weighted_priors(sampler.priors(truth.reshape(-1, 3)), weights)
     labels = (p.cumsum(axis=1) > rng.random((len(p), 1))).argmax(axis=1)
     intensities = MEANS[labels] + rng.normal(0.0, noise_sd, len(labels))
     model = segment.MixtureModel(
         means=np.repeat(MEANS, segment.GAUSSIANS),
         variances=np.full(13, noise_sd**2),
         mixing=np.repeat(1.0 / np.array(segment.GAUSSIANS), segment.GAUSSIANS),
+        weights=weights,
     )
     return intensities.reshape(truth.shape[:3]), labels.reshape(truth.shape[:3]), model

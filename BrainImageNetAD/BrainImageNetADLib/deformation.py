@@ -5,8 +5,9 @@ SPM12's Segment moves its priors onto the subject while it fits the mixture: its
 probable. Here the same objective is climbed on the voxels the mixture is fitted on (3 mm
 apart). Each voxel's position in MNI space is an affine of its position in the scan plus a
 displacement (in MNI voxels of 1.5 mm); the log-likelihood is sum_i log sum_k b_k(y_i) L_k(x_i)
-(b: the priors at y, L: the likelihood of the intensity x under class k's Gaussians) and its
-gradient with respect to y_i is sum_k L_k grad b_k / sum_k b_k L_k.
+(b: the priors at y rescaled by the mixture's class weights, ``segment.weighted_priors``; L: the
+likelihood of the intensity x under class k's Gaussians) and its gradient with respect to y_i is
+sum_k L_k grad b_k / sum_k b_k L_k.
 
 - The affine is fitted first (12 parameters, L-BFGS), alternated with the mixture.
 - Then the displacement: steps along the gradient smoothed by a Gaussian (``PRECONDITION_MM``),
@@ -92,51 +93,53 @@ class PriorSampler:
         return values / values.sum(axis=1, keepdims=True)
 
     def log_likelihood_and_gradient(
-        self, positions: np.ndarray, likelihoods: np.ndarray, priors: np.ndarray | None = None
+        self, positions: np.ndarray, likelihoods: np.ndarray, weights: np.ndarray, priors: np.ndarray | None = None
     ) -> tuple[float, np.ndarray]:
         """Log-likelihood of the voxels at ``positions`` (N, 3, MNI voxels) with class
-        ``likelihoods`` (N, 6) under the priors there (``priors`` (N, 6): those priors when they
-        have been sampled already, which spares sampling them again) and its gradient with
-        respect to the positions (N, 3, per MNI voxel), taken with the priors' gradients (central
-        differences on their grid, interpolated): within a cell it follows the exact derivative of
-        the trilinear priors (correlation about 0.98, about 5 % smaller; a test). The exact
-        derivative (forward differences sampled on the cell's face) gave the same maps: GMD r
-        against SPM's Colin27 0.870 (0.873 with this one), MPRAGE 0.810 (0.807), ROBEX reference
-        0.723 (0.720)."""
+        ``likelihoods`` (N, 6) under the priors there rescaled by the class ``weights`` (6,)
+        (``log_likelihood``; ``priors`` (N, 6): those priors when they have been sampled already,
+        which spares sampling them again) and its gradient with respect to the positions (N, 3,
+        per MNI voxel), sum_k w_k grad b_k (L_k / sum_j w_j b_j L_j - 1 / sum_j w_j b_j), taken
+        with the priors' gradients (central differences on their grid, interpolated): within a
+        cell it follows the exact derivative of the trilinear priors (correlation about 0.98,
+        about 5 % smaller; a test). The exact derivative (forward differences sampled on the
+        cell's face) gave the same maps: GMD r against SPM's Colin27 0.870 (0.873 with this one),
+        MPRAGE 0.810 (0.807), ROBEX reference 0.723 (0.720)."""
         if priors is None:
             priors = self.priors(positions)
-        total = _mixture_total(priors, likelihoods)
+        scaled = priors * weights
+        evidence = (scaled * likelihoods).sum(axis=1) + 1e-300
+        coefficients = weights * (likelihoods / evidence[:, None] - 1.0 / scaled.sum(axis=1, keepdims=True))
         gradient = np.zeros_like(positions, dtype=np.float64)
         for k, per_class in enumerate(self.gradient):
             for axis in range(3):
-                gradient[:, axis] += likelihoods[:, k] * ndimage.map_coordinates(per_class[axis], positions.T, order=1, mode="nearest")
-        return float(np.log(total).sum()), gradient / total[:, None]
+                gradient[:, axis] += coefficients[:, k] * ndimage.map_coordinates(per_class[axis], positions.T, order=1, mode="nearest")
+        return log_likelihood(priors, likelihoods, weights), gradient
 
 
-def _mixture_total(priors: np.ndarray, likelihoods: np.ndarray) -> np.ndarray:
-    return (priors * likelihoods).sum(axis=1) + 1e-300
-
-
-def log_likelihood(priors: np.ndarray, likelihoods: np.ndarray) -> float:
+def log_likelihood(priors: np.ndarray, likelihoods: np.ndarray, weights: np.ndarray) -> float:
     """Log-likelihood of voxels with class ``likelihoods`` (N, 6) under the ``priors`` (N, 6)
-    there: sum_i log sum_k b_k L_k."""
-    return float(np.log(_mixture_total(priors, likelihoods)).sum())
+    there rescaled by the class ``weights`` (6,): sum_i log sum_k w_k b_k L_k / sum_j w_j b_j."""
+    return float(np.log((segment.weighted_priors(priors, weights) * likelihoods).sum(axis=1) + 1e-300).sum())
 
 
 def class_likelihoods(intensities: np.ndarray, model: segment.MixtureModel) -> np.ndarray:
     """Likelihood (N, 6) of each intensity (N,) under each class's Gaussians."""
-    return segment.class_evidence(intensities, np.ones((intensities.size, len(segment.CLASSES))), model) @ segment.CLASS_MATRIX
+    return segment.gaussian_likelihoods(intensities, model) @ segment.CLASS_MATRIX
 
 
-def fit_affine(positions: np.ndarray, likelihoods: np.ndarray, sampler: PriorSampler, iterations: int = 50) -> np.ndarray:
+def fit_affine(
+    positions: np.ndarray, likelihoods: np.ndarray, weights: np.ndarray, sampler: PriorSampler, iterations: int = 50
+) -> np.ndarray:
     """The 4x4 affine of MNI voxel positions that maximises the likelihood of the voxels at
-    ``positions`` (N, 3, MNI voxels) with class ``likelihoods`` (N, 6) under the moved priors."""
+    ``positions`` (N, 3, MNI voxels) with class ``likelihoods`` (N, 6) under the moved priors
+    rescaled by the class ``weights`` (6,)."""
     center = positions.mean(axis=0)
     scale = 50.0
     design = np.hstack([(positions - center) / scale, np.ones((len(positions), 1))])
 
     def cost(params: np.ndarray) -> tuple[float, np.ndarray]:
-        value, gradient = sampler.log_likelihood_and_gradient(positions + design @ params.reshape(3, 4).T, likelihoods)
+        value, gradient = sampler.log_likelihood_and_gradient(positions + design @ params.reshape(3, 4).T, likelihoods, weights)
         return -value, -(gradient.T @ design).ravel()
 
     params = optimize.minimize(cost, np.zeros(12), jac=True, method="L-BFGS-B", options={"maxiter": iterations}).x.reshape(3, 4)
@@ -158,6 +161,7 @@ def fit_displacement(
     positions: np.ndarray,
     valid: np.ndarray,
     likelihoods: np.ndarray,
+    weights: np.ndarray,
     sampler: PriorSampler,
     displacement: np.ndarray,
     spacing_mm: float,
@@ -166,14 +170,15 @@ def fit_displacement(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``steps`` steps of the displacement (X, Y, Z, 3, MNI voxels) of a lattice of voxels
     ``spacing_mm`` apart: ``positions`` (X, Y, Z, 3) their affine MNI voxel positions, ``valid``
-    (X, Y, Z) the voxels that count, ``likelihoods`` (n_valid, 6) their class likelihoods.
+    (X, Y, Z) the voxels that count, ``likelihoods`` (n_valid, 6) their class likelihoods,
+    ``weights`` (6,) the class weights of the priors.
     Returns the new displacement and the priors (n_valid, 6) at the valid voxels it moves to."""
     sigma = PRECONDITION_MM / spacing_mm / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
     def penalised(d: np.ndarray) -> tuple[float, np.ndarray]:
         moved = positions[valid] + d[valid]
         priors = sampler.priors(moved)
-        return log_likelihood(priors, likelihoods) - 0.5 * stiffness * _membrane(d), priors
+        return log_likelihood(priors, likelihoods, weights) - 0.5 * stiffness * _membrane(d), priors
 
     current, priors = penalised(displacement)
     step = 1.0
@@ -181,7 +186,7 @@ def fit_displacement(
         # The gradient only where a step starts (trial steps the line search rejects need the
         # value alone), with the priors the accepted step sampled.
         field = stiffness * _laplacian(displacement)
-        field[valid] += sampler.log_likelihood_and_gradient(positions[valid] + displacement[valid], likelihoods, priors)[1]
+        field[valid] += sampler.log_likelihood_and_gradient(positions[valid] + displacement[valid], likelihoods, weights, priors)[1]
         field = np.stack([ndimage.gaussian_filter(field[..., a], sigma) for a in range(3)], axis=-1)
         field /= np.abs(field).max() + 1e-12
         while step > 1e-3:

@@ -378,7 +378,8 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     p = sampler.priors(positions[valid])
     model = fit(p, segment.initial_model(lattice[valid], p), settings.first_iterations)
     for _ in range(settings.affine_rounds):
-        to_mni = deformation.fit_affine(positions[valid], deformation.class_likelihoods(corrected_lattice(), model), sampler) @ to_mni
+        likelihoods = deformation.class_likelihoods(corrected_lattice(), model)
+        to_mni = deformation.fit_affine(positions[valid], likelihoods, model.weights, sampler) @ to_mni
         positions = lattice_positions()
         model = fit(sampler.priors(positions[valid]), model, settings.later_iterations)
     displacement = np.zeros(positions.shape)
@@ -388,6 +389,7 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
             positions,
             valid,
             deformation.class_likelihoods(corrected_lattice(), model),
+            model.weights,
             sampler,
             displacement,
             lattice_mm,

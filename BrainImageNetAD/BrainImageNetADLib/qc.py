@@ -111,7 +111,8 @@ def assess(
 ) -> dict[str, Any]:
     """QC report of one preprocessing. All arrays lie on the 121x145x121 MNI grid; ``posteriors``
     has shape (121, 145, 121, 3) for CSF, GM, WM; ``jacobian`` is native mm^3 per MNI mm^3;
-    ``tissue_model`` holds the segmentation's class means and GM/WM SD (``MixtureModel.summary``);
+    ``tissue_model`` holds the segmentation's class means, GM/WM SD and class weights
+    (``MixtureModel.summary``);
     ``affine_determinant`` is the volume scale of the affine to MNI (native mm^3 per MNI mm^3);
     ``known_failures`` are failures found before (slice thickness) or while registering (a
     reversed header).
