@@ -27,7 +27,9 @@ def test_likelihood_affine_undoes_a_known_shift_and_scale(sampler) -> None:
     truth_affine[:3, 3] = [4.0, -3.0, 2.0]
     truth = lattice @ truth_affine[:3, :3].T + truth_affine[:3, 3]
     intensities, _, model = scan_from_priors(sampler, truth, 6.0)
-    found = deformation.fit_affine(lattice.reshape(-1, 3), deformation.class_likelihoods(intensities.ravel(), model), model.weights, sampler)
+    found = deformation.fit_affine(
+        lattice.reshape(-1, 3), deformation.class_likelihoods(intensities.ravel(), model), model.weights, sampler
+    )
     # inside the brain the fitted positions are within a third of an MNI voxel (0.5 mm) of the truth
     brain = sampler.priors(truth.reshape(-1, 3))[:, :3].sum(axis=1) > 0.5
     fitted = lattice.reshape(-1, 3) @ found[:3, :3].T + found[:3, 3]
