@@ -12,7 +12,7 @@ voxel), halved until the objective rises.
 
 N4 is fitted before (``preprocess``) and this field on top of it: the mixture then corrects
 what N4, blind to the tissue classes, leaves. Measured against SPM12's own maps (fast preset,
-GMD r unsmoothed / at 4 mm, native Dice; without -> with this field): Colin27 0.801/0.895, 0.896
+uniform class weights, GMD r unsmoothed / at 4 mm, native Dice; without -> with this field): Colin27 0.801/0.895, 0.896
 -> 0.802/0.901, 0.894; Siemens MPRAGE 0.879/0.962, 0.943 -> 0.883/0.966, 0.953; ROBEX reference
 0.776/0.898, 0.890 -> 0.789/0.932, 0.913; IXI012 0.86/0.95 -> 0.875/0.966; IXI014 0.85/0.93 ->
 0.872/0.960; IXI048 0.85/0.94 -> 0.868/0.960; NiChart Subj5 0.70/0.93 -> 0.715/0.937. GM volume
