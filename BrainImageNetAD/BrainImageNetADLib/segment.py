@@ -71,6 +71,17 @@ boundary between the two classes sits 3-4 intensity units (of the 27 between the
 than SPM's. N4's field varies 0.91-1.07 across Colin27's grey matter, but neither a flat field (GMD
 r 0.86 / 0.89 at 4 mm, volume 1.14x) nor N4 with three or five fitting levels instead of four (0.83
 / 0.88 and 0.83 / 0.90) brings the maps closer to SPM's.
+
+Where the young adults' missing grey matter lies (fast preset, class weights; ours 0.87-0.955 of
+SPM's): in the native segmentation already (native GM IXI012 714 mL against SPM's ``c1`` 775,
+ROBEX reference 607 against 696, MPRAGE 690 against 745; the push to MNI keeps the volume),
+spread over every intensity and every height of the brain, most of it where SPM's ``c1`` is
+partial (0.5-0.9: ours 22-33 % less) and some where SPM is sure (``c1`` >= 0.9: 4-7 % less). It
+goes mostly to CSF: on the ROBEX reference, of SPM's sure GM 505 mL stays GM, 41 mL goes to CSF,
+10 mL to WM; of its partial GM 75 mL stays, 49 mL to CSF, 22 mL to WM (IXI012: 19 and 18 mL to
+CSF and WM of the sure GM). The fitted CSF Gaussians there are broad and bright (means 476 and
+584, SDs 156 and 142, against GM 751 / 108 and WM 1028 / 53): the second reaches into the grey
+matter's range and takes its darker voxels.
 """
 
 from __future__ import annotations
