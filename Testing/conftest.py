@@ -1,4 +1,5 @@
-"""Shared fixtures: real networks, real bundles written to temporary folders, the shipped sample."""
+"""Shared fixtures: real networks, real bundles written to temporary folders, the shipped sample,
+SPM12's tissue priors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from BrainImageNetADLib import grid
+from BrainImageNetADLib import deformation, grid, templates
 from BrainImageNetADLib.bundle import save_bundle
 from BrainImageNetADLib.networks import build_network
 from BrainImageNetADLib.resources import sample_maps
@@ -87,6 +88,12 @@ def colin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
     out = tmp_path_factory.mktemp("colin")
     return out, run_isolated(preprocess_t1, COLIN27_T1, out)
+
+
+@pytest.fixture(scope="session")
+def sampler() -> deformation.PriorSampler:
+    """SPM12's tissue priors with their gradients, built once for the session."""
+    return deformation.PriorSampler(templates.spm_tissue_priors())
 
 
 @pytest.fixture(scope="session")

@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tissue_scan import scan_from_priors
+from tissue_scan import lattice_positions, scan_from_priors
 
-from BrainImageNetADLib import bias_field, deformation, templates
+from BrainImageNetADLib import bias_field
 
 
 @pytest.fixture(scope="module")
-def scan():
+def scan(sampler):
     """Intensities (60, 72, 60) on a 3 mm lattice of MNI positions 2 voxels apart, tissue drawn
     from the priors there; the priors (N, 6), the mixture that made the intensities, the drawn
     class of each voxel and the priors' brain (GM + WM > 0.5)."""
-    sampler = deformation.PriorSampler(templates.spm_tissue_priors())
-    positions = np.moveaxis(np.indices((60, 72, 60)), 0, -1) * 2.0
+    positions = lattice_positions()
     intensities, labels, model = scan_from_priors(sampler, positions, 4.0, seed=4)
     priors = sampler.priors(positions.reshape(-1, 3))
     brain = priors[:, :2].sum(axis=1).reshape(60, 72, 60) > 0.5

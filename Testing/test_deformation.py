@@ -6,22 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tissue_scan import scan_from_priors
+from tissue_scan import lattice_positions, scan_from_priors
 
-from BrainImageNetADLib import deformation, templates
-
-
-@pytest.fixture(scope="module")
-def sampler() -> deformation.PriorSampler:
-    return deformation.PriorSampler(templates.spm_tissue_priors())
-
-
-def _lattice() -> np.ndarray:
-    return np.moveaxis(np.indices((60, 72, 60)), 0, -1).astype(np.float64) * 2.0
+from BrainImageNetADLib import deformation
 
 
 def test_likelihood_affine_undoes_a_known_shift_and_scale(sampler) -> None:
-    lattice = _lattice()
+    lattice = lattice_positions()
     # The scan's voxel v holds the tissue of MNI position A v: a 5 % larger head shifted 4 voxels.
     truth_affine = np.diag([1.05, 1.0, 0.97, 1.0])
     truth_affine[:3, 3] = [4.0, -3.0, 2.0]
@@ -39,7 +30,7 @@ def test_likelihood_affine_undoes_a_known_shift_and_scale(sampler) -> None:
 
 
 def test_displacement_moves_towards_a_known_local_warp(sampler) -> None:
-    lattice = _lattice()
+    lattice = lattice_positions()
     # a smooth bump of up to 2 MNI voxels (3 mm) along the first axis in one hemisphere
     centre = np.array([40.0, 70.0, 60.0])
     bump = 2.0 * np.exp(-((lattice - centre) ** 2).sum(axis=-1) / (2 * 15.0**2))

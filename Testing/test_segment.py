@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tissue_scan import scan_from_priors
+from tissue_scan import lattice_positions, scan_from_priors
 
 from BrainImageNetADLib import deformation, grid, normalise, segment, templates
 
@@ -35,22 +35,23 @@ def test_mixture_recovers_tissue_intensities_where_priors_are_vague() -> None:
     assert (labels[truth < 2] == truth[truth < 2]).mean() > 0.95  # soft tissue (70) overlaps GM (60) a little
 
 
-def _fitted_weights(truth_weights: np.ndarray) -> tuple[segment.MixtureModel, np.ndarray, np.ndarray, np.ndarray]:
+def _fitted_weights(
+    sampler: deformation.PriorSampler, truth_weights: np.ndarray
+) -> tuple[segment.MixtureModel, np.ndarray, np.ndarray, np.ndarray]:
     """A scan drawn from the priors rescaled by ``truth_weights`` on a 3 mm lattice, its mixture
     refitted from the true Gaussians with uniform weights: the fitted model, the priors, the
     intensities and the drawn classes (all flat over the lattice)."""
-    sampler = deformation.PriorSampler(templates.spm_tissue_priors())
-    positions = np.moveaxis(np.indices((60, 72, 60)), 0, -1) * 2.0
+    positions = lattice_positions()
     intensities, labels, model = scan_from_priors(sampler, positions, 12.0, seed=5, weights=truth_weights)
     priors = sampler.priors(positions.reshape(-1, 3))
     start = segment.MixtureModel(model.means, model.variances, model.mixing, segment.uniform_weights())
     return segment.fit_mixture(intensities.ravel(), priors, start, 30), priors, intensities.ravel(), labels.ravel()
 
 
-def test_class_weights_follow_a_shift_of_tissue_from_the_priors() -> None:
+def test_class_weights_follow_a_shift_of_tissue_from_the_priors(sampler) -> None:
     # An atrophied brain: twice the CSF and two thirds of the grey matter the priors expect.
     truth = segment.uniform_weights() * np.array([2 / 3, 1.0, 2.0, 1.0, 1.0, 1.0])
-    model, priors, intensities, labels = _fitted_weights(truth / truth.sum())
+    model, priors, intensities, labels = _fitted_weights(sampler, truth / truth.sum())
     gm, csf = segment.CLASSES.index("GM"), segment.CLASSES.index("CSF")
     # pulled towards uniform, the weights move part of the way: CSF up, GM down, the rest between
     assert model.weights[csf] > 1.2 * model.weights[1] and model.weights[1] > 1.1 * model.weights[gm]
@@ -62,8 +63,8 @@ def test_class_weights_follow_a_shift_of_tissue_from_the_priors() -> None:
     assert abs(found - drawn) < 0.85 * abs(found_unweighted - drawn)
 
 
-def test_class_weights_stay_uniform_when_the_scan_follows_the_priors() -> None:
-    model, *_ = _fitted_weights(segment.uniform_weights())
+def test_class_weights_stay_uniform_when_the_scan_follows_the_priors(sampler) -> None:
+    model, *_ = _fitted_weights(sampler, segment.uniform_weights())
     np.testing.assert_allclose(model.weights / model.weights.mean(), 1.0, atol=0.05)
 
 

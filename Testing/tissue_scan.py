@@ -7,6 +7,12 @@ import numpy as np
 
 from BrainImageNetADLib import deformation, segment
 
+
+def lattice_positions() -> np.ndarray:
+    """MNI voxel positions (60, 72, 60, 3) of a lattice 2 MNI voxels (3 mm) apart over the priors' grid."""
+    return np.moveaxis(np.indices((60, 72, 60)), 0, -1).astype(np.float64) * 2.0
+
+
 #: Intensities of the synthetic classes (GM, WM, CSF, bone, soft tissue, air), T1-like.
 MEANS = np.array([60.0, 100.0, 25.0, 15.0, 70.0, 2.0])
 
