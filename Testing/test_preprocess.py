@@ -251,6 +251,9 @@ def test_atrophied_brain_keeps_a_plausible_scale(tmp_path: Path) -> None:
     assert 0.9 <= report["volumes_ml"]["TIV_ml"] / float(rows["Subj5"]["muse_icv_ml"]) <= 1.1
     assert 0.9 <= report["volumes_ml"]["GM_ml"] / float(rows["Subj5"]["muse_gm_ml"]) <= 1.15
     assert qc.AFFINE_SCALE_WARN[0] <= report["measures"]["affine_scale"] <= qc.AFFINE_SCALE_WARN[1]
+    # the class weights reported find more CSF and less GM than the priors expect (measured: CSF
+    # 1.19, GM 0.88 times the mean weight)
+    assert report["tissue_model"]["CSF_weight"] > 1.1 and report["tissue_model"]["GM_weight"] < 0.95
     # a usable scan of an old brain: the warning above, no failure (its grey/white contrast is low)
     assert report["verdict"] == "warn" and report["measures"]["signal_to_noise"] > qc.SIGNAL_TO_NOISE_WARN
 
