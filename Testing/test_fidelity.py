@@ -53,8 +53,9 @@ def test_colin27_maps_agree_with_spm(colin: tuple[Path, dict]) -> None:
     """Our Colin27 maps against SPM12's (``fast`` preset; README table). Measured: GMD r 0.81
     (4 mm 0.906), GMV r 4 mm 0.908, native Dice 0.875, GM volume 1.27x SPM's (the target of volume
     within 5 % is not met on this averaged scan: 1.17x with uniform class weights and 1.25x with
-    weights pulled harder towards uniform, which bring the real scans' volumes further from SPM's; the softer displacement that brings every real scan
-    closer to SPM takes Colin27 from 0.85 / 0.91)."""
+    weights pulled harder towards uniform, which bring the real scans' volumes further from
+    SPM's; the softer displacement that brings every real scan closer to SPM takes Colin27 from
+    0.85 / 0.91)."""
     out, _ = colin
     scan = next(s for s in reference_scans(REFERENCE) if s.name == "colin27")
     measures = preprocessed_agreement(scan, out)

@@ -117,10 +117,10 @@ pull of 0.05; Colin27 moves away at every step; SPM's own update overshoots on S
 NiChart people the same refit against the independent DLMUSE volumes: GM r 0.970 (0.2), 0.983
 (0.1), 0.983 (0.05), 0.921 (~0); TIV r 0.965, 0.961, 0.948, 0.721; our GM 0.95-1.00, 0.93-0.97,
 0.89-0.94 and 0.74-0.92 x DLMUSE's. Measured then in the whole pipeline (the mapping refitted
-with the weights; figures above), 0.1 was adopted. Segmenting a box reaching 40 voxels beyond the priors' brain (the whole head, as
-SPM fits the whole field of view) instead of 10 changed nothing (MPRAGE 0.922x, Subj5 1.133x,
-Subj12's volumes within 6 mL) and did not stop SPM's update from running away on Subj12 (CSF
-weight 3.07 x the mean, white matter 253 mL).
+with the weights; figures above), 0.1 was adopted. Segmenting a box reaching 40 voxels beyond
+the priors' brain (the whole head, as SPM fits the whole field of view) instead of 10 changed
+nothing (MPRAGE 0.922x, Subj5 1.133x, Subj12's volumes within 6 mL) and did not stop SPM's update
+from running away on Subj12 (CSF weight 3.07 x the mean, white matter 253 mL).
 """
 
 from __future__ import annotations
