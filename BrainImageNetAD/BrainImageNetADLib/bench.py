@@ -211,16 +211,23 @@ def bench_predict(
     return rows
 
 
-def bench_train(presets: list[str], batch: int = 2, steps: int = 2, device: str = "cpu") -> list[dict[str, float | str]]:
+def bench_train(
+    presets: list[str], batch: int = 2, steps: int = 2, device: str = "cpu", autotune: bool = True
+) -> list[dict[str, float | str]]:
     """Training throughput: one SGD step (forward, backward, update; binary cross-entropy) on
     random maps (``batch``, 2, 96, 120, 86), in samples per second, for each preset and for the
     three trainings of the procedure: the sex base network, the AD transfer network trained
     whole, and the AD network above a frozen stem (stem outputs computed once per scan, as
     ``--freeze-stem`` does). Each is timed in channels_last_3d (what training uses) and in the
-    default layout, side by side; on CUDA also with bf16 autocast. Returns one row per network."""
+    default layout, side by side; on CUDA also with bf16 autocast. On CUDA ``autotune`` turns on
+    cuDNN's autotuner (``torch.backends.cudnn.benchmark``) as training does; PyTorch keeps the
+    convolution plans it picked for the life of the process, so the setting is compared between
+    processes, not within one. Returns one row per network."""
     from .ensemble import resolve_device
 
     dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = autotune
     x = torch.from_numpy(np.random.default_rng(0).random((batch, 2, *grid.MODEL_SHAPE), dtype=np.float32)).to(dev)
     y = torch.tensor([float(i % 2) for i in range(batch)], device=dev)
     rows: list[dict[str, float | str]] = []

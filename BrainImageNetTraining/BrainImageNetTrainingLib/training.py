@@ -128,9 +128,16 @@ class TrainConfig:
 
 
 def _device(config: TrainConfig, processes: distributed.Processes) -> torch.device:
+    """The device this process trains on. On CUDA, cuDNN's autotuner is turned on: the maps'
+    shape never changes, so the fastest convolution algorithms are picked once (``bench train``
+    on an H200, paper networks, bf16: see the README)."""
     if config.device == "auto":
-        return torch.device(f"cuda:{processes.local_rank}" if torch.cuda.is_available() else "cpu")
-    return resolve_device(config.device)
+        device = torch.device(f"cuda:{processes.local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
 
 
 def load_base(path: str | Path, config: TrainConfig) -> tuple[nn.Module, str]:
