@@ -53,7 +53,7 @@ def test_class_weights_follow_a_shift_of_tissue_from_the_priors(sampler) -> None
     truth = segment.uniform_weights() * np.array([2 / 3, 1.0, 2.0, 1.0, 1.0, 1.0])
     model, priors, intensities, labels = _fitted_weights(sampler, truth / truth.sum())
     gm, csf = segment.CLASSES.index("GM"), segment.CLASSES.index("CSF")
-    # pulled towards uniform, the weights move part of the way: CSF up, GM down, the rest between
+    # the weights follow: CSF up, GM down, the rest between
     assert model.weights[csf] > 1.2 * model.weights[1] and model.weights[1] > 1.1 * model.weights[gm]
     # and the CSF the posteriors find comes closer to the CSF drawn than with the priors unweighted
     unweighted = segment.MixtureModel(model.means, model.variances, model.mixing, segment.uniform_weights())
@@ -61,6 +61,16 @@ def test_class_weights_follow_a_shift_of_tissue_from_the_priors(sampler) -> None
     found = segment.posteriors(intensities, priors, model)[:, csf].sum()
     found_unweighted = segment.posteriors(intensities, priors, unweighted)[:, csf].sum()
     assert abs(found - drawn) < 0.85 * abs(found_unweighted - drawn)
+
+
+def test_class_weights_stay_within_their_range_on_a_scan_far_from_the_priors(sampler) -> None:
+    # Five times the CSF and a fifth of the grey matter the priors expect, the kind of scan on
+    # which SPM12's free weights run away: the weights go as far as their range and no further.
+    truth = segment.uniform_weights() * np.array([1 / 5, 1.0, 5.0, 1.0, 1.0, 1.0])
+    model, *_ = _fitted_weights(sampler, truth / truth.sum())
+    gm, csf = segment.CLASSES.index("GM"), segment.CLASSES.index("CSF")
+    assert model.weights.argmax() == csf and model.weights.argmin() == gm
+    assert model.weights[csf] / model.weights[gm] == pytest.approx(segment.WEIGHT_RANGE**2, rel=1e-6)
 
 
 def test_class_weights_stay_uniform_when_the_scan_follows_the_priors(sampler) -> None:
