@@ -126,20 +126,28 @@ class PriorSampler:
         MPRAGE 0.810 (0.807), ROBEX reference 0.723 (0.720)."""
         if priors is None:
             priors = self.priors(positions)
-        scaled = priors * weights
-        evidence = (scaled * likelihoods).sum(axis=1) + 1e-300
-        coefficients = weights * (likelihoods / evidence[:, None] - 1.0 / scaled.sum(axis=1, keepdims=True))
+        voxel, total = _voxel_likelihoods(priors, likelihoods, weights)
+        coefficients = weights / total * (likelihoods / voxel - 1.0)
         gradient = np.zeros_like(positions, dtype=np.float64)
         for k, per_class in enumerate(self.gradient):
             for axis in range(3):
                 gradient[:, axis] += coefficients[:, k] * ndimage.map_coordinates(per_class[axis], positions.T, order=1, mode="nearest")
-        return log_likelihood(priors, likelihoods, weights), gradient
+        return float(np.log(voxel).sum()), gradient
+
+
+def _voxel_likelihoods(priors: np.ndarray, likelihoods: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each voxel's likelihood (N, 1), sum_k w_k b_k L_k / sum_j w_j b_j, and the rescaled priors'
+    sum (N, 1), sum_j w_j b_j, for class ``likelihoods`` (N, 6), ``priors`` (N, 6) and class
+    ``weights`` (6,)."""
+    scaled = priors * weights
+    total = scaled.sum(axis=1, keepdims=True)
+    return (scaled * likelihoods).sum(axis=1, keepdims=True) / total + 1e-300, total
 
 
 def log_likelihood(priors: np.ndarray, likelihoods: np.ndarray, weights: np.ndarray) -> float:
     """Log-likelihood of voxels with class ``likelihoods`` (N, 6) under the ``priors`` (N, 6)
     there rescaled by the class ``weights`` (6,): sum_i log sum_k w_k b_k L_k / sum_j w_j b_j."""
-    return float(np.log((segment.weighted_priors(priors, weights) * likelihoods).sum(axis=1) + 1e-300).sum())
+    return float(np.log(_voxel_likelihoods(priors, likelihoods, weights)[0]).sum())
 
 
 def class_likelihoods(intensities: np.ndarray, model: segment.MixtureModel) -> np.ndarray:

@@ -249,7 +249,7 @@ def fit_mixture(intensities: np.ndarray, priors: np.ndarray, model: MixtureModel
         variances = (q * (intensities[:, None] - means) ** 2).sum(axis=0) / counts + floor
         class_counts = np.bincount(_CLASS_OF, counts)
         mixing = counts / class_counts[_CLASS_OF]
-        share = (priors / (priors @ model.weights)[:, None]).sum(axis=0)
+        share = (weighted_priors(priors, model.weights) / model.weights).sum(axis=0)
         weights = (class_counts + 1.0 / len(CLASSES)) / (share + 1.0)
         weights = np.clip(weights / np.exp(np.log(weights).mean()), 1.0 / WEIGHT_RANGE, WEIGHT_RANGE)
         model = MixtureModel(means, variances, mixing, weights / weights.sum())
