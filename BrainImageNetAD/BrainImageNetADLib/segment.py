@@ -66,7 +66,11 @@ mm, GM volume as a multiple of SPM's, native Dice):
   1.15-1.47 x the mean weight on the elderly NiChart people, 0.77-1.28 on the young adults (GM
   0.63-0.88 and 0.98-1.45); Subj12's white matter 367 mL (358 with the pull, 225 with SPM's free
   update). Subj5's GM 469 mL is SPM's (476 mL) and 0.86 x DLMUSE's 548: the two definitions of
-  grey matter differ most on this atrophied brain.
+  grey matter differ most on this atrophied brain. A range of 1.6 in the whole pipeline: ROBEX
+  reference 0.828/0.958, 0.953x, 0.966; IXI014 0.867/0.956, 0.945x; IXI012 0.964x; Subj5
+  0.733/0.957, 0.976x; Colin27 0.812/0.910, 1.274x, 0.875; MPRAGE and IXI048 as with 1.5: the
+  ROBEX reference within 5 % of SPM's volume, IXI014 not, the unsmoothed agreement lower by up to
+  0.004.
 
 Voxels of intensity 0 (outside the field of view, or removed by skull stripping) are left out of
 the fit, as SPM does. SPM's starting point
