@@ -242,7 +242,12 @@ def class_evidence(intensities: np.ndarray, priors: np.ndarray, model: MixtureMo
     """Unnormalised posterior of each Gaussian, (N, 13): its class's weighted prior at the voxel
     (``weighted_priors``) times the intensity likelihood. ``intensities`` (N,), ``priors`` (N, 6)
     summing to 1 per voxel."""
-    return weighted_priors(priors, model.weights)[:, _CLASS_OF] * gaussian_likelihoods(intensities, model)
+    return _rescaled_evidence(intensities, weighted_priors(priors, model.weights), model)
+
+
+def _rescaled_evidence(intensities: np.ndarray, rescaled: np.ndarray, model: MixtureModel) -> np.ndarray:
+    """``class_evidence`` from priors already rescaled by the class weights, ``rescaled`` (N, 6)."""
+    return rescaled[:, _CLASS_OF] * gaussian_likelihoods(intensities, model)
 
 
 def fit_mixture(intensities: np.ndarray, priors: np.ndarray, model: MixtureModel, iterations: int) -> MixtureModel:
@@ -253,14 +258,15 @@ def fit_mixture(intensities: np.ndarray, priors: np.ndarray, model: MixtureModel
     w_j b_ij + 1), then are held within a factor ``WEIGHT_RANGE`` of their geometric mean."""
     floor = 1e-6 * float(np.var(intensities))
     for _ in range(iterations):
-        q = class_evidence(intensities, priors, model)
+        rescaled = weighted_priors(priors, model.weights)
+        q = _rescaled_evidence(intensities, rescaled, model)
         q /= q.sum(axis=1, keepdims=True) + 1e-300
         counts = q.sum(axis=0) + 1e-9
         means = (q * intensities[:, None]).sum(axis=0) / counts
         variances = (q * (intensities[:, None] - means) ** 2).sum(axis=0) / counts + floor
         class_counts = np.bincount(_CLASS_OF, counts)
         mixing = counts / class_counts[_CLASS_OF]
-        share = (weighted_priors(priors, model.weights) / model.weights).sum(axis=0)
+        share = (rescaled / model.weights).sum(axis=0)
         weights = (class_counts + 1.0 / len(CLASSES)) / (share + 1.0)
         weights = np.clip(weights / np.exp(np.log(weights).mean()), 1.0 / WEIGHT_RANGE, WEIGHT_RANGE)
         model = MixtureModel(means, variances, mixing, weights / weights.sum())
