@@ -109,22 +109,23 @@ r 0.86 / 0.89 at 4 mm, volume 1.14x) nor N4 with three or five fitting levels in
 Why, measured with the weight range (each scan's final priors held fixed, the mixture refitted on
 the 3 mm lattice; Colin27's intensities in its own units, 0-255): SPM's grey matter is narrower
 in intensity than the Gaussian this likelihood fits. Weighted by SPM's ``c1``, Colin27's grey
-matter has mean 86 and SD 6.9; the fitted GM Gaussian has SD 8.9 on the raw intensities (9.9 on
+matter has mean 86 and SD 6.9; the fitted GM Gaussian has SD 8.9 on the raw intensities (9.7 on
 ours), the WM Gaussian 5.7 (3.4). Where the GM and WM priors sum to more than 0.9, SPM's ``c1``
-is 0.5 at intensity 96 and 0.38 at 70; ours at 99-102 and 0.92. The boundary is a constant shift,
-not a field: in 14 regions of the brain SPM's lies at 93-99, ours at 97-104. The broad Gaussian
-is the optimum of the likelihood under every set of priors tried: ours (1.29x), the affine alone
-(1.28x), and SPM's own mapping of Colin27 (an affine fitted from SPM's ``c1`` to its ``wc1``, r
-0.990: 1.33x), on N4-corrected or raw intensities (1.22x); started from a narrow GM (SD 4-6,
-WM 7-8; 0.89-1.06x and Dice up to 0.922 before any iteration) EM returns to the broad one within
+is 0.5 at intensity 96 and 0.38 at 70; ours at 99-102 and 0.91. The boundary is a constant shift,
+not a field: in 14 regions of the brain SPM's lies at 93-99, ours at 97-105. The broad Gaussian
+is the optimum of the likelihood under every set of priors tried: ours (1.28x), the affine alone
+(1.27x), and SPM's own mapping of Colin27 (an affine fitted from SPM's ``c1`` to its ``wc1``, r
+0.990: 1.33x), on N4-corrected or raw intensities (1.21x); started from a narrow GM (SD 4-6,
+WM 7-8; 0.88-1.06x and Dice up to 0.922 before any iteration) EM returns to the broad one within
 ten iterations, the log-likelihood 5,000-14,000 higher on 153,000 voxels. On IXI014 the
 difference runs the other way: its missing grey matter (633 mL against SPM's 668) lies at the
 boundary with white matter, where SPM's ``c1`` exceeds ours (0.55 and 0.16 against 0.46 and 0.08
 in the two intensity bins below the WM mean); more EM iterations from the pipeline's model lower
 it (0.948x -> 0.940x), a fit started afresh on the final priors raises it (0.953x). SPM's Markov
 random field (as rebuilt above, neighbours weighted 1/voxel size^2) on these refitted posteriors:
-IXI014 0.953x -> 0.956x, ROBEX reference 0.938x -> 0.948x, Subj5 0.989x both, MPRAGE 1.008x ->
-1.028x, Colin27 1.301x -> 1.310x, native Dice within 0.004.
+IXI014 0.953x -> 0.956x, Colin27 1.280x -> 1.291x; on states captured with the earlier pull
+towards uniform weights, refitted with the range: ROBEX reference 0.938x -> 0.948x, Subj5 0.989x
+both, MPRAGE 1.008x -> 1.028x; native Dice within 0.004.
 
 Where the young adults' missing grey matter lies (fast preset, class weights; ours 0.87-0.955 of
 SPM's): in the native segmentation already (native GM IXI012 714 mL against SPM's ``c1`` 775,
