@@ -128,7 +128,9 @@ def assess(
     white, noise = noise_level(t1_mni, templates_on_grid["WM"])
     csf_to_wm = ventricle_level(t1_mni, templates_on_grid["CSF"]) / max(white, 1e-12)
     signal_to_noise = white / max(noise, 1e-12)
-    contrast_to_noise = (tissue_model["WM_mean"] - tissue_model["GM_mean"]) / max(noise, 1e-12)
+    # The tissue model is fitted on the scan as read, the noise measured on the N4-corrected T1:
+    # the contrast relative to the white matter carries over between the two intensity scales.
+    contrast_to_noise = (tissue_model["WM_mean"] - tissue_model["GM_mean"]) / max(tissue_model["WM_mean"], 1e-12) * signal_to_noise
     separation = (tissue_model["WM_mean"] - tissue_model["GM_mean"]) / max(tissue_model["sd"], 1e-12)
     warnings = list(read_warnings)
     failures = list(known_failures or [])

@@ -121,7 +121,9 @@ ten iterations, the log-likelihood 5,000-14,000 higher on 153,000 voxels. On IXI
 difference runs the other way: its missing grey matter (633 mL against SPM's 668) lies at the
 boundary with white matter, where SPM's ``c1`` exceeds ours (0.55 and 0.16 against 0.46 and 0.08
 in the two intensity bins below the WM mean); more EM iterations from the pipeline's model lower
-it (0.948x -> 0.940x), a fit started afresh on the final priors raises it (0.953x). SPM's Markov
+it (0.948x -> 0.940x), a fit started afresh on the final priors raises it (0.953x). Those
+figures were measured on the N4-corrected scan; its broad white matter was the cause, and the
+scan as read, with only the bias field fitted here, gives 0.996x (``bias_field``). SPM's Markov
 random field (as rebuilt above, neighbours weighted 1/voxel size^2) on these refitted posteriors:
 IXI014 0.953x -> 0.956x, Colin27 1.280x -> 1.291x; on states captured with the earlier pull
 towards uniform weights, refitted with the range: ROBEX reference 0.938x -> 0.948x, Subj5 0.989x
