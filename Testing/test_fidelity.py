@@ -50,28 +50,28 @@ def test_measures_on_spm_maps() -> None:
 
 @pytest.mark.slow
 def test_colin27_maps_agree_with_spm(colin: tuple[Path, dict]) -> None:
-    """Our Colin27 maps against SPM12's (``fast`` preset; README table). Measured: GMD r 0.79
-    (4 mm 0.888), GMV r 4 mm 0.892, native Dice 0.861, GM volume 1.33x SPM's. The targets (r >=
+    """Our Colin27 maps against SPM12's (``fast`` preset; README table). Measured: GMD r 0.75
+    (4 mm 0.874), GMV r 4 mm 0.879, native Dice 0.863, GM volume 1.33x SPM's. The targets (r >=
     0.90 at 4 mm, volume within 5 %) are not met on this average of 27 scans: segmenting the
     N4-corrected scan gave 0.81 / 0.910, 1.27x, and left every real scan further from SPM's maps
-    (``bias_field``); the softer displacement that brings every real scan closer to SPM takes
-    Colin27 from 0.85 / 0.91."""
+    (``bias_field``); the softer displacement (stiffness 1.5) that brings every real scan closer to
+    SPM takes Colin27 from 0.79 / 0.888 (2.5) and 0.85 / 0.91 (5)."""
     out, _ = colin
     scan = next(s for s in reference_scans(REFERENCE) if s.name == "colin27")
     measures = preprocessed_agreement(scan, out)
-    assert measures["gmd_r"] > 0.77 and measures["gmd_r_4mm"] > 0.87 and measures["gmv_r_4mm"] > 0.87
+    assert measures["gmd_r"] > 0.73 and measures["gmd_r_4mm"] > 0.85 and measures["gmv_r_4mm"] > 0.85
     assert measures["dice_native"] > 0.85 and 1.0 < measures["gm_volume_ratio"] < 1.4
 
 
 @pytest.mark.slow
 def test_a_real_scan_agrees_with_spm() -> None:
     """IXI012 (a healthy man of 38, 2 mm voxels), as ``bench fidelity`` measures it. Measured:
-    GMD r 0.88 (4 mm 0.96), GMV r 4 mm 0.96, GM volume 0.99x SPM's, native Dice 0.95 (unsmoothed
+    GMD r 0.90 (4 mm 0.97), GMV r 4 mm 0.965, GM volume 0.99x SPM's, native Dice 0.95 (unsmoothed
     agreement on 2 mm scans is capped by SPM's own speckled maps; with the stiffer displacement
-    of stiffness 5 it was 0.84, so the unsmoothed bound holds the softer one; segmenting the
-    N4-corrected scan 0.88 / 0.97, 0.96x; without the bias field fitted in the mixture 0.86 /
+    of stiffness 2.5 it was 0.88, with 5 0.84, so the unsmoothed bound holds the softer one;
+    segmenting the N4-corrected scan 0.88 / 0.97, 0.96x; without the bias field fitted in the mixture 0.86 /
     0.95, Dice 0.92; with uniform class weights 0.87 / 0.96, 0.90x, Dice 0.94)."""
     scan = next(s for s in reference_scans(REFERENCE) if s.name == "IXI012-HH-1211")
     measures = scan_fidelity(scan)
-    assert measures["gmd_r"] > 0.86 and measures["gmd_r_4mm"] > 0.95 and measures["gmv_r_4mm"] > 0.95
+    assert measures["gmd_r"] > 0.885 and measures["gmd_r_4mm"] > 0.95 and measures["gmv_r_4mm"] > 0.95
     assert measures["dice_native"] > 0.93 and 0.95 < measures["gm_volume_ratio"] < 1.05
