@@ -292,6 +292,20 @@ def test_qc_fails_an_implausible_registration_scale() -> None:
     assert qc.assess(*args, affine_determinant=0.5)["verdict"] == "warn"
 
 
+def test_qc_contrast_to_noise_does_not_depend_on_the_tissue_models_intensity_scale() -> None:
+    """The tissue model is fitted on the scan as read, the noise measured on the N4-corrected T1 in
+    MNI space: their scales differ by N4's arbitrary gain, and the reported grey/white
+    contrast-to-noise must not follow it."""
+    tm = templates.mni_templates_on_grid()
+    posteriors = np.stack([tm["CSF"], tm["GM"], tm["WM"]], axis=-1)
+    model = {"CSF_mean": 0.2, "GM_mean": 0.6, "WM_mean": 1.0, "sd": 0.1}
+    rescaled = {key: 1000.0 * value for key, value in model.items()}
+    args = (tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), tm["T1"], tm)
+    as_read, scaled = (qc.assess(*args, m, [])["measures"] for m in (model, rescaled))
+    assert as_read["gm_wm_contrast_to_noise"] == pytest.approx(scaled["gm_wm_contrast_to_noise"], rel=1e-3)
+    assert as_read["gm_wm_contrast_to_noise"] == pytest.approx(0.4 * as_read["signal_to_noise"], rel=1e-2)
+
+
 def test_qc_flags_a_brain_cut_off_by_the_field_of_view() -> None:
     """Whatever the GM map looks like, a registered T1 without signal over part of the brain
     (a scan cropped above the vertex, or a brain placed outside the scan) is flagged."""
