@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference",
         type=Path,
         default=None,
-        help="fidelity: folder of SPM12 reference maps, one sub-folder per scan (default: ../shared/reference/spm12 beside the source tree)",
+        help="fidelity: folder of SPM12 reference maps, one sub-folder per scan, with SPM's *_seg8.mat where available to check its fit (default: ../shared/reference/spm12 beside the source tree)",
     )
     bench.add_argument(
         "--presets",
