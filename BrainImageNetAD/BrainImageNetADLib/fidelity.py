@@ -25,8 +25,9 @@ lattice at SPM's 3 mm sampling: at the first, most heavily regularised step of t
 on random data it does so on lattices of about 57-63 voxels per side (61x73x61, 59x71x59,
 63x75x63) and not on 45x54x45, 59x86x86, 64x64x64, 65x77x65 or 67x79x67, nor at 0.7 times that
 regularisation. The NaN displacement is accepted (a NaN log-likelihood fails the "worse"
-test), every later bias-field step is rejected, and for the remaining 29 iterations the priors are
-sampled at NaN positions, where SPM's sampler gives every voxel the same prior (air 0.998): the
+test), every later bias-field step is rejected, and for the next 9 iterations (a NaN
+log-likelihood then passes the convergence test at the tenth) the priors are sampled at NaN
+positions, where SPM's sampler gives every voxel the same prior (air 0.998): the
 mixture is refitted with no spatial prior (its GM Gaussian SD 3.9 against 10.2 in a fit that
 works). Writing the maps, SPM's B-spline coefficients of a NaN field come out 0, so ``c1``, ``wc1``
 and ``mwc1`` follow the affine alone. The shared Colin27 reference is that run (SPM rerun here:
