@@ -10,6 +10,7 @@ from scipy.io import savemat
 
 from BrainImageNetADLib.errors import InputError
 from BrainImageNetADLib.fidelity import (
+    ReferenceScan,
     _on_mni_grid,
     dice,
     map_agreement,
@@ -27,6 +28,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _reference(name: str) -> ReferenceScan:
+    """The shared reference folder's scan ``name``."""
+    return next(s for s in reference_scans(REFERENCE) if s.name == name)
+
+
 def test_reference_folder_is_read() -> None:
     scans = {s.name: s for s in reference_scans(REFERENCE)}
     assert "colin27" in scans and len(scans) >= 5
@@ -35,7 +41,7 @@ def test_reference_folder_is_read() -> None:
 
 
 def test_measures_on_spm_maps() -> None:
-    scan = next(s for s in reference_scans(REFERENCE) if s.name == "colin27")
+    scan = _reference("colin27")
     wc1, mwc1 = _on_mni_grid(scan.wc1, "wc1"), _on_mni_grid(scan.mwc1, "mwc1")
     same = map_agreement(wc1, mwc1, wc1, mwc1)
     assert same["gmd_r"] == pytest.approx(1.0) and same["gmv_r_4mm"] == pytest.approx(1.0)
@@ -73,7 +79,7 @@ def test_spm_fits_that_failed_are_recognised_and_left_out(tmp_path: Path) -> Non
         reference_fit(tmp_path / "e_seg8.mat")
 
     # A reference folder holding SPM's parameter file: the bench reads it beside the maps.
-    colin = next(s for s in reference_scans(REFERENCE) if s.name == "colin27")
+    colin = _reference("colin27")
     folder = tmp_path / "reference" / "colin27"
     folder.mkdir(parents=True)
     (folder / "source.txt").write_text(f"{colin.source}\n")
@@ -104,7 +110,7 @@ def test_colin27_maps_agree_with_spm(colin: tuple[Path, dict]) -> None:
     Dice 0.863, GM volume 1.33x. Against SPM's working fit of the same scan (zeros added around
     the head) the same maps agree at 0.92 (4 mm 0.98), GMV 0.98, Dice 0.98, volume 0.98x."""
     out, _ = colin
-    scan = next(s for s in reference_scans(REFERENCE) if s.name == "colin27")
+    scan = _reference("colin27")
     measures = preprocessed_agreement(scan, out)
     assert measures["gmd_r"] > 0.73 and measures["gmd_r_4mm"] > 0.85 and measures["gmv_r_4mm"] > 0.85
     assert measures["dice_native"] > 0.85 and 1.0 < measures["gm_volume_ratio"] < 1.4
@@ -118,7 +124,7 @@ def test_a_real_scan_agrees_with_spm() -> None:
     of stiffness 2.5 it was 0.88, with 5 0.84, so the unsmoothed bound holds the softer one;
     segmenting the N4-corrected scan 0.88 / 0.97, 0.96x; without the bias field fitted in the mixture 0.86 /
     0.95, Dice 0.92; with uniform class weights 0.87 / 0.96, 0.90x, Dice 0.94)."""
-    scan = next(s for s in reference_scans(REFERENCE) if s.name == "IXI012-HH-1211")
+    scan = _reference("IXI012-HH-1211")
     measures = scan_fidelity(scan)
     assert measures["gmd_r"] > 0.885 and measures["gmd_r_4mm"] > 0.95 and measures["gmv_r_4mm"] > 0.95
     assert measures["dice_native"] > 0.93 and 0.95 < measures["gm_volume_ratio"] < 1.05

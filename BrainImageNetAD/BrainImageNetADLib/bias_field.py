@@ -22,8 +22,8 @@ unsmoothed / at 4 mm, GM volume as a multiple of SPM's, native Dice): IXI014 0.8
 0.984x, 0.964; Colin27, the average of 27 scans, 0.812/0.910, 1.274x, 0.875 -> 0.793/0.888,
 1.332x, 0.861. Every real scan's volume comes within 5 % of SPM's and its Dice rises or holds;
 Colin27 moves away (from a reference whose SPM fit failed; against SPM's working fit of Colin27
-our maps agree at 0.92/0.98, 0.98x, 0.98: ``fidelity``'s docstring). Why, measured with each scan's final priors held fixed (the mixture and
-this field refitted on the 3 mm lattice): N4, blind to the tissue classes, leaves the white
+our maps agree at 0.92/0.98, 0.98x, 0.98: ``fidelity``'s docstring). Why, measured with each
+scan's final priors held fixed (the mixture and this field refitted on the 3 mm lattice): N4, blind to the tissue classes, leaves the white
 matter broader against the grey/white separation than this field does (separation in white
 matter SDs, N4 first -> as read: IXI014 4.5 -> 6.0, IXI012 4.3 -> 5.7, ROBEX reference 5.3 ->
 6.0, Subj5 1.15 -> 1.65, Colin27 6.6 -> 7.4), so the broad white matter took the grey matter's

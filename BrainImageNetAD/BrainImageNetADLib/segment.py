@@ -111,8 +111,8 @@ the 3 mm lattice; Colin27's intensities in its own units, 0-255): SPM's grey mat
 in intensity than the Gaussian this likelihood fits. (Explained since: SPM's fit of Colin27
 failed, its displacement NaN from the first step, and its mixture was refitted with the same
 prior at every voxel, GM SD 3.9; where SPM's fit of Colin27 works its GM Gaussian has SD 10.2,
-mean 88, its GM 1031 mL, and ours 0.98x that: ``fidelity``'s docstring.) Weighted by SPM's ``c1``, Colin27's grey
-matter has mean 86 and SD 6.9; the fitted GM Gaussian has SD 8.9 on the raw intensities (9.7 on
+mean 88, its GM 1031 mL, and ours 0.98x that: ``fidelity``'s docstring.) Weighted by SPM's
+``c1``, Colin27's grey matter has mean 86 and SD 6.9; the fitted GM Gaussian has SD 8.9 on the raw intensities (9.7 on
 ours), the WM Gaussian 5.7 (3.4). Where the GM and WM priors sum to more than 0.9, SPM's ``c1``
 is 0.5 at intensity 96 and 0.38 at 70; ours at 99-102 and 0.91. The boundary is a constant shift,
 not a field: in 14 regions of the brain SPM's lies at 93-99, ours at 97-105. The broad Gaussian
