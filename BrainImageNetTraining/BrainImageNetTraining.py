@@ -43,32 +43,46 @@ class BrainImageNetTrainingWidget(ScriptedLoadableModuleWidget):
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         self.logic = BrainImageNetTrainingLogic()
+        from BrainImageNetADLib import dependencies
+
+        if dependencies.python_problem() or dependencies.plan():
+            notice = dependencies.python_problem() or _(
+                "Python packages needed: {packages}. Install them with the BrainImageNet AD module (its Run button)."
+            ).format(packages=", ".join(dependencies.plan().names()))
+            label = qt.QLabel(notice)
+            label.wordWrap = True
+            self.layout.addWidget(label)
         form = qt.QFormLayout()
         self.layout.addLayout(form)
         self.outputEdit = qt.QLineEdit(os.path.join(slicer.app.temporaryPath, "BrainImageNetAD"))
         form.addRow(_("Output folder:"), self.outputEdit)
-        self.resourcesButton = qt.QPushButton(_("Write the quick sample maps and the atlas"))
+        self.aalEdit = qt.QLineEdit()
+        self.aalEdit.placeholderText = _("optional: MRIcron's aal.nii.gz, to rebuild the atlas too")
+        form.addRow(_("AAL atlas source:"), self.aalEdit)
+        self.resourcesButton = qt.QPushButton(_("Write the quick sample maps"))
         form.addRow(self.resourcesButton)
         self.resourcesButton.connect("clicked(bool)", self.onWriteResources)
         self.layout.addStretch(1)
 
     def onWriteResources(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to write the resources."), waitCursor=True):
-            written = self.logic.writeResources(self.outputEdit.text)
+            written = self.logic.writeResources(self.outputEdit.text, self.aalEdit.text or None)
             slicer.util.infoDisplay(_("Written: {paths}").format(paths=", ".join(map(str, written))))
 
 
 class BrainImageNetTrainingLogic(ScriptedLoadableModuleLogic):
     """Calls ``BrainImageNetTrainingLib``; usable from Slicer's Python without the widget."""
 
-    def writeResources(self, outputDir):
-        """Write the quick sample maps (``Sample/``) and the AAL atlas (``Atlas/``) under
-        ``outputDir``; return the paths written."""
+    def writeResources(self, outputDir, aalSource=None):
+        """Write the quick sample maps (``Sample/``) under ``outputDir`` and, given MRIcron's
+        ``aal.nii.gz`` as ``aalSource``, the AAL atlas (``Atlas/``); return the paths written."""
         from BrainImageNetADLib.atlas import build_atlas
         from BrainImageNetTrainingLib.sample import make_colin27_sample
 
         written = list(make_colin27_sample(os.path.join(outputDir, "Sample")).values())
-        return [*written, build_atlas(os.path.join(outputDir, "Atlas"))]
+        if aalSource:
+            written.append(build_atlas(os.path.join(outputDir, "Atlas"), aalSource))
+        return written
 
     def synthesize(self, outputDir, subjects=200, sites=6, datasets=3, seed=0):
         """Write a synthetic cohort (maps and manifest.csv) to ``outputDir``; return the manifest path."""
@@ -122,7 +136,7 @@ class BrainImageNetTrainingTest(ScriptedLoadableModuleTest):
     def test_WriteResources(self):
         outputDir = os.path.join(slicer.app.temporaryPath, "BrainImageNetTrainingTest")
         written = BrainImageNetTrainingLogic().writeResources(outputDir)
-        self.assertEqual(len(written), 3)
+        self.assertEqual(len(written), 2)
         self.assertTrue(all(os.path.isfile(path) for path in written))
         self.delayDisplay("Test passed")
 

@@ -13,14 +13,14 @@ import torch
 from BrainImageNetADLib import deformation, grid, templates
 from BrainImageNetADLib.bundle import save_bundle
 from BrainImageNetADLib.networks import build_network
-from BrainImageNetADLib.resources import sample_maps
+from BrainImageNetADLib.resources import sample_maps, sample_t1
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Seconds after which a test gives up on a child process or a run: only a guard against hangs.
 #: Generous on purpose: on a loaded machine a run that takes two minutes can take ten times longer.
 HANG_GUARD_S = 3600
-#: The Colin27 T1 (Debian's mricron-data), the real scan most tests preprocess.
-COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
+#: The Colin27 T1 (the shipped sample case), the real scan most tests preprocess.
+COLIN27_T1 = sample_t1()
 #: Real scans of people (README there), read in place from beside the checkout.
 REALDATA = ROOT.parent / "shared" / "realdata"
 needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason="the real scans (../shared/realdata) are not beside this checkout")

@@ -124,7 +124,9 @@ def test_shipped_demo_ensemble_says_what_it_is_and_meets_its_figures() -> None:
 
 @pytest.mark.slow
 def test_shipped_sample_is_reproduced_by_the_project_code(tmp_path: Path, sample: dict[str, Path], colin: tuple[Path, dict]) -> None:
-    """The shipped sample maps are the preprocessing of the sample T1 (the session's Colin27 run)."""
+    """The shipped sample maps are the preprocessing of the sample T1 (the session's Colin27 run),
+    up to the last digits that another processor's floating-point kernels change (here up to 7e-4
+    between an AMD EPYC and the machine that wrote them)."""
     import nibabel as nib
 
     from BrainImageNetTrainingLib.sample import make_colin27_sample
@@ -132,6 +134,8 @@ def test_shipped_sample_is_reproduced_by_the_project_code(tmp_path: Path, sample
     rebuilt = make_colin27_sample(tmp_path, preprocessing_dir=colin[0])
     for kind in ("GMD", "GMV"):
         shipped, again = nib.load(str(sample[kind])), nib.load(str(rebuilt[kind]))
-        np.testing.assert_array_equal(np.asanyarray(again.dataobj), np.asanyarray(shipped.dataobj))
+        rebuilt_map, shipped_map = np.asanyarray(again.dataobj), np.asanyarray(shipped.dataobj)
+        np.testing.assert_allclose(rebuilt_map, shipped_map, rtol=0, atol=5e-3)
+        assert np.corrcoef(rebuilt_map.ravel(), shipped_map.ravel())[0, 1] > 0.99999
         np.testing.assert_array_equal(again.affine, grid.MNI_AFFINE)
         assert shipped.shape == grid.MNI_SHAPE

@@ -4,6 +4,7 @@ shipped demo ensemble on the sample T1 in a child process."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -142,6 +143,13 @@ def test_regions_are_a_segmentation_of_the_atlas_labels(ran: CaseController) -> 
 
 def test_views_show_the_heat_map_inside_the_brain_and_follow_the_controls(ran: CaseController, viewer: Viewer) -> None:
     t1 = ran.node("InputVolume")
+    heat = ran.node("HeatMap")
+    legend = next(
+        heat.GetNthDisplayNode(i)
+        for i in range(heat.GetNumberOfDisplayNodes())
+        if heat.GetNthDisplayNode(i).IsA("vtkMRMLColorLegendDisplayNode")
+    )
+    legend.SetVisibility(False)
     for composite in mrml_scene._nodes(ran.scene, "vtkMRMLSliceCompositeNode"):
         assert composite.GetBackgroundVolumeID() == t1.GetID()
         assert composite.GetForegroundVolumeID() == ran.node("HeatMap").GetID()
@@ -158,6 +166,9 @@ def test_views_show_the_heat_map_inside_the_brain_and_follow_the_controls(ran: C
     ran.set_opacity(0.6)
     assert hidden < 0.3 * coloured(axial).mean() and faded < 0.3 * coloured(axial).mean()
     assert coloured(viewer.pixels(0)).mean() == pytest.approx(coloured(axial).mean(), rel=0.05)
+    # The colour legend of the map is drawn beside it (hidden above, so that only the map was measured).
+    legend.SetVisibility(True)
+    assert coloured(viewer.pixels(0)).mean() > coloured(axial).mean() + 0.002, "no colour legend in the slice view"
     # The slice views are centred on the hippocampal regions.
     written = nib.load(str(ran.job.out_dir / "regions_native.nii.gz"))
     centre = nib.affines.apply_affine(written.affine, np.argwhere(np.asanyarray(written.dataobj) > 0).mean(axis=0))
@@ -182,6 +193,13 @@ def test_threshold_moves_label_sensitivity_and_specificity_from_the_card(ran: Ca
     with pytest.raises(InputError, match="must lie in"):
         ran.set_threshold(1.5)
     assert ran.notice()["banner"] == DEMO_BANNER and "DEMONSTRATION MODEL" in ran.notice()["intended_use"]
+    ran.set_threshold_preset("balanced")
+
+
+def test_a_threshold_chosen_in_the_scene_survives_loading_results(ran: CaseController) -> None:
+    ran.set_threshold(0.42)
+    ran.load_results(ran.job.out_dir)
+    assert ran.state.threshold == 0.42 and ran.prediction().threshold == 0.42
     ran.set_threshold_preset("balanced")
 
 
@@ -259,6 +277,120 @@ def test_controller_refuses_what_it_cannot_run(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="run the prediction first"):
         controller.write_report(tmp_path)
     assert controller.set_model(None).name == "demo-tiny" and controller.bundle_path() == default_bundle()
+    work_dir = controller.work_dir
+    controller.close()
+    assert not work_dir.exists()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Process ids of the living descendants of ``pid`` (from /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_spm_maps_run_without_preprocessing_with_the_map_and_legend_on_the_mni_grid(viewer: Viewer, tmp_path: Path) -> None:
+    from BrainImageNetADLib import grid
+    from BrainImageNetADLib.resources import sample_maps
+
+    own = Viewer()  # a scene of its own: the module-wide case stays as it is
+    controller = own.controller(tmp_path / "maps")
+    maps = sample_maps()
+    gmd = controller.load_maps(maps["GMD"], maps["GMV"])
+    assert controller.node("InputVolume") is gmd and controller.input_maps() == maps
+    controller.set_threshold(0.42)  # chosen before the run: it must survive it
+    job = controller.start(RunOptions(occlusion="gradient"))
+    assert "--gmd" in job.command and "--threshold" in job.command
+    wait(controller)
+    assert controller.poll().state == "done", controller.poll().message
+    assert controller.prediction().threshold == 0.42 and controller.state.result["threshold"] == 0.42
+    heat_data, heat_affine = volume_node_array(controller.node("HeatMap"))
+    written = nib.load(str(job.out_dir / "occlusion.nii.gz"))
+    assert heat_data.shape == grid.MNI_SHAPE and np.abs(heat_data).max() > 0
+    # The node holds the written MNI map voxel for voxel (Slicer may store the axes flipped).
+    to_node = nib.orientations.ornt_transform(nib.io_orientation(written.affine), nib.io_orientation(heat_affine))
+    on_node_axes = nib.orientations.apply_orientation(np.asanyarray(written.dataobj, dtype=np.float32), to_node)
+    np.testing.assert_allclose(heat_data, on_node_axes, atol=1e-7)
+    corners = np.array(list(itertools.product(*[(0, n - 1) for n in grid.MNI_SHAPE])))
+    for affine in (heat_affine, written.affine):  # both span the same box of the MNI space
+        box = np.sort(np.round(nib.affines.apply_affine(affine, corners), 3), axis=0)
+        np.testing.assert_allclose(box, np.sort(np.round(nib.affines.apply_affine(grid.MNI_AFFINE, corners), 3), axis=0))
+    assert controller.node("Regions").GetSegmentation().GetNumberOfSegments() == 4
+    heat = controller.node("HeatMap")
+    legends = [heat.GetNthDisplayNode(i) for i in range(heat.GetNumberOfDisplayNodes())]
+    legend = next(d for d in legends if d.IsA("vtkMRMLColorLegendDisplayNode"))
+    assert legend.GetTitleText() == mrml_scene.LEGEND_TITLE and legend.GetPrimaryDisplayNode() is heat.GetDisplayNode()
+    # Choosing a T1 again leaves the maps.
+    controller.set_input(controller.node("InputVolume"))
+    assert controller.input_maps() is None
+    with pytest.raises(InputError, match="GMV map not found"):
+        controller.load_maps(maps["GMD"], tmp_path / "missing.nii")
+    controller.close()
+
+
+def test_the_parameter_node_announces_every_change_the_panel_shows(viewer: Viewer, tmp_path: Path) -> None:
+    """The Slicer panel refreshes from the parameter node's ModifiedEvent: every change of the
+    workflow, made from the panel or from the Python console, fires it."""
+    slicer.mrmlScene = viewer.app.scene
+    controller = viewer.controller(tmp_path / "events")
+    events: list[str] = []
+    node = controller.parameter_node
+    tag = node.AddObserver("ModifiedEvent", lambda caller, event: events.append(event))
+    volume = slicer.util.addVolumeFromArray(np.zeros((8, 8, 8), dtype=np.float32), name="t1")
+    for change in (
+        lambda: controller.set_input(volume),
+        lambda: controller.set_threshold(0.31),
+        lambda: controller.set_opacity(0.4),
+        lambda: controller.set_cutoff(0.3),
+        lambda: controller.set_model(None),
+        lambda: controller.set_input(None),
+    ):
+        before = len(events)
+        change()
+        assert len(events) > before
+    node.RemoveObserver(tag)
+    controller.close()
+
+
+def test_closing_the_scene_stops_the_run_its_processes_and_removes_its_files(viewer: Viewer, tmp_path: Path, ran: CaseController) -> None:
+    other = Viewer()
+    controller = other.controller()  # its own temporary work folder
+    controller.load_sample()
+    job = controller.start(RunOptions(occlusion="none"))
+    end = time.monotonic() + HANG_GUARD_S
+    while controller.poll().stages["Preprocessing"] == 0:  # the preprocessing worker is running
+        assert time.monotonic() < end
+        time.sleep(0.1)
+    processes = _descendants(job._process.pid) | {job._process.pid}
+    assert len(processes) >= 2, "no worker process under the run"
+    other.app.scene.Clear(0)
+    controller.scene_closed()
+    assert controller.job is None and not list(controller.work_dir.glob("run-*"))
+    end = time.monotonic() + 60
+    while any(_alive(pid) for pid in processes):
+        assert time.monotonic() < end, "processes of the run outlived the scene"
+        time.sleep(0.2)
+    # Results that arrive for a scene that no longer holds the input are not loaded.
+    with pytest.raises(InputError, match="no longer in the scene"):
+        controller.load_results(ran.job.out_dir)
+    assert controller.node("HeatMap") is None
     work_dir = controller.work_dir
     controller.close()
     assert not work_dir.exists()

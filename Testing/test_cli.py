@@ -15,9 +15,7 @@ import pytest
 from BrainImageNetADLib import grid
 from BrainImageNetADLib.ensemble import Ensemble
 from BrainImageNetADLib.maps import load_model_input
-from conftest import HANG_GUARD_S, assert_input_error
-
-COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
+from conftest import COLIN27_T1, HANG_GUARD_S, assert_input_error
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -51,7 +49,8 @@ def test_predict_sample_writes_result_json(tmp_path: Path, sample: dict[str, Pat
     assert (out["sensitivity"], out["specificity"]) == pytest.approx((0.95, 0.70))
     assert out["model_name"] == "test bundle" and out["demo"] is True
     assert out["input_checks"]["GMD"]["source_shape"] == [121, 145, 121]
-    assert not [p.name for p in tmp_path.iterdir() if p.name != "result.json"]  # no temporary files left
+    assert out["regions_mni"] == "regions_mni.nii.gz"  # the hippocampal regions, on the maps' MNI grid
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["regions_mni.nii.gz", "result.json"]  # no temporary files left
 
 
 @pytest.mark.slow

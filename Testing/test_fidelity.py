@@ -103,7 +103,7 @@ def test_spm_fits_that_failed_are_recognised_and_left_out(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_colin27_maps_agree_with_spm(colin: tuple[Path, dict]) -> None:
-    """Our Colin27 maps against the shared SPM12 maps (``fast`` preset; README table), a guard
+    """Our Colin27 maps against the shared SPM12 maps (``fast`` preset; docs/preprocessing.md table), a guard
     against change rather than fidelity: SPM's fit behind these maps failed (its displacement NaN
     from the first step; the maps follow its affine alone and a mixture fitted without spatial
     priors; ``fidelity``'s docstring). Measured: GMD r 0.75 (4 mm 0.874), GMV r 4 mm 0.879, native

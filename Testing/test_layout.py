@@ -69,3 +69,24 @@ def test_libraries_never_import_qt_and_ad_never_imports_training() -> None:
         assert "BrainImageNetTrainingLib" not in imports, path.name
     for path in (ROOT / "BrainImageNetTraining" / "BrainImageNetTrainingLib").glob("*.py"):
         assert not _imports(path) & gui, path.name
+
+
+def test_extensions_index_entry_has_the_catalog_fields_and_matches_the_cmake_metadata() -> None:
+    """``BrainImageNetAD.json`` is the description file Slicer's ExtensionsIndex lists extensions
+    with (schema slicer-extension-catalog-entry v1.0.2: ``$schema``, ``category`` and ``scm_url``
+    required; no other keys than the schema's)."""
+    import json
+
+    entry = json.loads((ROOT / "BrainImageNetAD.json").read_text())
+    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies"}
+    allowed |= {"dicom_support_rule", "build_subdirectory", "enabled", "tier"}
+    assert {"$schema", "category", "scm_url"} <= set(entry) <= allowed
+    assert entry["$schema"].startswith(
+        "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-"
+    )
+    assert isinstance(entry["build_dependencies"], list) and 1 <= entry["tier"] <= 5
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    assert f'set(EXTENSION_CATEGORY "{entry["category"]}")' in cmake
+    assert re.search(r'set\(EXTENSION_HOMEPAGE "' + re.escape(entry["scm_url"]), cmake)
+    depends = re.search(r'set\(EXTENSION_DEPENDS "([^"]*)"\)', cmake).group(1).split()
+    assert depends == entry["build_dependencies"]

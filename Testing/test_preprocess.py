@@ -163,7 +163,7 @@ def _variant(tmp_path: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize(
     ("kind", "min_gmd_correlation", "min_gmv_correlation"),
-    # Target 0.95 for both maps. Measured: flipped 1.00/1.00, anisotropic 0.99/0.99, rotated 0.99/0.99 (README).
+    # Target 0.95 for both maps. Measured: flipped 1.00/1.00, anisotropic 0.99/0.99, rotated 0.99/0.99 (docs/preprocessing.md).
     [("flipped_axes", 0.99, 0.99), ("anisotropic", 0.95, 0.95), ("rotated", 0.95, 0.95), ("fine_voxels", 0.95, 0.95)],
 )
 def test_storage_does_not_change_the_maps(
@@ -205,7 +205,7 @@ def test_atlas_labels_reach_the_native_grid(colin: tuple[Path, dict], tmp_path: 
 
 
 def test_mni152_t1_gives_the_prior_grey_matter(tmp_path: Path) -> None:
-    """The MNI152 T1 (the average of many brains) correlates 0.81 with SPM12's GM prior (README)."""
+    """The MNI152 T1 (the average of many brains) correlates 0.81 with SPM12's GM prior (docs/preprocessing.md)."""
     report = preprocess(templates.template_path(templates.MNI_T1), tmp_path)
     assert report["measures"]["gm_template_correlation"] >= 0.75
     assert report["verdict"] == "pass"

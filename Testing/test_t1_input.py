@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -16,9 +17,8 @@ from BrainImageNetADLib import qc
 from BrainImageNetADLib.batch import Job, collect_jobs, shard
 from BrainImageNetADLib.errors import InputError
 from BrainImageNetADLib.worker import WorkerCrashed, run_isolated
-from conftest import REALDATA, assert_input_error, needs_realdata
+from conftest import COLIN27_T1, REALDATA, assert_input_error, needs_realdata
 
-COLIN27_T1 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 AAL = Path("/usr/share/mricron/templates/aal.nii.gz")
 
 
@@ -187,6 +187,24 @@ def test_a_crashing_worker_becomes_a_clear_error() -> None:
     with pytest.raises(WorkerCrashed, match="crashed in a native library"):
         run_isolated(os.abort)
     assert run_isolated(sum, [1, 2, 3]) == 6
+    with pytest.raises(InputError, match="no such subject"):
+        run_isolated(_refuse, "no such subject")
+
+
+def _refuse(message: str) -> None:
+    raise InputError(message)
+
+
+def test_the_worker_runs_under_the_interpreter_a_launcher_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slicer's PythonSlicer is a launcher that sets the environment, then starts Python: a worker
+    started through such a launcher (``$BRAINIMAGENET_AD_PYTHON``) runs and crashes as cleanly."""
+    launcher = tmp_path / "PythonLauncher"
+    launcher.write_text(f'#!/bin/sh\nexport LAUNCHED_BY=launcher\nexec "{sys.executable}" "$@"\n')
+    launcher.chmod(0o755)
+    monkeypatch.setenv("BRAINIMAGENET_AD_PYTHON", str(launcher))
+    assert run_isolated(os.getenv, "LAUNCHED_BY") == "launcher"
+    with pytest.raises(WorkerCrashed, match="crashed in a native library"):
+        run_isolated(os.abort)
 
 
 @pytest.mark.slow

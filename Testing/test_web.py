@@ -23,7 +23,7 @@ from BrainImageNetADLib.web import safe_upload_name
 from conftest import HANG_GUARD_S
 
 pytestmark = pytest.mark.slow
-#: Where the page test leaves its screenshots (the README's come from here).
+#: Where the page test leaves its screenshots (the README's and the docs' come from here).
 SCREENSHOTS = Path(os.environ.get("BRAINIMAGENET_SCREENSHOTS", "")) if os.environ.get("BRAINIMAGENET_SCREENSHOTS") else None
 
 

@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(mricron-data libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 chromium)
+# Run time needs none of these: mricron-data (reference images of some tests), EGL and Mesa
+# (headless views of the web page), chromium (the page tests), strace (the test that no system
+# file is read).
+SYSTEM_PACKAGES=(mricron-data libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 chromium strace)
 missing=()
 for package in "${SYSTEM_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
@@ -24,12 +27,14 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.pinned.sha256
-wanted="$(cat requirements/pinned.txt requirements/no-deps.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+wanted="$(cat requirements/pinned.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
   echo "setup: installing Python dependencies (first run: several minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements/pinned.txt
-  .venv/bin/python -m pip install -q --no-deps -r requirements/no-deps.txt
+  # The packages pyproject.toml marks as installed without their dependencies.
+  mapfile -t no_deps < <(PYTHONPATH=BrainImageNetAD .venv/bin/python -m BrainImageNetADLib.dependencies no-deps)
+  .venv/bin/python -m pip install -q --no-deps "${no_deps[@]}"
   .venv/bin/python -m pip install -q --no-deps -e .
   echo "$wanted" > "$stamp"
 fi

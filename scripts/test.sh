@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Set up (if needed), lint, and run the whole test suite.
+# Set up (if needed), lint, check that wheels exist for the readers' platforms, and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/python scripts/check_wheels.py
 .venv/bin/python -m pytest "$@"

@@ -4,7 +4,9 @@ Modules: ``grid`` (the model grid), ``networks`` (3D Inception-ResNet-V2 and the
 network), ``bundle`` (safetensors model bundles and model cards), ``ensemble`` (prediction),
 ``maps`` (GMD/GMV input checks), ``preprocess`` (T1 to GMD/GMV), ``occlusion`` (heat maps),
 ``controller`` (the single-case workflow both skins drive), ``job`` (runs in a child process),
-``scene`` and ``mrml`` (Slicer scene nodes), ``report``, ``web`` (the web page), ``cli``.
+``scene`` and ``mrml`` (Slicer scene nodes), ``report``, ``web`` (the web page), ``cli``,
+``worker`` (native-library work in a child process), ``dependencies`` (the run-time packages and
+their installation into Slicer's Python).
 """
 
 __version__ = "0.1.0"

@@ -1,8 +1,9 @@
 """AAL atlas labels on the MNI grid, the hippocampal regions, and their mapping to native space.
 
-Labels come from the AAL atlas shipped in Debian's ``mricron-data`` (BSD-3-Clause per its
-copyright file); ``build_atlas`` resamples all 116 regions to the 121x145x121 MNI 1.5 mm grid and
-the result is shipped in ``Resources/Atlas`` with its label names (see ``Resources/PROVENANCE.md``).
+Labels come from the AAL atlas (``aal.nii.gz`` and ``aal.nii.txt`` as MRIcron distributes them,
+BSD-3-Clause); ``build_atlas`` resamples all 116 regions to the 121x145x121 MNI 1.5 mm grid and
+the result is shipped in ``Resources/Atlas`` with its label names (see ``Resources/PROVENANCE.md``),
+so that nothing outside the extension is read at run time.
 """
 
 from __future__ import annotations
@@ -16,20 +17,21 @@ from . import grid
 from .atomic import write_bytes_atomic, write_nifti_atomic
 from .resources import resources_dir
 
-AAL_SOURCE = Path("/usr/share/mricron/templates/aal.nii.gz")
 #: The hippocampal regions: label value -> name (values as in AAL).
 REGIONS: dict[int, str] = {37: "Hippocampus_L", 38: "Hippocampus_R", 39: "ParaHippocampal_L", 40: "ParaHippocampal_R"}
 ATLAS_FILE = "aal_mni1.5mm.nii.gz"
 NAMES_FILE = "aal_labels.tsv"
 
 
-def build_atlas(out_dir: str | Path, source: Path = AAL_SOURCE) -> Path:
-    """Write every AAL region, nearest-neighbour resampled onto the 121x145x121 MNI grid (uint8
-    labels, 0 elsewhere), as ``ATLAS_FILE`` and the label names as ``NAMES_FILE`` (label, name)
-    into ``out_dir``. Returns the atlas path."""
+def build_atlas(out_dir: str | Path, source: str | Path) -> Path:
+    """Write every AAL region of ``source`` (MRIcron's ``aal.nii.gz``, its names in ``aal.nii.txt``
+    beside it), nearest-neighbour resampled onto the 121x145x121 MNI grid (uint8 labels, 0
+    elsewhere), as ``ATLAS_FILE`` and the label names as ``NAMES_FILE`` (label, name) into
+    ``out_dir``. Returns the atlas path."""
+    source = Path(source)
     names_source = source.with_suffix("").with_suffix(".nii.txt")
     if not source.is_file() or not names_source.is_file():
-        raise FileNotFoundError(f"{source} or {names_source.name} is missing: install Debian's mricron-data")
+        raise FileNotFoundError(f"{source} or {names_source.name} is missing (MRIcron's AAL atlas: aal.nii.gz with aal.nii.txt)")
     out_dir = Path(out_dir)
     image = nib.load(str(source))
     labels = grid.resample_to_mni_grid(np.asanyarray(image.dataobj).astype(np.uint8), image.affine, order=0).astype(np.uint8)
@@ -58,6 +60,12 @@ def region_names() -> dict[int, str]:
     """Label value -> AAL region name."""
     lines = (resources_dir() / "Atlas" / NAMES_FILE).read_text().splitlines()[1:]
     return {int(value): name for value, name in (line.split("\t") for line in lines if line)}
+
+
+def write_mni_regions(path: str | Path) -> Path:
+    """Write the hippocampal and parahippocampal labels (``REGIONS``) on the 121x145x121 MNI grid
+    as a uint8 NIfTI label map, atomically (the regions of a case given as MNI maps)."""
+    return write_nifti_atomic(path, hippocampal_labels(), grid.MNI_AFFINE, "hippocampal regions (AAL) on the MNI 1.5 mm grid")
 
 
 def write_native_regions(preprocessing_dir: str | Path, path: str | Path) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 from .atomic import write_bytes_atomic
 from .errors import BrainImageNetError, InputError
 from .preprocess import is_done, preprocess_t1
-from .worker import pool
+from .worker import WorkerCrashed, run_isolated
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -131,14 +131,14 @@ def _run_one(job: Job, out_dir: Path, preset: str) -> dict:
 
 
 def run_batch(jobs: list[Job], out_root: Path, preset: str = "fast", processes: int = 1, overwrite: bool = False) -> list[dict]:
-    """Preprocess ``jobs`` into ``out_root/<subject>/`` with ``processes`` worker processes.
+    """Preprocess ``jobs`` into ``out_root/<subject>/`` with ``processes`` worker processes at a
+    time (each subject in its own, ``worker.run_isolated``).
 
     Finished subjects (``qc.json`` present) are skipped unless ``overwrite``; a progress line per
     subject goes to stderr; ``out_root/summary.tsv`` (written atomically) lists every verdict.
     A crash of one worker is reported for its subject and does not stop the others.
     """
-    from concurrent.futures import as_completed
-    from concurrent.futures.process import BrokenProcessPool
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     rows: list[dict] = []
     todo = []
@@ -147,13 +147,13 @@ def run_batch(jobs: list[Job], out_root: Path, preset: str = "fast", processes: 
             rows.append(_row(job.subject, "done before", "skipped (qc.json exists)"))
         else:
             todo.append(job)
-    with pool(processes) as executor:
-        futures = {executor.submit(_run_one, job, out_root / job.subject, preset): job for job in todo}
+    with ThreadPoolExecutor(max_workers=max(1, processes)) as executor:
+        futures = {executor.submit(run_isolated, _run_one, job, out_root / job.subject, preset): job for job in todo}
         for count, future in enumerate(as_completed(futures), start=1):
             job = futures[future]
             try:
                 row = future.result()
-            except BrokenProcessPool:
+            except WorkerCrashed:
                 row = _row(job.subject, "error", "worker process crashed (native library failure)")
             rows.append(row)
             print(

@@ -51,7 +51,7 @@ class OperatingPoint:
 
 @dataclass
 class ModelCard:
-    """The parsed ``model_card.json`` of a bundle (see the README for every field)."""
+    """The parsed ``model_card.json`` of a bundle (see docs/model-cards.md for every field)."""
 
     data: dict[str, Any]
 

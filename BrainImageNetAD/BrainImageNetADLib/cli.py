@@ -16,7 +16,7 @@ from . import __version__
 from .atomic import write_json_atomic, write_nifti_atomic
 from .errors import BrainImageNetError
 from .job import HEAT_MAPS
-from .progress import ProgressCallback, TerminalProgress
+from .progress import ProgressCallback, progress_for
 from .resources import default_bundle, sample_t1
 
 
@@ -25,20 +25,6 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def print_progress(stage: str, fraction: float) -> None:
-    """Progress callback of long commands: one ``progress: STAGE FRACTION`` line on stderr, for a
-    person or for a GUI that runs the command and reads its output."""
-    print(f"progress: {stage} {fraction:.2f}", file=sys.stderr, flush=True)
-
-
-def progress_for(lines: bool) -> ProgressCallback | None:
-    """The progress callback of a long command: ``progress:`` lines with ``--progress`` (for
-    programs), bars with the time left when stderr is a terminal (for people), else none."""
-    if lines:
-        return print_progress
-    return TerminalProgress() if sys.stderr.isatty() else None
 
 
 def _threshold(value: str) -> float:
@@ -83,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="decision threshold on the AD probability (default: the card's 'balanced' preset)",
     )
     predict.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    predict.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps, or auto (a GPU where torch sees one)")
     predict.add_argument(
         "--engine",
         choices=["torch", "openvino"],
@@ -146,9 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="network presets (predict: tiny small paper; occlusion: small paper; train: paper) or preprocessing presets (preprocess: fast accurate)",
     )
-    bench.add_argument(
-        "--t1", type=Path, default=Path("/usr/share/mricron/templates/ch2.nii.gz"), help="T1 for 'preprocess' (default: Colin27)"
-    )
+    bench.add_argument("--t1", type=Path, default=None, help="T1 for 'preprocess' (default: the sample T1, Colin27)")
     bench.add_argument(
         "--batch", type=int, default=4, help="batch size (predict: compared with batch size 1; occlusion: cubes per pass; train: per step)"
     )
@@ -202,7 +186,7 @@ def run_bench(args: argparse.Namespace) -> None:
         print_rows(rows)
         print(summary_line(rows))
     elif args.target == "preprocess":
-        print_rows(bench_preprocess(str(args.t1), args.presets or ["fast", "accurate"]))
+        print_rows(bench_preprocess(str(args.t1 or sample_t1()), args.presets or ["fast", "accurate"]))
     elif args.target == "train":
         print_rows(bench_train(args.presets or ["paper"], batch=args.batch, steps=args.repeats or 1, device=args.device))
     elif args.target == "occlusion":
@@ -287,6 +271,10 @@ def run_predict(args: argparse.Namespace) -> Path:
         from .atlas import write_native_regions
 
         result["regions_native"] = write_native_regions(native, Path(args.out) / "regions_native.nii.gz").name
+    else:
+        from .atlas import write_mni_regions
+
+        result["regions_mni"] = write_mni_regions(Path(args.out) / "regions_mni.nii.gz").name
     occlusion = args.occlusion or "incremental"
     if occlusion != "none":
         result["occlusion"] = run_occlusion(ensemble, ensemble.prepare(x[None])[0], args, native, occlusion, progress)

@@ -6,9 +6,10 @@ threshold changes from the model card without running a network.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,11 @@ class CaseController:
         mrml_scene.save_state(self.parameter_node, state)
         return state
 
+    def _chosen_threshold(self) -> float | None:
+        """The threshold set in this scene (slider, preset, console), or None when none was set and
+        the model card's "balanced" preset applies."""
+        return self.state.threshold if self.parameter_node.GetParameter("Threshold") else None
+
     def node(self, role: str) -> Any:
         """The node the parameter node references under ``role`` (``scene.ROLES``), or None."""
         return self.parameter_node.GetNodeReference(role)
@@ -78,6 +84,27 @@ class CaseController:
         self.set_input(node)
         return node
 
+    def load_maps(self, gmd: str | Path, gmv: str | Path) -> Any:
+        """Use SPM12's grey-matter maps (``wc1*``: density, ``mwc1*``: modulated volume; MNI 1.5 mm,
+        121x145x121 or the 96x120x86 crop) as the input instead of a T1: runs skip preprocessing and
+        the heat map lies on the MNI grid. The density map is loaded and shown; returns its node."""
+        paths = {"GMD": Path(gmd), "GMV": Path(gmv)}
+        for kind, path in paths.items():
+            if not path.is_file():
+                raise InputError(f"{kind} map not found: {path}")
+        node = mrml_scene.read_volume(self.scene, paths["GMD"], paths["GMD"].name.split(".")[0])
+        self.set_input(node)
+        self.parameter_node.SetParameter("InputMaps", json.dumps({kind: str(path) for kind, path in paths.items()}))
+        return node
+
+    def input_maps(self) -> dict[str, Path] | None:
+        """The SPM maps chosen with ``load_maps`` while their density map is the input, else None
+        (the input is a T1)."""
+        text = self.parameter_node.GetParameter("InputMaps")
+        if not text or self.node("InputVolume") is None:
+            return None
+        return {kind: Path(path) for kind, path in json.loads(text).items()}
+
     def load_sample(self) -> Any:
         """Load the bundled sample case (the Colin27 T1) as the input."""
         return self.load_t1(sample_t1(), "Sample T1 (Colin27)")
@@ -86,6 +113,7 @@ class CaseController:
         """Make a scalar volume node of the scene (loaded from a file or from DICOM) the input T1."""
         if node is not None and not node.IsA("vtkMRMLScalarVolumeNode"):
             raise InputError(f"{node.GetName()} is not a scalar volume")
+        self.parameter_node.SetParameter("InputMaps", "")
         self._set_node("InputVolume", node)
         if node is not None:
             mrml_scene.set_up_views(self.app_logic, node, None, self.state.opacity, None)
@@ -119,7 +147,8 @@ class CaseController:
         """Start preprocessing, ensemble and occlusion on the input T1 in a child process.
 
         The input node is written to the run folder first (so volumes loaded from DICOM or edited
-        in the scene are used as shown). Poll with ``poll()``; stop with ``cancel()``.
+        in the scene are used as shown). The threshold chosen in this scene goes to the run and
+        stays after it. Poll with ``poll()``; stop with ``cancel()``.
         """
         if self.job is not None and self.job.status.state == "running":
             raise InputError("a run is already in progress")
@@ -129,14 +158,16 @@ class CaseController:
         self._runs += 1
         run_dir = self.work_dir / f"run-{self._runs}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        t1_path = run_dir / "input_t1.nii.gz"
-        storage = volume.CreateDefaultStorageNode()
-        storage.SetFileName(str(t1_path))
-        if not storage.WriteData(volume):
-            raise InputError(f"could not write {volume.GetName()} for the run")
-        options = options or RunOptions()
+        maps = self.input_maps()
+        if maps is None:
+            t1_path = run_dir / "input_t1.nii.gz"
+            storage = volume.CreateDefaultStorageNode()
+            storage.SetFileName(str(t1_path))
+            if not storage.WriteData(volume):
+                raise InputError(f"could not write {volume.GetName()} for the run")
+        options = replace(options or RunOptions(), threshold=self._chosen_threshold())
         self.warnings = []
-        self.job = PredictionJob(t1_path, run_dir / "output", self.bundle_path(), options, python)
+        self.job = PredictionJob(maps or t1_path, run_dir / "output", self.bundle_path(), options, python)
         return self.job
 
     def poll(self) -> JobStatus | None:
@@ -146,7 +177,10 @@ class CaseController:
         before = self.job.status.state
         status = self.job.poll()
         if before == "running" and status.state == "done":
-            self.load_results(self.job.out_dir)
+            try:
+                self.load_results(self.job.out_dir)
+            except InputError as error:  # the scene changed under the run: say so, add nothing
+                status.state, status.message = "failed", str(error)
         if status.state != "running":
             result = self.state.result if status.state == "done" else None
             qc_warnings = ((result or {}).get("qc") or {}).get("warnings") or []
@@ -161,31 +195,34 @@ class CaseController:
     def load_results(self, out_dir: str | Path) -> dict[str, Any]:
         """Load a finished run's folder (``result.json``, native heat map, native regions) into the
         scene, replacing earlier results; set up the views; return the result."""
-        import json
-
         out_dir = Path(out_dir)
+        if self.node("InputVolume") is None:
+            raise InputError("the input volume is no longer in the scene (was the scene closed?): the results were not loaded")
         result = json.loads((out_dir / "result.json").read_text())
         for role in ("HeatMap", "Regions", "RegionTable"):
             old = self.node(role)
             if old is not None:
                 self.scene.RemoveNode(old)
         heat = regions = table = centre = None
-        occlusion = result.get("occlusion") or {}
-        if "native" in occlusion.get("files", {}):
-            heat = mrml_scene.read_volume(self.scene, out_dir / occlusion["files"]["native"], mrml_scene.HEAT_MAP_NAME)
+        files = (result.get("occlusion") or {}).get("files", {})
+        heat_file = files.get("native") or files.get("mni")  # T1 input: the T1's grid; SPM maps: MNI
+        if heat_file:
+            heat = mrml_scene.read_volume(self.scene, out_dir / heat_file, mrml_scene.HEAT_MAP_NAME)
             mrml_scene.show_heat_map(heat, self.state.cutoff)
-            table = mrml_scene.region_table(self.scene, occlusion["regions"]["top_regions"])
-        if result.get("regions_native"):
+            table = mrml_scene.region_table(self.scene, result["occlusion"]["regions"]["top_regions"])
+        regions_file = result.get("regions_native") or result.get("regions_mni")
+        if regions_file:
             from .atlas import REGIONS
 
-            labels = mrml_scene.read_volume(self.scene, out_dir / result["regions_native"], "regions", labelmap=True)
+            labels = mrml_scene.read_volume(self.scene, out_dir / regions_file, "regions", labelmap=True)
             centre = mrml_scene.centroid_ras(labels)
             regions = mrml_scene.regions_segmentation(self.scene, labels, REGIONS)
             self.scene.RemoveNode(labels)
         self._set_node("HeatMap", heat)
         self._set_node("Regions", regions)
         self._set_node("RegionTable", table)
-        self._update(result=result, threshold=result["threshold"])
+        chosen = self._chosen_threshold()
+        self._update(result=result, threshold=result["threshold"] if chosen is None else chosen)
         mrml_scene.set_up_views(self.app_logic, self.node("InputVolume"), heat, self.state.opacity, centre)
         return result
 
@@ -243,6 +280,16 @@ class CaseController:
             self.node("Regions"),
             state.cutoff,
         )
+
+    def scene_closed(self) -> None:
+        """The scene was closed (or cleared): stop the run that belonged to it and remove the run
+        folders, which hold files derived from the patient's scan."""
+        self.cancel()
+        if self.job is not None:
+            self.job.wait(timeout=30)
+            self.job = None
+        for run_dir in self.work_dir.glob("run-*"):
+            shutil.rmtree(run_dir, ignore_errors=True)
 
     def close(self) -> None:
         """Stop any run and remove the temporary work folder this controller created."""

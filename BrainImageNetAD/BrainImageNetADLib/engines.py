@@ -15,7 +15,7 @@ default is bf16) gives PyTorch's probabilities to about 1e-7; ``bf16`` is 2-5x f
 but moves the probabilities (1e-4 to 3e-4 in ``bench predict``, 2e-3 for the shipped
 demonstration model on the sample case), so it is only used when asked for.
 
-Measured with ``bench predict`` (5 folds, 2 threads, one subject): see the README's *Speed*.
+Measured with ``bench predict`` (5 folds, 2 threads, one subject): see docs/performance.md.
 """
 
 from __future__ import annotations

@@ -66,11 +66,14 @@ def classify(probability: float, fold_probabilities: list[float], card: ModelCar
 
 
 def resolve_device(device: str) -> torch.device:
-    """Parse a torch device name (``cpu``, ``cuda``, ``cuda:1``, ``mps``) and check it exists here."""
+    """Parse a torch device name (``cpu``, ``cuda``, ``cuda:1``, ``mps``, or ``auto``: the first
+    CUDA GPU, else Apple's GPU, else the CPU) and check it exists here."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if resolved.type == "cuda" and (not torch.cuda.is_available() or (resolved.index or 0) >= torch.cuda.device_count()):
         raise InputError(f"device {device!r} is not available on this machine (torch sees {torch.cuda.device_count()} CUDA devices)")
     if resolved.type == "mps" and not torch.backends.mps.is_available():

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .progress import STAGE_GROUPS, stage_group
+from .worker import PYTHON_ENV, child_environment, hidden_console
 
 #: Heat-map choices of both skins: name -> (label, occlusion method, fold model or None for all).
 HEAT_MAPS = {
@@ -27,6 +28,14 @@ HEAT_MAPS = {
     "none": ("No heat map", "none", None),
 }
 
+#: Device choices of both skins: torch device name -> label ("auto": a GPU where torch sees one).
+DEVICES = {
+    "cpu": "CPU",
+    "auto": "GPU where available, else CPU",
+    "cuda": "NVIDIA GPU (CUDA)",
+    "mps": "Apple GPU (Metal)",
+}
+
 
 @dataclass
 class RunOptions:
@@ -34,7 +43,8 @@ class RunOptions:
 
     preset: preprocessing preset ("fast" or "accurate"); occlusion: "incremental" (exact),
     "approximate" (coarse to fine), "gradient" (seconds, a preview) or "none"; occlusion_fold: map one fold model instead of the
-    whole ensemble (about 5x faster); force: predict even when preprocessing QC fails.
+    whole ensemble (about 5x faster); force: predict even when preprocessing QC fails; threshold: the decision threshold on the
+    AD probability (None: the model card's "balanced" preset); device: torch device ("cpu", "cuda", "cuda:1", "mps").
     """
 
     preset: str = "fast"
@@ -42,12 +52,15 @@ class RunOptions:
     occlusion_fold: int | None = None
     force: bool = False
     threads: int | None = None
+    threshold: float | None = None
+    device: str = "cpu"
 
     @classmethod
-    def for_heat_map(cls, name: str, force: bool = False) -> RunOptions:
-        """Options of a ``HEAT_MAPS`` choice (``force``: predict even when QC fails)."""
+    def for_heat_map(cls, name: str, force: bool = False, device: str = "cpu") -> RunOptions:
+        """Options of a ``HEAT_MAPS`` choice (``force``: predict even when QC fails; ``device``: a
+        ``DEVICES`` name)."""
         _, method, fold = HEAT_MAPS[name]
-        return cls(occlusion=method, occlusion_fold=fold, force=force)
+        return cls(occlusion=method, occlusion_fold=fold, force=force, device=device)
 
 
 @dataclass
@@ -61,25 +74,46 @@ class JobStatus:
     message: str = ""
 
 
-def predict_command(t1: Path, out_dir: Path, bundle: Path, options: RunOptions, python: str | None = None) -> list[str]:
-    """The command line of a run: ``python -m BrainImageNetADLib.cli predict T1 --out DIR ...``."""
-    command = [python or sys.executable, "-m", "BrainImageNetADLib.cli", "predict", str(t1), "--out", str(out_dir)]
+def predict_command(
+    source: Path | dict[str, Path], out_dir: Path, bundle: Path, options: RunOptions, python: str | None = None
+) -> list[str]:
+    """The command line of a run: ``python -m BrainImageNetADLib.cli predict T1 --out DIR ...``
+    (``source``: a T1 file, or SPM maps ``{"GMD": wc1, "GMV": mwc1}``)."""
+    inputs = ["--gmd", str(source["GMD"]), "--gmv", str(source["GMV"])] if isinstance(source, dict) else [str(source)]
+    command = [python or sys.executable, "-m", "BrainImageNetADLib.cli", "predict", *inputs, "--out", str(out_dir)]
     command += ["--model", str(bundle), "--preset", options.preset, "--occlusion", options.occlusion, "--progress"]
     if options.occlusion_fold is not None:
         command += ["--occlusion-fold", str(options.occlusion_fold)]
     if options.threads:
         command += ["--threads", str(options.threads)]
+    if options.threshold is not None:
+        command += ["--threshold", repr(float(options.threshold))]
+    if options.device != "cpu":
+        command += ["--device", options.device]
     if options.force:
         command.append("--force")
     return command
 
 
 def _new_process_group() -> dict:
-    """Popen arguments that start the child in its own process group, so that a cancel reaches
-    the workers it starts and never the GUI."""
+    """Popen arguments that start the child in its own process group (so that a cancel reaches
+    the workers it starts and never the GUI) and, on Windows, without a console window."""
     if os.name == "posix":
         return {"start_new_session": True}
-    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
+
+
+def kill_tree(pid: int) -> None:
+    """End process ``pid`` and its descendants: its process group on POSIX (``PredictionJob``
+    starts it as a group leader), ``taskkill /T`` on Windows, where terminating the launcher
+    (PythonSlicer) alone would leave the real interpreter running."""
+    if os.name == "posix":
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    else:
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, **hidden_console())
 
 
 class PredictionJob:
@@ -90,18 +124,26 @@ class PredictionJob:
     is "done".
     """
 
-    def __init__(self, t1: Path, out_dir: Path, bundle: Path, options: RunOptions | None = None, python: str | None = None) -> None:
+    def __init__(
+        self,
+        source: Path | dict[str, Path],
+        out_dir: Path,
+        bundle: Path,
+        options: RunOptions | None = None,
+        python: str | None = None,
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.command = predict_command(Path(t1), self.out_dir, Path(bundle), options or RunOptions(), python)
-        env = dict(os.environ)
-        library_root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [library_root, env.get("PYTHONPATH")]))
+        self.command = predict_command(source, self.out_dir, Path(bundle), options or RunOptions(), python)
+        env = child_environment()
+        env[PYTHON_ENV] = self.command[0]  # the run's own workers start the same way
         self._process = subprocess.Popen(
             self.command,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            errors="replace",
             env=env,
             **_new_process_group(),
         )
@@ -151,16 +193,11 @@ class PredictionJob:
         return [e for e in self._errors if not e.startswith("error: ")]
 
     def cancel(self) -> None:
-        """Stop the run (the child and its workers); ``poll()`` then reports "cancelled"."""
+        """Stop the run, the child and every process it started (its preprocessing worker);
+        ``poll()`` then reports "cancelled"."""
         if self._process.poll() is None:
             self._cancelled = True
-            if os.name == "posix":
-                try:
-                    os.killpg(self._process.pid, signal.SIGTERM)  # the child and its preprocessing worker
-                except ProcessLookupError:
-                    pass
-            else:
-                self._process.terminate()
+            kill_tree(self._process.pid)
 
     def wait(self, timeout: float | None = None) -> JobStatus:
         """Block until the run ends (scripts and tests); return the final status."""

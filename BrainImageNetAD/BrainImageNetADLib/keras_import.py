@@ -421,7 +421,7 @@ def _card(name: str, architecture: str, preset: str, sources: list[KerasFile], m
         "intended_use": (
             f"Third-party {'AD' if ad else 'sex'} classifier of {AUTHORS}, imported from the user's copy of their published Keras "
             "files. Research use only; all rights reserved by the authors. Its answers are only meaningful on maps that "
-            "reproduce SPM12's (see the README's fidelity figures). Not a medical device; not for diagnosis or any clinical decision."
+            "reproduce SPM12's (see docs/preprocessing.md for the fidelity figures). Not a medical device; not for diagnosis or any clinical decision."
         ),
         "licence": TERMS,
         "third_party": {

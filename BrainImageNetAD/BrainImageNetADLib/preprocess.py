@@ -50,7 +50,7 @@ OUTPUT_FILES = ("gmd.nii.gz", "gmv.nii.gz", "gm_native.nii.gz", "t1_mni.nii.gz",
 
 @dataclass(frozen=True)
 class PreprocessSettings:
-    """Settings of a preset (times for 2 cores, see README): N4 fitting grid (mm); EM iterations
+    """Settings of a preset (times for 2 cores: docs/performance.md): N4 fitting grid (mm); EM iterations
     of the mixture at the start and after each later step; spacing of the voxels the mixture and
     the mapping are fitted on (mm; SPM samples every 3 mm); rounds of the likelihood affine;
     rounds of the displacement, steps in each, and its stiffness (``deformation``); steps of the

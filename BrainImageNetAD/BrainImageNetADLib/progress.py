@@ -87,3 +87,17 @@ def check_cancel(should_cancel: CancelCallback | None, what: str) -> None:
     """Raise Cancelled("<what> cancelled") when ``should_cancel`` says so."""
     if should_cancel is not None and should_cancel():
         raise Cancelled(f"{what} cancelled")
+
+
+def print_progress(stage: str, fraction: float) -> None:
+    """Progress callback of long commands: one ``progress: STAGE FRACTION`` line on stderr, for a
+    person or for a GUI that runs the command and reads its output."""
+    print(f"progress: {stage} {fraction:.2f}", file=sys.stderr, flush=True)
+
+
+def progress_for(lines: bool) -> ProgressCallback | None:
+    """The progress callback of a long command: ``progress:`` lines with ``--progress`` (for
+    programs), bars with the time left when stderr is a terminal (for people), else none."""
+    if lines:
+        return print_progress
+    return TerminalProgress() if sys.stderr.isatty() else None

@@ -13,7 +13,7 @@ verdict: ageing lowers it in usable scans. A reversed header (found while regist
 the volume scale of the affine and the share of the brain in the field of view flag a failed
 registration or a cropped scan whatever the GM map looks like. Tissue contrast (CSF < GM < WM on a T1) and total
 intracranial volume are checked too. Default thresholds were set from scans measured here
-(README, "Preprocessing").
+(docs/preprocessing.md).
 """
 
 from __future__ import annotations

@@ -88,6 +88,34 @@ def show_heat_map(node: Any, cutoff: float = 0.2) -> None:
     display.SetAutoWindowLevel(False)
     display.SetWindowLevelMinMax(-peak, peak)
     display.SetInterpolate(True)
+    add_color_legend(node, LEGEND_TITLE)
+
+
+def register_node_classes(scene: Any) -> None:
+    """Register the node classes the results use that only some Slicer modules register (the
+    colour legend: Slicer's Colors module does in the application, slicer-core's scene does not)."""
+    import slicer
+
+    if not scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):
+        scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
+
+
+#: Title of the heat map's colour legend in the slice views.
+LEGEND_TITLE = "Drop in AD probability when masked"
+
+
+def add_color_legend(node: Any, title: str) -> Any:
+    """Show the colour scale of a displayable node's colour table in the slice views (a colour
+    legend display node, as Slicer's Colors module adds one), titled ``title``; return it."""
+    scene = node.GetScene()
+    register_node_classes(scene)
+    legend = scene.AddNewNodeByClass("vtkMRMLColorLegendDisplayNode", f"{node.GetName()} legend")
+    legend.SetAndObservePrimaryDisplayNode(node.GetDisplayNode())
+    legend.SetTitleText(title)
+    legend.SetVisibility2D(True)
+    legend.SetVisibility3D(False)
+    node.AddAndObserveDisplayNodeID(legend.GetID())
+    return legend
 
 
 def regions_segmentation(scene: Any, labels: Any, names: dict[int, str]) -> Any:
@@ -215,12 +243,15 @@ class SceneState:
 
 
 def save_state(node: Any, state: SceneState) -> None:
-    """Write ``state`` into the parameter node (string parameters)."""
+    """Write ``state`` into the parameter node (string parameters), as one modification (its
+    observers hear one ModifiedEvent)."""
+    was_modifying = node.StartModify()
     node.SetParameter("ModelPath", state.model_path)
     node.SetParameter("Threshold", repr(float(state.threshold)))
     node.SetParameter("Opacity", repr(float(state.opacity)))
     node.SetParameter("Cutoff", repr(float(state.cutoff)))
     node.SetParameter("Result", "" if state.result is None else json.dumps(state.result))
+    node.EndModify(was_modifying)
 
 
 def load_state(node: Any) -> SceneState:
@@ -263,5 +294,6 @@ def load_scene_bundle(app_logic: Any, path: str | Path) -> None:
     if not path.is_file():
         raise InputError(f"scene bundle not found: {path}")
     folder = tempfile.mkdtemp(prefix="brainimagenet-mrb-")
+    register_node_classes(app_logic.GetMRMLScene())
     if not app_logic.OpenSlicerDataBundle(str(path), folder):
         raise InputError(f"could not open the scene bundle {path}")

@@ -1,9 +1,11 @@
-"""Templates used by preprocessing, all installed by package managers (nothing downloaded at run time).
+"""Templates used by preprocessing: shipped with the extension or inside Python packages that its
+installer installs (nothing downloaded, nothing read from the operating system's folders).
 
 - MNI ICBM152 2009a symmetric T1 and grey/white-matter probability maps, shipped inside the PyPI
   package ``nilearn`` (copyright McConnell Brain Imaging Centre; free use with attribution).
-- Colin27 T1 with skull, Debian package ``mricron-data`` (BSD-3-Clause): the head template for
-  the first, skull-to-skull affine step.
+- Colin27 T1 with skull, shipped as the sample case (``Resources/Sample/colin27_t1.nii.gz``,
+  BSD-3-Clause, see ``Resources/PROVENANCE.md``): the head template of the first, skull-to-skull
+  affine step.
 - SPM12's tissue probability maps (``tpm/TPM.nii``: GM, WM, CSF, bone, soft tissue, air on the
   121x145x121 1.5 mm MNI grid; GPL-2.0, Wellcome Centre for Human Neuroimaging), read from the
   PyPI package ``spm-runtime`` (installed without its MATLAB runtime dependency, which is not
@@ -21,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import grid
-
-COLIN27_HEAD = Path("/usr/share/mricron/templates/ch2.nii.gz")
+from .resources import sample_t1
 
 
 def _nilearn_data(name: str) -> Path:
@@ -39,8 +40,8 @@ MNI_WM = "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"
 def template_path(name: str) -> Path:
     """Path of a template file; raises FileNotFoundError with the package to install."""
     if name == "colin27_head":
-        path = COLIN27_HEAD
-        hint = "install Debian's mricron-data (scripts/setup.sh does)"
+        path = sample_t1()
+        hint = "the extension's Resources/Sample folder is incomplete: reinstall the extension"
     else:
         path = _nilearn_data(name)
         hint = "install the Python package nilearn (requirements/pinned.txt)"

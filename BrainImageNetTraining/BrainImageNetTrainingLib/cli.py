@@ -8,8 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from BrainImageNetADLib.cli import OneLineErrorParser, progress_for
+from BrainImageNetADLib.cli import OneLineErrorParser
 from BrainImageNetADLib.errors import BrainImageNetError
+from BrainImageNetADLib.progress import progress_for
 
 from . import __version__
 
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     shipped = sub.add_parser("resources", help="write the shipped quick sample maps (Sample/) and AAL atlas (Atlas/)")
     shipped.add_argument("--out", type=Path, required=True, help="resources folder, e.g. Resources")
+    shipped.add_argument("--aal", type=Path, default=None, help="MRIcron's aal.nii.gz (aal.nii.txt beside it): also rebuild Atlas/ from it")
     synth = sub.add_parser("synth", help="write a synthetic multi-site cohort (GMD/GMV maps and manifest.csv)")
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--subjects", type=int, default=200)
@@ -64,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _training_options(parser: argparse.ArgumentParser, folds_help: str) -> None:
-    parser.add_argument("--manifest", type=Path, required=True, help="CSV/TSV manifest (see the README)")
+    parser.add_argument("--manifest", type=Path, required=True, help="CSV/TSV manifest (see docs/training.md)")
     parser.add_argument("--out", type=Path, required=True, help="run folder; an interrupted run resumes from it")
     parser.add_argument("--preset", choices=["paper", "small", "tiny"], default="paper")
     parser.add_argument("--channels", default="GMD,GMV", help="input maps, comma-separated: GMD, GMV or GMD,GMV")
@@ -218,7 +220,8 @@ def _run(args: argparse.Namespace) -> int:
 
         for path in make_colin27_sample(args.out / "Sample").values():
             print(path)
-        print(build_atlas(args.out / "Atlas"))
+        if args.aal is not None:
+            print(build_atlas(args.out / "Atlas", args.aal))
     return 0
 
 

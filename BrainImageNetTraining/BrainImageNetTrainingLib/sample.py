@@ -1,6 +1,6 @@
 """The quick sample maps shipped in ``Resources/Sample``: the project's own preprocessing (``fast``
-preset) of the shipped sample T1, Colin27 with skull (Debian package ``mricron-data``,
-BSD-3-Clause), so that trying the networks without preprocessing gives what preprocessing gives."""
+preset) of the shipped sample T1, Colin27 with skull (from MRIcron, BSD-3-Clause; see
+``Resources/PROVENANCE.md``), so that trying the networks without preprocessing gives what preprocessing gives."""
 
 from __future__ import annotations
 

@@ -130,7 +130,7 @@ class TrainConfig:
 def _device(config: TrainConfig, processes: distributed.Processes) -> torch.device:
     """The device this process trains on. On CUDA, cuDNN's autotuner is turned on: the maps'
     shape never changes, so the fastest convolution algorithms are picked once (``bench train``
-    on an H200, paper networks, bf16: see the README)."""
+    on an H200, paper networks, bf16: see docs/performance.md)."""
     if config.device == "auto":
         device = torch.device(f"cuda:{processes.local_rank}" if torch.cuda.is_available() else "cpu")
     else:
