@@ -3,8 +3,10 @@ mode over BIDS/CSV is parallel, resumable and shardable; a crashing worker is re
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,8 +18,9 @@ from test_cli import run_cli
 from BrainImageNetADLib import qc
 from BrainImageNetADLib.batch import Job, collect_jobs, shard
 from BrainImageNetADLib.errors import InputError
+from BrainImageNetADLib.t1io import read_t1
 from BrainImageNetADLib.worker import WorkerCrashed, run_isolated
-from conftest import COLIN27_T1, REALDATA, assert_input_error, needs_realdata
+from conftest import COLIN27_T1, HANG_GUARD_S, REALDATA, assert_input_error, needs_realdata
 
 AAL = Path("/usr/share/mricron/templates/aal.nii.gz")
 
@@ -285,3 +288,44 @@ def test_folder_with_two_dicom_series_is_refused_with_both_listed(tmp_path: Path
         run_cli("preprocess", tmp_path / "dicom", "--out", tmp_path / "out"),
         "holds 2 DICOM series (1.2.3.4.1111: 20 files, 1.2.3.4.2222: 10 files)",
     )
+
+
+def _huge_nifti(path: Path) -> Path:
+    """A file of a few dozen bytes whose header claims 1500x1500x1500 float32 voxels (13.5 GB)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((1500, 1500, 1500))
+    header.set_data_dtype(np.float32)
+    path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4))
+    return path
+
+
+def test_headers_that_claim_more_than_the_file_or_a_scan_holds_are_refused_before_reading(tmp_path: Path) -> None:
+    huge = _huge_nifti(tmp_path / "huge.nii.gz")
+    assert huge.stat().st_size < 200
+    # In a fresh process: the refusal costs no more memory than importing the libraries.
+    script = (
+        "import resource, sys\n"
+        "from BrainImageNetADLib.errors import InputError\n"
+        "from BrainImageNetADLib.t1io import read_t1\n"
+        "try:\n    read_t1(sys.argv[1])\nexcept InputError as error:\n    print(error)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(huge)], capture_output=True, text=True, timeout=HANG_GUARD_S)
+    message, peak_kb = result.stdout.strip().splitlines()
+    assert "claims 1500x1500x1500 voxels (3,375 million)" in message
+    assert int(peak_kb) < 1_500_000, f"{int(peak_kb) / 1e6:.1f} GB used to refuse it"
+    assert_input_error(run_cli("preprocess", huge, "--out", tmp_path / "out"), "claims 1500x1500x1500 voxels")
+    assert_input_error(run_cli("predict", "--gmd", huge, "--gmv", huge, "--out", tmp_path / "maps"), "GMD: huge.nii.gz: the header claims")
+    # An uncompressed file whose header claims more bytes than it has.
+    short = tmp_path / "short.nii"
+    header = nib.Nifti1Header()
+    header.set_data_shape((256, 256, 256))
+    header.set_data_dtype(np.int16)
+    short.write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 1000)
+    with pytest.raises(InputError, match=r"claims 33,554,432 bytes but the file holds 1,352; it is truncated"):
+        read_t1(short)
+    # An NRRD header (read by SimpleITK) claiming a huge image.
+    nrrd = tmp_path / "huge.nrrd"
+    nrrd.write_text("NRRD0004\ntype: float\ndimension: 3\nsizes: 2000 2000 2000\nspacings: 1 1 1\nendian: little\nencoding: raw\n\n")
+    with pytest.raises(InputError, match="claims 2000x2000x2000 voxels"):
+        read_t1(nrrd)

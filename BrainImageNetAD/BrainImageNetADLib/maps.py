@@ -10,6 +10,7 @@ import numpy as np
 
 from . import grid
 from .errors import InputError
+from .imageheader import check_nifti_header
 
 #: Largest plausible GMV value: native GM volume pushed into one MNI voxel, per MNI voxel volume
 #: (GMD <= 1 times the volume scale of the normalisation).
@@ -22,6 +23,10 @@ def load_nifti(path: str | Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{name}: file not found: {path}")
+    try:
+        check_nifti_header(path)
+    except InputError as error:
+        raise InputError(f"{name}: {error}") from None
     try:
         image = nib.load(str(path))
         data = np.asanyarray(image.dataobj, dtype=np.float32)

@@ -16,9 +16,13 @@ from .errors import InputError
 
 def read_volume_node(path: str | Path, scene: object, name: str | None = None, class_name: str = "vtkMRMLScalarVolumeNode") -> object:
     """Read an image file (NIfTI, NRRD, ...) into a new volume node of ``scene`` (``class_name``:
-    a scalar or a label map volume) through Slicer's volume archetype storage node; return it."""
+    a scalar or a label map volume) through Slicer's volume archetype storage node, after checking
+    its header (``imageheader.check_image_header``); return it."""
+
+    from .imageheader import check_image_header
 
     path = Path(path)
+    check_image_header(path)
     node = scene.AddNewNodeByClass(class_name, name or path.name.split(".")[0])
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     storage.SetFileName(str(path))

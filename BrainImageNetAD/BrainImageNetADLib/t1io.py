@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .imageheader import check_image_header
 
 #: Voxel sizes outside this range (mm) are refused: no brain MRI is acquired like that.
 VOXEL_SIZE_LIMITS_MM = (0.2, 8.0)
@@ -90,7 +91,8 @@ def _read_nifti(path: Path):
 def read_t1(path: str | Path) -> T1Image:
     """Read and validate a T1-weighted volume.
 
-    Raises InputError for: a missing, unreadable, corrupt or truncated file; a 2D image; a 4D
+    Raises InputError for: a missing, unreadable, corrupt or truncated file; a header that claims
+    more voxels than ``imageheader.MAX_VOXELS`` or more data than the file holds; a 2D image; a 4D
     series (names how many volumes); a colour image; NaN/Inf voxels; an empty or constant image;
     a label map; voxel sizes outside ``VOXEL_SIZE_LIMITS_MM``; a field of view too small for a
     brain. Returns the image as float32 in native space with its size, spacing and warnings.
@@ -101,6 +103,7 @@ def read_t1(path: str | Path) -> T1Image:
     path = Path(path)
     if not path.exists():
         raise InputError(f"file not found: {path}")
+    check_image_header(path)
     try:
         image = _read_sitk(path)
     except InputError:

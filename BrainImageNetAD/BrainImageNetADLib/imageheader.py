@@ -1,0 +1,81 @@
+"""Checks of an image file's header before its voxels are read: the size it claims must fit a
+memory budget and, for uncompressed data, the file's own length, so that a small hostile or broken file
+cannot make a reader allocate gigabytes.
+
+Reads headers only: NIfTI through nibabel (lazily), NRRD, MHA and the others through SimpleITK's
+``ReadImageInformation``, a DICOM series from its first file's size times its number of files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+#: Largest image accepted, in voxels (all volumes and components together): 2^28, 1 GiB as
+#: float32. A whole head at 0.5 mm is about 0.08 G voxels.
+MAX_VOXELS = 2**28
+
+
+def _refuse_size(name: str, shape: list[int], voxels: int) -> None:
+    if voxels > MAX_VOXELS:
+        dims = "x".join(str(s) for s in shape)
+        raise InputError(
+            f"{name}: the header claims {dims} voxels ({voxels / 1e6:,.0f} million), more than the {MAX_VOXELS / 1e6:,.0f} million "
+            "any brain scan needs; the file is corrupt or not a brain image"
+        )
+
+
+def check_nifti_header(path: Path) -> None:
+    """Refuse a NIfTI (or Analyze) file whose header claims more voxels than ``MAX_VOXELS`` or, when
+    uncompressed, more bytes than the file holds (a compressed file's length says nothing certain:
+    its reader finds a truncation). Raises InputError; reads the header only."""
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for broken headers
+        raise InputError(f"{path.name}: cannot read it as an image (NIfTI header: {type(exc).__name__}: {exc})") from None
+    shape = [int(s) for s in image.shape]
+    voxels = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    _refuse_size(path.name, shape, voxels)
+    header = image.header
+    needed = int(header.get_data_offset()) + voxels * np.dtype(header.get_data_dtype()).itemsize
+    data_file = Path(image.dataobj.file_like) if isinstance(getattr(image.dataobj, "file_like", None), str) else path
+    if not data_file.name.lower().endswith(".gz") and data_file.is_file() and data_file.stat().st_size < needed:
+        raise InputError(
+            f"{path.name}: cannot read it as an image: the header claims {needed:,} bytes but the file holds "
+            f"{data_file.stat().st_size:,}; it is truncated"
+        )
+
+
+def check_image_header(path: str | Path) -> None:
+    """Refuse, from its header alone, an image file (NIfTI, NRRD, MHA, ...) or a DICOM series
+    folder that claims more voxels than ``MAX_VOXELS`` or more data than it holds. Raises
+    InputError with one line; an unreadable header is left to the reader to report."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # failures are reported as InputError instead
+    if path.name.lower().endswith((".nii", ".nii.gz", ".hdr", ".img")):
+        check_nifti_header(path)
+        return
+    reader = sitk.ImageFileReader()
+    if path.is_dir():
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
+        if not files:
+            return
+        reader.SetFileName(files[0])
+        count = len(files)
+    else:
+        reader.SetFileName(str(path))
+        count = 1
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return
+    shape = [int(s) for s in reader.GetSize()] + ([count] if count > 1 else [])
+    voxels = int(np.prod(shape, dtype=np.int64)) * max(1, reader.GetNumberOfComponents())
+    _refuse_size(path.name, shape, voxels)
