@@ -139,3 +139,69 @@ def test_shipped_sample_is_reproduced_by_the_project_code(tmp_path: Path, sample
         assert np.corrcoef(rebuilt_map.ravel(), shipped_map.ravel())[0, 1] > 0.99999
         np.testing.assert_array_equal(again.affine, grid.MNI_AFFINE)
         assert shipped.shape == grid.MNI_SHAPE
+
+
+def _mutations(card: dict) -> list[tuple[str, str]]:
+    """(description, card text) pairs: every field the tool reads replaced by values of each wrong
+    type, removed, or buried in deep nesting; a seeded shuffle of nested paths too."""
+    import copy
+    import random
+
+    wrong = ["x", 7, -1.5, None, True, [], {}, ["GMD", 3], {"a": {"b": []}}, 1e309]
+    paths: list[tuple] = [(k,) for k in card] + [("input", k) for k in card["input"]]
+    paths += [("folds", 0, k) for k in card["folds"][0]] + [("operating_points", 0, k) for k in card["operating_points"][0]]
+    paths += [("threshold_presets", "balanced"), ("folds", 0), ("operating_points", 0), ("input", "conventions")]
+    cases = []
+    rng = random.Random(7)
+    for path in paths:
+        for value in [*rng.sample(wrong, 4), "<deleted>"]:
+            mutated = copy.deepcopy(card)
+            parent = mutated
+            for key in path[:-1]:
+                parent = parent[key]
+            if value == "<deleted>":
+                if isinstance(parent, dict):
+                    parent.pop(path[-1], None)
+                else:
+                    del parent[path[-1]]
+            else:
+                parent[path[-1]] = value
+            cases.append((f"{'.'.join(map(str, path))} = {value!r}", json.dumps(mutated)))
+    cases.append(("nested 100000 deep", "[" * 100_000 + "]" * 100_000))
+    cases.append(("a list", "[1, 2, 3]"))
+    return cases
+
+
+def test_every_malformed_card_is_refused_with_one_line(bundle_copy: Path, sample: dict[str, Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """A fuzz over the model card: the command exits 0 (the card still holds) or 2 with one
+    ``error:`` line, never a traceback."""
+    from BrainImageNetADLib.cli import main
+
+    card_path = bundle_copy / "model_card.json"
+    card = json.loads(card_path.read_text())
+    cases = _mutations(card)
+    refused = 0
+    for description, text in cases:
+        card_path.write_text(text)
+        out = tmp_path / "out"
+        code = main(
+            [
+                "predict",
+                "--gmd",
+                str(sample["GMD"]),
+                "--gmv",
+                str(sample["GMV"]),
+                "--model",
+                str(bundle_copy),
+                "--out",
+                str(out),
+                "--occlusion",
+                "none",
+            ]
+        )
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code in (0, 2), description
+        if code == 2:
+            refused += 1
+            assert len(lines) == 1 and lines[0].startswith("error: "), (description, lines)
+    assert refused > 0.6 * len(cases), f"only {refused} of {len(cases)} mutations refused"

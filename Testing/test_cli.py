@@ -138,6 +138,9 @@ def test_bad_options_get_exit_2_and_one_line(tmp_path: Path, sample: dict[str, P
     assert_input_error(run_cli("predict", "--gmd", sample["GMD"], "--out", tmp_path), "needs a GMV map")
     assert_input_error(run_cli("predict", "--out", tmp_path), "give one kind of input")
     assert_input_error(run_cli("predict", "--sample", "--device", "gpu7", "--out", tmp_path), "unknown device 'gpu7'")
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    assert_input_error(run_cli("predict", "--gmd", sample["GMD"], "--gmv", sample["GMV"], "--out", taken), "is a file; give a folder")
 
 
 def test_bench_predict_prints_a_row_per_preset() -> None:

@@ -20,7 +20,7 @@ from torch import nn
 from . import grid
 from .atomic import replacing, write_json_atomic
 from .errors import BundleError
-from .networks import ARCHITECTURES, build_network
+from .networks import ARCHITECTURES, PRESETS, build_network
 
 CARD_NAME = "model_card.json"
 INPUT_MASK_NAME = "input_mask.safetensors"
@@ -133,22 +133,95 @@ def read_card(bundle_dir: str | Path) -> ModelCard:
         raise BundleError(f"model bundle not found: {bundle_dir} is not a folder")
     if not card_path.is_file():
         raise BundleError(f"{bundle_dir} is not a model bundle: it has no {CARD_NAME}")
+    if card_path.stat().st_size > MAX_CARD_BYTES:
+        raise BundleError(f"{card_path}: {card_path.stat().st_size:,} bytes, more than a model card ever holds ({MAX_CARD_BYTES:,})")
     try:
         data = json.loads(card_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{card_path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise BundleError(f"{card_path}: expected a JSON object")
-    missing = [k for k in _REQUIRED_KEYS if k not in data]
-    if missing:
-        raise BundleError(f"{card_path}: missing fields {missing}")
-    if data["architecture"] not in ARCHITECTURES:
-        raise BundleError(f"{card_path}: unknown architecture {data['architecture']!r}")
-    if list(data["input"].get("shape", [])) != list(grid.MODEL_SHAPE):
-        raise BundleError(f"{card_path}: input shape {data['input'].get('shape')} is not the model grid {list(grid.MODEL_SHAPE)}")
-    if not data["folds"]:
-        raise BundleError(f"{card_path}: lists no fold models")
+    except RecursionError:
+        raise BundleError(f"{card_path}: JSON nested too deeply to be a model card") from None
+    try:
+        _check_card(data)
+    except _CardFieldError as error:
+        raise BundleError(f"{card_path}: {error}") from None
     return ModelCard(data)
+
+
+#: Largest model card read, in bytes (the shipped cards hold a few tens of kB).
+MAX_CARD_BYTES = 10_000_000
+
+
+class _CardFieldError(Exception):
+    """A field of a model card has the wrong type or value (the message names it)."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise _CardFieldError(message)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _check_card(data: Any) -> None:
+    """Check the fields the tool reads from a model card, their types and ranges; raise
+    _CardFieldError naming the first one that is wrong."""
+    _require(isinstance(data, dict), "expected a JSON object")
+    missing = [k for k in _REQUIRED_KEYS if k not in data]
+    _require(not missing, f"missing fields {missing}")
+    for key in ("name", "architecture", "preset", "intended_use"):
+        _require(isinstance(data[key], str), f"'{key}' must be a string")
+    for key in ("demo", "trained"):
+        _require(isinstance(data[key], bool), f"'{key}' must be true or false")
+    _require(data["architecture"] in ARCHITECTURES, f"unknown architecture {data['architecture']!r}")
+    _require(data["preset"] in PRESETS, f"unknown preset {data['preset']!r} (known: {', '.join(sorted(PRESETS))})")
+    spec = data["input"]
+    _require(isinstance(spec, dict), "'input' must be an object")
+    _require(
+        isinstance(spec.get("shape"), list) and spec["shape"] == list(grid.MODEL_SHAPE),
+        f"input shape {spec.get('shape')!r} is not the model grid {list(grid.MODEL_SHAPE)}",
+    )
+    channels = spec.get("channels")
+    _require(
+        isinstance(channels, list)
+        and 1 <= len(channels) <= 2
+        and all(c in ("GMD", "GMV") for c in channels)
+        and len(set(channels)) == len(channels),
+        f"'input.channels' must list GMD and/or GMV, got {channels!r}",
+    )
+    conventions = spec.get("conventions", {})
+    _require(isinstance(conventions, dict), "'input.conventions' must be an object")
+    if "mask" in conventions:
+        mask = conventions["mask"]
+        _require(
+            isinstance(mask, dict) and isinstance(mask.get("file"), str) and isinstance(mask.get("sha256"), str),
+            "'input.conventions.mask' must be an object with 'file' and 'sha256' strings",
+        )
+    folds = data["folds"]
+    _require(isinstance(folds, list), "'folds' must be a list")
+    _require(bool(folds), "lists no fold models")
+    for index, fold in enumerate(folds):
+        _require(
+            isinstance(fold, dict) and isinstance(fold.get("file"), str) and isinstance(fold.get("sha256"), str),
+            f"'folds[{index}]' must be an object with 'file' and 'sha256' strings",
+        )
+    points = data.get("operating_points", [])
+    _require(isinstance(points, list), "'operating_points' must be a list")
+    for index, point in enumerate(points):
+        _require(
+            isinstance(point, dict)
+            and all(_is_number(point.get(k)) and 0.0 <= point[k] <= 1.0 for k in ("threshold", "sensitivity", "specificity")),
+            f"'operating_points[{index}]' must hold threshold, sensitivity and specificity in [0, 1]",
+        )
+    presets = data.get("threshold_presets", {})
+    _require(
+        isinstance(presets, dict) and all(_is_number(v) and 0.0 <= v <= 1.0 for v in presets.values()),
+        "'threshold_presets' must map names to thresholds in [0, 1]",
+    )
+    classes = data.get("classes", ["NC", "AD"])
+    _require(isinstance(classes, list) and len(classes) == 2 and all(isinstance(c, str) for c in classes), "'classes' must be two names")
 
 
 def _check_weight_file(bundle_dir: Path, fold: dict[str, Any]) -> Path:
@@ -219,7 +292,10 @@ def load_input_mask(bundle_dir: str | Path, card: ModelCard) -> np.ndarray | Non
     entry = card.conventions.get("mask")
     if not entry:
         return None
-    path = _check_weight_file(Path(bundle_dir), entry)
+    try:
+        path = _check_weight_file(Path(bundle_dir), entry)
+    except BundleError as error:
+        raise BundleError(f"input mask (input.conventions.mask): {error}") from None
     try:
         mask = load_file(str(path))["mask"].numpy()
     except (SafetensorError, OSError, ValueError, KeyError) as exc:

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from . import __version__
 from .atomic import write_json_atomic, write_nifti_atomic
-from .errors import BrainImageNetError
+from .errors import BrainImageNetError, InputError
 from .job import HEAT_MAPS
 from .progress import ProgressCallback, progress_for
 from .resources import default_bundle, sample_t1
@@ -341,6 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``brainimagenet-ad``; returns the process exit code."""
     args = build_parser().parse_args(argv)
     try:
+        out = getattr(args, "out", None)
+        if isinstance(out, Path) and out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} is a file; give a folder")
         if args.command == "predict":
             path = run_predict(args)
             print(path)
