@@ -35,3 +35,24 @@ def test_identical_maps_give_identical_files(tmp_path: Path) -> None:
     first = write_nifti_atomic(tmp_path / "a.nii.gz", data, grid.MNI_AFFINE).read_bytes()
     second = write_nifti_atomic(tmp_path / "b.nii.gz", data, grid.MNI_AFFINE).read_bytes()
     assert first == second
+
+
+def test_a_folder_is_replaced_whole_and_leftovers_are_removed(tmp_path: Path) -> None:
+    from BrainImageNetADLib.atomic import remove_leftovers, replace_dir
+
+    target = tmp_path / "transforms"
+    target.mkdir()
+    (target / "old.mat").write_text("old")
+    staging = tmp_path / ".transforms.new"
+    staging.mkdir()
+    (staging / "new.mat").write_text("new")
+    replace_dir(staging, target)
+    assert [p.name for p in target.iterdir()] == ["new.mat"] and not staging.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["transforms"]  # the old folder is gone
+    # What an interrupted writer leaves: a temporary file, a staging folder, an old folder.
+    (tmp_path / ".result.json.abc123.tmp").write_text("{")
+    (tmp_path / ".transforms.xyz").mkdir()
+    (tmp_path / ".transforms.old.q1").mkdir()
+    (tmp_path / "result.json").write_text("{}")
+    remove_leftovers(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json", "transforms"]

@@ -192,3 +192,13 @@ def test_terminal_progress_travels_to_a_child_process() -> None:
         "Occlusion map",
         None,
     ]
+
+
+def test_a_rerun_into_a_used_folder_leaves_only_what_its_result_lists(tmp_path: Path, sample: dict[str, Path], tiny_bundle: Path) -> None:
+    maps = ["--gmd", sample["GMD"], "--gmv", sample["GMV"], "--model", tiny_bundle, "--out", tmp_path]
+    assert run_cli("predict", *maps, "--occlusion", "gradient").returncode == 0
+    assert (tmp_path / "occlusion.nii.gz").is_file()
+    (tmp_path / ".result.json.killed.tmp").write_text('{"probab')  # left by a run that was killed
+    again = run_cli("predict", *maps, "--occlusion", "none")
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["regions_mni.nii.gz", "result.json"]

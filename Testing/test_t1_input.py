@@ -221,7 +221,8 @@ def test_batch_is_parallel_resumable_and_summarised(tmp_path: Path) -> None:
     (bids / "sub-03" / "anat" / "sub-03_T1w.nii.gz").write_bytes(b"broken")
     out = tmp_path / "derivatives"
     first = run_cli("preprocess", bids, "--out", out, "--jobs", "2")
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 3, first.stderr  # sub-03 failed: the run says so, after the summary
+    assert first.stderr.strip().splitlines()[-1] == f"error: 1 of 3 subjects failed (sub-03); see {out / 'summary.tsv'}"
     rows = [line.split("\t") for line in (out / "summary.tsv").read_text().splitlines()[1:]]
     verdicts = {r[0]: r[1] for r in rows}
     assert verdicts["sub-01"] in ("pass", "warn") and verdicts["sub-02"] in ("pass", "warn")
@@ -229,7 +230,7 @@ def test_batch_is_parallel_resumable_and_summarised(tmp_path: Path) -> None:
     assert (out / "sub-01" / "gmd.nii.gz").is_file() and (out / "sub-02" / "qc.json").is_file()
     assert "[3/3]" in first.stderr
     again = run_cli("preprocess", bids, "--out", out)
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 3, again.stderr
     rows = {line.split("\t")[0]: line.split("\t")[1] for line in (out / "summary.tsv").read_text().splitlines()[1:]}
     assert rows["sub-01"] == rows["sub-02"] == "done before"
 

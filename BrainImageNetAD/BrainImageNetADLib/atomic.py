@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,3 +54,33 @@ def write_nifti_atomic(path: str | os.PathLike[str], data: Any, affine: Any, des
     image.header.set_xyzt_units("mm")
     image.header["descrip"] = description.encode()[:79]
     return write_bytes_atomic(path, gzip.compress(image.to_bytes(), compresslevel=6, mtime=0))
+
+
+def replace_dir(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Put the finished folder ``staging`` in place of ``target`` by renames: the old folder is
+    renamed aside, the new one renamed in, then the old one removed (readers never see a folder
+    half written; a crash between the renames leaves the old one beside, removed by
+    ``remove_leftovers``)."""
+    staging, target = Path(staging), Path(target)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        old.rmdir()
+        target.rename(old)
+    staging.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def remove_leftovers(folder: str | os.PathLike[str]) -> None:
+    """Remove what writes interrupted in ``folder`` left: ``replacing``'s ``.NAME.*.tmp`` files
+    and ``.NAME.*`` staging or old folders."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for path in folder.glob(".*"):
+        if path.is_file() and path.name.endswith(".tmp"):
+            path.unlink(missing_ok=True)
+        elif path.is_dir() and (".old." in path.name or path.name.startswith(".transforms.")):
+            shutil.rmtree(path, ignore_errors=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import write_bytes_atomic
-from .errors import BrainImageNetError, InputError
+from .errors import BrainImageNetError, InputError, SubjectsFailed
 from .preprocess import is_done, preprocess_t1
 from .worker import WorkerCrashed, run_isolated
 
@@ -44,9 +44,43 @@ def is_list(path: Path) -> bool:
 
 
 def read_list(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV or TSV list (by its suffix), as dicts keyed by the header."""
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+    """The rows of a CSV or TSV list (by its suffix; a byte-order mark is allowed), as dicts keyed
+    by the header. A row with more or fewer fields than the header is refused with its line."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            rows = []
+            for row in reader:
+                if None in row or None in row.values():
+                    fields = len([v for k, v in row.items() if k is not None and v is not None]) + len(row.get(None) or [])
+                    raise InputError(f"{path}: line {reader.line_num} has {fields} fields, the header {len(reader.fieldnames or [])}")
+                rows.append(row)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: not a readable CSV/TSV list ({exc})") from None
+    return rows
+
+
+#: Subject (and session) identifiers, the names of the output folders: letters, digits, '-', '_'
+#: and '.', starting with a letter or digit, at most 128 characters (BIDS labels fit).
+IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_identifier(identifier: str, where: str) -> str:
+    """Return ``identifier`` if it is a plain name (``IDENTIFIER``), else raise InputError naming
+    ``where`` it comes from (a list's row, a file)."""
+    if not IDENTIFIER.fullmatch(identifier) or ".." in identifier:
+        raise InputError(
+            f"{where}: identifier {identifier!r} is not a plain name (letters, digits, '-', '_' or '.', starting with a letter or digit)"
+        )
+    return identifier
+
+
+def subject_folder(out_root: Path, identifier: str) -> Path:
+    """The output folder of a subject, ``out_root/identifier``, checked to lie inside ``out_root``."""
+    folder = Path(out_root) / check_identifier(identifier, "subject")
+    if folder.resolve().parent != Path(out_root).resolve():
+        raise InputError(f"subject {identifier!r}: its folder would lie outside {out_root}")
+    return folder
 
 
 def listed_path(list_file: Path, value: str) -> Path:
@@ -73,7 +107,7 @@ def collect_jobs(inputs: list[Path]) -> list[Job]:
                 raise InputError(f"{item}: expected a 't1' column (and optionally 'subject')")
             for index, row in enumerate(rows):
                 t1 = listed_path(item, row["t1"])
-                jobs.append(Job(row.get("subject") or _stem(t1) or f"row{index}", t1))
+                jobs.append(Job(check_identifier(row.get("subject") or _stem(t1) or f"row{index}", f"{item}: row {index + 1}"), t1))
         elif item.is_dir() and sorted(item.glob("sub-*")):
             for t1 in sorted(item.glob("sub-*/**/anat/*_T1w.*")):
                 if _is_image(t1):
@@ -85,6 +119,8 @@ def collect_jobs(inputs: list[Path]) -> list[Job]:
             jobs.extend(Job(_stem(p), p) for p in sorted(item.iterdir()) if _is_image(p))
         else:
             jobs.append(Job(_stem(item), item))
+    for job in jobs:
+        check_identifier(job.subject, str(job.t1))
     identifiers = [j.subject for j in jobs]
     duplicates = sorted({s for s in identifiers if identifiers.count(s) > 1})
     if duplicates:
@@ -136,19 +172,20 @@ def run_batch(jobs: list[Job], out_root: Path, preset: str = "fast", processes: 
 
     Finished subjects (``qc.json`` present) are skipped unless ``overwrite``; a progress line per
     subject goes to stderr; ``out_root/summary.tsv`` (written atomically) lists every verdict.
-    A crash of one worker is reported for its subject and does not stop the others.
+    A crash of one worker is reported for its subject and does not stop the others; when any
+    subject failed (an error or a failed QC), SubjectsFailed is raised after the summary is written.
     """
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     rows: list[dict] = []
     todo = []
     for job in jobs:
-        if is_done(out_root / job.subject) and not overwrite:
+        if is_done(subject_folder(out_root, job.subject)) and not overwrite:
             rows.append(_row(job.subject, "done before", "skipped (qc.json exists)"))
         else:
             todo.append(job)
     with ThreadPoolExecutor(max_workers=max(1, processes)) as executor:
-        futures = {executor.submit(run_isolated, _run_one, job, out_root / job.subject, preset): job for job in todo}
+        futures = {executor.submit(run_isolated, _run_one, job, subject_folder(out_root, job.subject), preset): job for job in todo}
         for count, future in enumerate(as_completed(futures), start=1):
             job = futures[future]
             try:
@@ -164,4 +201,9 @@ def run_batch(jobs: list[Job], out_root: Path, preset: str = "fast", processes: 
     rows.sort(key=lambda r: r["subject"])
     lines = ["\t".join(SUMMARY_COLUMNS)] + ["\t".join(str(r[c]) for c in SUMMARY_COLUMNS) for r in rows]
     write_bytes_atomic(out_root / "summary.tsv", ("\n".join(lines) + "\n").encode())
+    failed = [r["subject"] for r in rows if r["verdict"] in ("error", "fail")]
+    if failed:
+        raise SubjectsFailed(
+            f"{len(failed)} of {len(rows)} subjects failed ({', '.join(failed[:5])}{', ...' if len(failed) > 5 else ''}); see {out_root / 'summary.tsv'}"
+        )
     return rows

@@ -1,6 +1,7 @@
 """``brainimagenet-ad``: single-case prediction from the command line.
 
-Exit codes: 0 success, 2 bad input (one line ``error: ...`` on stderr), 1 internal error.
+Exit codes: 0 success, 2 bad input (one line ``error: ...`` on stderr), 3 a cohort run in which
+some subjects failed (their rows say why), 1 internal error.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .atomic import write_json_atomic, write_nifti_atomic
-from .errors import BrainImageNetError, InputError
+from .atomic import remove_leftovers, write_json_atomic, write_nifti_atomic
+from .errors import BrainImageNetError, InputError, SubjectsFailed
 from .job import HEAT_MAPS
 from .progress import ProgressCallback, progress_for
 from .resources import default_bundle, sample_t1
@@ -248,6 +249,7 @@ def run_predict(args: argparse.Namespace) -> Path:
         if not single:
             return run_cohort(args, cases, ensemble, bundle, threshold, progress)
         t1 = cases[0].t1
+    remove_leftovers(args.out)  # one case: what an interrupted run left in its folder
     if t1 is not None:
         from .preprocess import preprocess_t1
         from .worker import run_isolated
@@ -279,7 +281,24 @@ def run_predict(args: argparse.Namespace) -> Path:
     if occlusion != "none":
         result["occlusion"] = run_occlusion(ensemble, ensemble.prepare(x[None])[0], args, native, occlusion, progress)
     result["seconds"] = round(time.perf_counter() - start, 3)
-    return write_json_atomic(Path(args.out) / "result.json", result)
+    previous = _listed_outputs(Path(args.out) / "result.json")
+    path = write_json_atomic(Path(args.out) / "result.json", result)
+    for name in previous - _listed_outputs(path):  # a rerun into a used folder: no stale heat map beside the new result
+        (Path(args.out) / name).unlink(missing_ok=True)
+    return path
+
+
+def _listed_outputs(result_path: Path) -> set[str]:
+    """The files (names in the result's folder) that a ``result.json`` lists; none when it is
+    absent or unreadable."""
+    import json
+
+    try:
+        result = json.loads(result_path.read_text())
+        files = set((result.get("occlusion") or {}).get("files", {}).values())
+        return {str(name) for name in files | {result.get("regions_native"), result.get("regions_mni")} if name and "/" not in str(name)}
+    except (OSError, ValueError, AttributeError):
+        return set()
 
 
 def run_cohort(args: argparse.Namespace, cases: list, ensemble, bundle: Path, threshold: float, progress: ProgressCallback | None) -> Path:  # noqa: ANN001
@@ -360,6 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "bench":
             run_bench(args)
         return 0
+    except SubjectsFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except (BrainImageNetError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

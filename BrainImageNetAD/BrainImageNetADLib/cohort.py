@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_bytes_atomic, write_json_atomic
-from .batch import collect_jobs, is_list, listed_path, read_list
+from .batch import check_identifier, collect_jobs, is_list, listed_path, read_list, subject_folder
 from .ensemble import Ensemble
-from .errors import BrainImageNetError, InputError
+from .errors import BrainImageNetError, InputError, SubjectsFailed
 from .maps import load_model_input
 from .progress import ProgressCallback
 
@@ -65,7 +65,7 @@ def _map_pairs(folder: Path) -> list[Case]:
             wc1 = mwc1.with_name(mwc1.name[1:])
             if not wc1.is_file():
                 raise InputError(f"{mwc1}: no matching {wc1.name} (GMD) beside it")
-            cases.append(Case(match.group(1), gmd=wc1, gmv=mwc1))
+            cases.append(Case(check_identifier(match.group(1), str(mwc1)), gmd=wc1, gmv=mwc1))
     return cases
 
 
@@ -82,7 +82,8 @@ def collect_cases(inputs: list[Path]) -> list[Case]:
             if rows and {"gmd", "gmv"} <= set(rows[0]):
                 for index, row in enumerate(rows):
                     gmd, gmv = (listed_path(item, row[k]) for k in ("gmd", "gmv"))
-                    cases.append(Case(row.get("subject") or f"row{index + 1}", gmd=gmd, gmv=gmv))
+                    subject = check_identifier(row.get("subject") or f"row{index + 1}", f"{item}: row {index + 1}")
+                    cases.append(Case(subject, gmd=gmd, gmv=gmv))
                 continue
         elif item.is_dir() and not list(item.glob("sub-*")) and any(_SPM_PAIR.match(p.name) for p in item.iterdir()):
             cases.extend(_map_pairs(item))
@@ -141,9 +142,64 @@ def _row(case: Case, status: str, message: str = "", result: dict | None = None,
     return row
 
 
+def _read_table(path: Path) -> dict[str, dict[str, str]]:
+    """The rows of an existing ``predictions.tsv`` by subject (none when absent or unreadable)."""
+    try:
+        return {row["subject"]: row for row in read_list(path) if row.get("subject") and set(row) == set(PREDICTION_COLUMNS)}
+    except (InputError, OSError):
+        return {}
+
+
 def _write_table(out_root: Path, rows: dict[str, dict[str, str]]) -> Path:
-    lines = ["\t".join(PREDICTION_COLUMNS)] + ["\t".join(rows[s][c] for c in PREDICTION_COLUMNS) for s in sorted(rows)]
-    return write_bytes_atomic(out_root / "predictions.tsv", ("\n".join(lines) + "\n").encode())
+    """Merge ``rows`` into ``out_root/predictions.tsv`` under a lock on the folder, so that runs
+    writing into the same folder at once (the shards of a job array) keep each other's rows."""
+    from filelock import FileLock
+
+    table = out_root / "predictions.tsv"
+    with FileLock(str(out_root / ".predictions.tsv.lock")):
+        merged = {**_read_table(table), **rows}
+        lines = ["\t".join(PREDICTION_COLUMNS)] + ["\t".join(merged[s][c] for c in PREDICTION_COLUMNS) for s in sorted(merged)]
+        return write_bytes_atomic(table, ("\n".join(lines) + "\n").encode())
+
+
+#: What a cohort folder was made with (``OUT/cohort.json``): a run with other settings refuses it.
+SETTINGS_NAME = "cohort.json"
+
+
+def _check_settings(out_root: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """Record the settings of the folder's runs, or refuse a run whose settings differ from those
+    the folder was made with (unless ``overwrite``, which records the new ones)."""
+    from filelock import FileLock
+
+    path = out_root / SETTINGS_NAME
+    with FileLock(str(out_root / ".predictions.tsv.lock")):
+        try:
+            before = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, json.JSONDecodeError):
+            before = None
+        if before is not None and before != settings and not overwrite:
+            changed = ", ".join(f"{k} {before.get(k)!r} -> {v!r}" for k, v in settings.items() if before.get(k) != v)
+            raise InputError(
+                f"{out_root} was made with other settings ({changed}); use another --out, or --overwrite to redo every subject"
+            )
+        if before != settings:
+            write_json_atomic(path, settings)
+
+
+def _finished_result(path: Path) -> dict | None:
+    """A subject's ``result.json`` when it is complete, None when absent; a partial or corrupt one
+    (an earlier run killed while writing) is reported and removed, so the subject is redone."""
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+        if isinstance(result, dict) and {"probability", "fold_probabilities", "label", "threshold", "model_name", "demo"} <= set(result):
+            return result
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    print(f"{path}: incomplete or corrupt; the subject is done again", file=sys.stderr, flush=True)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def predict_cohort(
@@ -162,22 +218,39 @@ def predict_cohort(
 
     ``jobs``: T1s preprocessed at the same time (each in its own child process); ``force``:
     predict even when preprocessing QC fails (the verdict is in the table); ``overwrite``: redo
-    finished subjects. One line per subject goes to stderr.
+    finished subjects and accept settings other than the folder's. One line per subject goes to
+    stderr. Subject identifiers must be plain names (``batch.IDENTIFIER``); a folder made with
+    another model, threshold or preset is refused (``cohort.json``); runs into one folder at once
+    share the table; a corrupt ``result.json`` is redone. Raises SubjectsFailed, after the table
+    is written, when any subject failed.
     """
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
+    _check_settings(
+        out_root,
+        {"model": ensemble.card.name, "model_bundle": str(Path(bundle).resolve()), "threshold": threshold, "preset": preset},
+        overwrite,
+    )
     rows: dict[str, dict[str, str]] = {}
     todo: list[Case] = []
     for case in cases:
-        result_path = out_root / case.subject / "result.json"
-        if result_path.is_file() and not overwrite:
-            rows[case.subject] = _row(case, "done before", "", json.loads(result_path.read_text()))
+        folder = subject_folder(out_root, case.subject)
+        for stray in folder.glob(".*.tmp"):  # left by a run that was killed while writing
+            stray.unlink(missing_ok=True)
+        result = None if overwrite else _finished_result(folder / "result.json")
+        if result is not None:
+            rows[case.subject] = _row(case, "done before", "", result)
         else:
             todo.append(case)
     _write_table(out_root, rows)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as threads:
         pending: list[tuple[Case, Future | None]] = [
-            (case, threads.submit(_preprocess, case, out_root / case.subject / "preprocessing", preset, overwrite) if case.t1 else None)
+            (
+                case,
+                threads.submit(_preprocess, case, subject_folder(out_root, case.subject) / "preprocessing", preset, overwrite)
+                if case.t1
+                else None,
+            )
             for case in todo
         ]
         # Map pairs first (nothing to wait for), then T1s in the order their preprocessing ends.
@@ -189,7 +262,7 @@ def predict_cohort(
                 time.sleep(0.2)
                 continue
             case, future = pending.pop(index)
-            row = _score(case, future, out_root / case.subject, ensemble, bundle, threshold, force)
+            row = _score(case, future, subject_folder(out_root, case.subject), ensemble, bundle, threshold, force)
             rows[case.subject] = row
             _write_table(out_root, rows)
             done += 1
@@ -199,7 +272,13 @@ def predict_cohort(
             )
             if progress is not None:
                 progress("cohort", done / len(todo))
-    return out_root / "predictions.tsv"
+    table = out_root / "predictions.tsv"
+    failed = [s for s, row in rows.items() if row["status"] in ("error", "qc fail")]
+    if failed:
+        raise SubjectsFailed(
+            f"{len(failed)} of {len(rows)} subjects failed ({', '.join(failed[:5])}{', ...' if len(failed) > 5 else ''}); see {table}"
+        )
+    return table
 
 
 def _score(

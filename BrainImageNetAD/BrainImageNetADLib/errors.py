@@ -18,3 +18,8 @@ class BundleError(BrainImageNetError):
 
 class Cancelled(BrainImageNetError):
     """The user cancelled a long run (preprocessing, training, occlusion)."""
+
+
+class SubjectsFailed(BrainImageNetError):
+    """A cohort run finished, but some subjects failed (their rows in the table say why). The
+    command line maps it to exit code 3."""

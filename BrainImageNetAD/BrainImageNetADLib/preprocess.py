@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import bias_field, deformation, grid, normalise, qc, segment, templates
-from .atomic import write_json_atomic, write_nifti_atomic
+from .atomic import remove_leftovers, replace_dir, write_json_atomic, write_nifti_atomic
 from .progress import PREPROCESSING_STAGES, CancelCallback, ProgressCallback, check_cancel
 from .t1io import T1Image, read_t1
 
@@ -123,6 +123,7 @@ def preprocess_t1(
     # same maps); multi-threaded metric sums differ between runs and can change the optimum.
     ants.config.set_ants_deterministic(True, seed_value=REGISTRATION_SEED)
     out_dir = Path(out_dir)
+    remove_leftovers(out_dir)
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
 
@@ -540,10 +541,7 @@ def _write_outputs(out_dir: Path, gmd, gmv, gm_native, t1_mni, mapping: dict[str
         "convention": "ITK/ANTs physical space (LPS)",
     }
     (staging / "native_grid.json").write_text(json.dumps(native_grid, indent=2))
-    target = out_dir / "transforms"
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
+    replace_dir(staging, out_dir / "transforms")
     qc.write_overlay_png(out_dir / "qc_gmd.png", gmd, t1_mni, report)
     stage_done("write")
     report["seconds"] = {**timings, "total": round(sum(timings.values()), 2)}
