@@ -4,14 +4,19 @@ ensemble, move the threshold slider, and see the heat map over the brain in Slic
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import os
+import queue
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from browser import Browser, chromium_path
@@ -48,6 +53,8 @@ def imported_models(folder: Path) -> Path:
 
 @pytest.fixture()
 def page_server(tmp_path: Path):
+    """The page server started as a user starts it; yields (the URL it prints, with this launch's
+    secret; the temporary folder; the process)."""
     port = free_port()
     env = dict(os.environ, TMPDIR=str(tmp_path))  # the session's temporary folder is made in here
     models = imported_models(tmp_path / "keras")
@@ -59,15 +66,20 @@ def page_server(tmp_path: Path):
         text=True,
         env=env,
     )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
     end = time.monotonic() + HANG_GUARD_S
-    while True:
-        assert process.poll() is None, process.stdout.read()
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
+    url = None
+    while url is None:
+        assert process.poll() is None, "the page server stopped"
         assert time.monotonic() < end, "the page server did not start"
-        time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}/", tmp_path
+        try:
+            match = re.search(r"BrainImageNet-AD page: (http://\S+)", lines.get(timeout=1))
+        except queue.Empty:
+            continue
+        url = match.group(1) if match else None
+    assert url.startswith(f"http://127.0.0.1:{port}/?secret=")
+    yield url, tmp_path, process
     process.terminate()
     process.wait(30)
     assert not list(tmp_path.glob("brainimagenet-ad-*")), "the server left its session folder behind"
@@ -97,8 +109,8 @@ async def slice_views_heat(browser: Browser) -> list[float]:
 
 
 @pytest.mark.skipif(chromium_path() is None, reason="Chromium is not installed (scripts/setup.sh installs it)")
-def test_page_runs_the_sample_and_shows_the_heat_map(page_server: tuple[str, Path]) -> None:
-    url, tmp = page_server
+def test_page_runs_the_sample_and_shows_the_heat_map(page_server: tuple[str, Path, subprocess.Popen]) -> None:
+    url, tmp, _ = page_server
 
     async def drive() -> None:
         async with Browser() as browser:
@@ -112,6 +124,16 @@ def test_page_runs_the_sample_and_shows_the_heat_map(page_server: tuple[str, Pat
             await browser.set_file("input#upload[type=file], #upload input[type=file]", big)
             await browser.wait_for(
                 "document.querySelector('#error') && document.querySelector('#error').innerText.includes('5 MB limit')", 30
+            )
+            # A file of a few dozen bytes whose header claims a 13.5 GB image is refused from its header.
+            huge = tmp / "huge_t1.nii.gz"
+            header = nib.Nifti1Header()
+            header.set_data_shape((1500, 1500, 1500))
+            header.set_data_dtype(np.float32)
+            huge.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4))
+            await browser.set_file("input#upload[type=file], #upload input[type=file]", huge)
+            await browser.wait_for(
+                "document.querySelector('#error') && document.querySelector('#error').innerText.includes('1500x1500x1500')", 60
             )
             small = tmp / "upload_t1.nii.gz"
             small.write_bytes(sample_t1().read_bytes())
@@ -185,3 +207,70 @@ def test_upload_names_are_made_safe() -> None:
     assert safe_upload_name("C:\\scans\\t1.nrrd") == "t1.nrrd"
     with pytest.raises(BrainImageNetError, match="upload a T1 image file"):
         safe_upload_name("notes.txt")
+
+
+def _resident_mb(pid: int) -> float:
+    """Resident memory of a process, in MB (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_the_page_server_lets_in_only_the_page_it_printed(page_server: tuple[str, Path, subprocess.Popen]) -> None:
+    """A hostile local process or web page, with a real websocket client: no key, a foreign
+    Origin, a second client, a forged exit, an oversize message with a false declared size, and a
+    failing call all fail without harm, and the page's owner still gets in."""
+    import aiohttp
+    from wslink.chunking import generate_chunks
+    from wslink_client import WslinkClient
+
+    url, _, process = page_server
+    secret = url.split("secret=", 1)[1]
+    host = url.split("/")[2]
+    ws_url, origin = f"ws://{host}/ws", f"http://{host}"
+
+    async def refused_handshake(client_origin: str | None, ws: str = ws_url) -> int:
+        try:
+            async with WslinkClient(ws, client_origin):
+                return 101
+        except aiohttp.WSServerHandshakeError as error:
+            return error.status
+
+    async def probe() -> None:
+        assert await refused_handshake("http://evil.example") == 403
+        assert await refused_handshake(None) == 403
+        assert await refused_handshake(f"http://evil.example:{host.split(':')[1]}", f"ws://localhost:{host.split(':')[1]}/ws") == 403
+        async with WslinkClient(ws_url, origin) as stranger:
+            # trame's public default key and a guessed one are refused; so is any call after them.
+            for key in ("wslink-secret", secret[:-1]):
+                assert (await stranger.hello(key))["error"]["message"] == "Authentication failed"
+            forged = await stranger.call("application.exit")
+            assert "Unauthorized" in forged["error"]["message"]
+            # While this page is connected, a second one is refused: no one shares its case.
+            assert await refused_handshake(origin) == 409
+        assert process.poll() is None, "the forged exit stopped the server"
+        async with WslinkClient(ws_url, origin) as owner:
+            assert "clientID" in (await owner.hello(secret))["result"]
+            failed = await owner.call("trame.state.update", ["not a list of changes"])
+            assert failed["error"]["data"] == {"method": "trame.state.update"}  # no exception, no traceback
+            # A message declaring 2 GB is refused before any memory is taken for it; the
+            # connection is closed and the server lives on.
+            before = _resident_mb(process.pid)
+            chunk = bytes(next(iter(generate_chunks(b"x" * 1000, 1000))))
+            header = bytearray(chunk[:12])
+            header[8:12] = (2_000_000_000).to_bytes(4, "little")
+            await owner.send_raw(bytes(header) + chunk[12:])
+            assert await owner.answer(None, timeout=60) is None
+            assert _resident_mb(process.pid) < before + 200
+        # A message larger than it declares is refused too.
+        async with WslinkClient(ws_url, origin) as owner:
+            assert "clientID" in (await owner.hello(secret))["result"]
+            chunk = bytes(next(iter(generate_chunks(b"x" * 10, 1000))))
+            await owner.send_raw(chunk[:12] + b"y" * 3_000_000)
+            assert await owner.answer(None, timeout=60) is None
+        async with WslinkClient(ws_url, origin) as owner:
+            assert "clientID" in (await owner.hello(secret))["result"]
+        assert process.poll() is None
+
+    asyncio.run(probe())

@@ -1,9 +1,10 @@
 """The web page (``brainimagenet-ad web``): the single-case workflow in a browser, with Slicer's own
 slice and 3D views rendered on this machine by trame-slicer.
 
-One server process is one session: it listens on 127.0.0.1 only, keeps uploads and results in a
-temporary folder of its own, and deletes that folder when the last browser tab closes (and when
-the server stops). Nothing leaves the machine; the page needs no internet access.
+One server process is one session for one page at a time: it listens on 127.0.0.1 only, accepts
+only the page opened from the URL it prints (which carries this launch's secret; ``webguard``),
+keeps uploads and results in a temporary folder of its own, and deletes that folder when the page
+closes (and when the server stops). Nothing leaves the machine; the page needs no internet access.
 """
 
 from __future__ import annotations
@@ -166,8 +167,10 @@ class WebApp:
             return
         file = ClientFile(files[0] if isinstance(files, list) else files)
         try:
-            if file.size > self.max_upload_bytes:
-                raise BrainImageNetError(f"{file.name} is {file.size / 1e6:.0f} MB; the limit is {self.max_upload_bytes / 1e6:.0f} MB")
+            received = len(file.content or b"")
+            if max(file.size or 0, received) > self.max_upload_bytes:  # the bytes received, whatever size was declared
+                size = max(file.size or 0, received)
+                raise BrainImageNetError(f"{file.name} is {size / 1e6:.0f} MB; the limit is {self.max_upload_bytes / 1e6:.0f} MB")
             path = self.controller.work_dir / "uploads" / safe_upload_name(file.name)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(file.content)
@@ -391,15 +394,25 @@ def serve(
     host: str = "127.0.0.1", port: int = 8080, max_upload_mb: float = 200.0, heat_map: str = "ensemble", models_dir: Path | None = None
 ) -> None:
     """Start the page on ``host:port``, blocking until the server stops (Ctrl-C or SIGTERM); the
-    session's files are deleted then."""
+    session's files are deleted then. Prints the page's URL, which carries this launch's secret:
+    only a page opened from it can use the server (``webguard``)."""
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     from trame.app import get_server
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}: anyone who reaches this address can use the page and see its case", file=sys.stderr)
 
+    from .webguard import MESSAGE_OVERHEAD_BYTES, new_secret, protect
+
     server = get_server("brainimagenet-ad", client_type="vue3")
+    secret = new_secret()
+    server.cli.set_defaults(authKey=secret)  # the websocket's key (wslink.hello), this launch only
     app = WebApp(server, max_upload_mb, heat_map, models_dir)
+    server.controller.on_server_bind.add(lambda web_server: protect(web_server, host, app.max_upload_bytes + MESSAGE_OVERHEAD_BYTES))
+    url_host = f"[{host}]" if ":" in host else host
+    server.controller.on_server_ready.add(
+        lambda **_: print(f"BrainImageNet-AD page: http://{url_host}:{server.port}/?secret={secret}", flush=True)
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop as Ctrl-C does, through the finally below
     try:
         server.start(host=host, port=port, open_browser=False, timeout=0)
