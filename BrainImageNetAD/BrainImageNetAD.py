@@ -175,13 +175,13 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsCollapsibleButton.enabled = prediction is not None
         if prediction is None:
             return
-        from BrainImageNetADLib.ensemble import percent
+        from BrainImageNetADLib.ensemble import fold_text, percent
 
         self.ui.thresholdSlider.blockSignals(True)
         self.ui.thresholdSlider.value = prediction.threshold
         self.ui.thresholdSlider.blockSignals(False)
         self.ui.probabilityLabel.text = f"{prediction.probability:.3f} ({prediction.label})"
-        self.ui.foldsLabel.text = ", ".join(f"{p:.3f}" for p in prediction.fold_probabilities)
+        self.ui.foldsLabel.text = fold_text(prediction.fold_probabilities)
         self.ui.performanceLabel.text = _("sensitivity {sensitivity}, specificity {specificity} (model card)").format(
             sensitivity=percent(prediction.sensitivity), specificity=percent(prediction.specificity)
         )

@@ -121,11 +121,15 @@ def collect_jobs(inputs: list[Path]) -> list[Job]:
             jobs.append(Job(_stem(item), item))
     for job in jobs:
         check_identifier(job.subject, str(job.t1))
-    identifiers = [j.subject for j in jobs]
+    check_unique([j.subject for j in jobs])
+    return sorted(jobs, key=lambda j: j.subject)
+
+
+def check_unique(identifiers: list[str]) -> None:
+    """Refuse inputs that share an identifier (their outputs would overwrite each other)."""
     duplicates = sorted({s for s in identifiers if identifiers.count(s) > 1})
     if duplicates:
         raise InputError(f"several inputs share the identifier {duplicates[0]!r}; give them distinct names")
-    return sorted(jobs, key=lambda j: j.subject)
 
 
 def shard(jobs: list[Job], spec: str | None) -> list[Job]:

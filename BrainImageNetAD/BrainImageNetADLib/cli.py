@@ -16,7 +16,7 @@ from typing import NoReturn
 from . import __version__
 from .atomic import remove_leftovers, write_json_atomic, write_nifti_atomic
 from .errors import BrainImageNetError, InputError, SubjectsFailed
-from .job import HEAT_MAPS
+from .job import HEAT_MAPS, OCCLUSION_METHODS
 from .progress import ProgressCallback, progress_for
 from .resources import default_bundle, sample_t1
 
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--occlusion",
         default=None,
-        choices=["incremental", "approximate", "naive", "gradient", "none"],
+        choices=[*OCCLUSION_METHODS, "none"],
         help="heat map of one case (default incremental): occlusion (incremental: exact; approximate: coarse to fine, "
         "about 4x faster, see bench occlusion; naive: reference), gradient x input (a quick preview), or none; a cohort gets none",
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_bytes_atomic, write_json_atomic
-from .batch import check_identifier, collect_jobs, is_list, listed_path, read_list, subject_folder
+from .batch import check_identifier, check_unique, collect_jobs, is_list, listed_path, read_list, subject_folder
 from .ensemble import Ensemble
 from .errors import BrainImageNetError, InputError, SubjectsFailed
 from .maps import load_model_input
@@ -91,10 +91,7 @@ def collect_cases(inputs: list[Path]) -> list[Case]:
         t1_inputs.append(item)
     if t1_inputs:
         cases.extend(Case(job.subject, t1=job.t1) for job in collect_jobs(t1_inputs))
-    subjects = [c.subject for c in cases]
-    duplicates = sorted({s for s in subjects if subjects.count(s) > 1})
-    if duplicates:
-        raise InputError(f"several inputs share the identifier {duplicates[0]!r}; give them distinct names")
+    check_unique([c.subject for c in cases])
     return sorted(cases, key=lambda c: c.subject)
 
 

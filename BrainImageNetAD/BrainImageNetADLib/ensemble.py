@@ -40,6 +40,11 @@ class Prediction:
         return asdict(self)
 
 
+def fold_text(fold_probabilities: list[float]) -> str:
+    """The fold models' AD probabilities as text for people ("0.412, 0.388, ...")."""
+    return ", ".join(f"{p:.3f}" for p in fold_probabilities)
+
+
 def percent(rate: float | None) -> str:
     """A sensitivity or specificity in [0, 1] as text for people ("87.4%"); "not recorded" for None."""
     return "not recorded" if rate is None else f"{100 * rate:.1f}%"

@@ -19,6 +19,9 @@ from pathlib import Path
 from .progress import STAGE_GROUPS, stage_group
 from .worker import PYTHON_ENV, child_environment, hidden_console
 
+#: The heat-map methods of one case (``occlusion.occlusion_map``): exact occlusion by incremental
+#: inference, coarse to fine, naive full passes (the reference), gradient x input.
+OCCLUSION_METHODS = ("incremental", "approximate", "naive", "gradient")
 #: Heat-map choices of both skins: name -> (label, occlusion method, fold model or None for all).
 HEAT_MAPS = {
     "ensemble": ("Occlusion, whole ensemble (exact)", "incremental", None),

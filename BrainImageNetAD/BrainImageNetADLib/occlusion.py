@@ -33,9 +33,8 @@ import torch
 
 from . import grid
 from .incremental import IncrementalNetwork, Patch
+from .job import OCCLUSION_METHODS
 from .progress import CancelCallback, ProgressCallback, check_cancel
-
-METHODS = ("incremental", "approximate", "naive", "gradient")
 
 
 @dataclass(frozen=True)
@@ -150,8 +149,8 @@ def occlusion_map(
     mode, CPU). ``x``: maps on the model grid, shape (C, 96, 120, 86). ``positions`` (P, 3)
     restricts the cubes (default: ``cube_positions``; ``approximate`` needs the default lattice).
     Returns the map and per-cube drops."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if method not in OCCLUSION_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {OCCLUSION_METHODS}")
     if x.ndim != 4 or tuple(x.shape[1:]) != grid.MODEL_SHAPE:
         raise ValueError(f"expected maps of shape (C, {', '.join(map(str, grid.MODEL_SHAPE))}), got {x.shape}")
     started = time.perf_counter()

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import write_bytes_atomic, write_json_atomic
-from .ensemble import Prediction, percent
+from .ensemble import Prediction, fold_text, percent
 from .mrml import volume_node_array
 
 REPORT_HTML = "report.html"
@@ -121,7 +121,7 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #999;padding:.2em .5em
 <p><b>Intended use:</b> {e(content["intended_use"])}</p>
 <p>Model: {e(content["model"])}. Analysis date: {e(content["analysis_date"])}. {e(content["product"])}.</p>
 <h2>Result</h2>
-<p>AD probability <b>{content["probability"]:.3f}</b> (folds: {", ".join(f"{p:.3f}" for p in content["fold_probabilities"])}).
+<p>AD probability <b>{content["probability"]:.3f}</b> (folds: {fold_text(content["fold_probabilities"])}).
 At threshold {content["threshold"]:.3f}: <b>{e(content["label"])}</b>; sensitivity {percent(content["sensitivity"])},
 specificity {percent(content["specificity"])} (from the model card's validation).</p>
 <p>Quality control: {e(str(qc.get("verdict")))}. {e("; ".join((qc.get("failures") or []) + (qc.get("warnings") or [])))}</p>

@@ -19,7 +19,7 @@ from typing import Any
 
 from .bundle import CARD_NAME
 from .controller import CaseController
-from .ensemble import percent
+from .ensemble import fold_text, percent
 from .errors import BrainImageNetError
 from .job import HEAT_MAPS, STAGE_GROUPS, RunOptions
 from .resources import resources_dir
@@ -130,7 +130,7 @@ class WebApp:
             {
                 "has_result": True,
                 "probability": round(prediction.probability, 4),
-                "fold_probabilities": ", ".join(f"{p:.3f}" for p in prediction.fold_probabilities),
+                "fold_probabilities": fold_text(prediction.fold_probabilities),
                 "label": prediction.label,
                 "sensitivity": percent(prediction.sensitivity),
                 "specificity": percent(prediction.specificity),
