@@ -22,6 +22,8 @@ def read_volume_node(path: str | Path, scene: object, name: str | None = None, c
     from .imageheader import check_image_header
 
     path = Path(path)
+    if not path.exists():
+        raise InputError(f"Slicer could not read {path}: no such file")
     check_image_header(path)
     node = scene.AddNewNodeByClass(class_name, name or path.name.split(".")[0])
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
