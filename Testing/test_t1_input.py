@@ -330,3 +330,26 @@ def test_headers_that_claim_more_than_the_file_or_a_scan_holds_are_refused_befor
     nrrd.write_text("NRRD0004\ntype: float\ndimension: 3\nsizes: 2000 2000 2000\nspacings: 1 1 1\nendian: little\nencoding: raw\n\n")
     with pytest.raises(InputError, match="claims 2000x2000x2000 voxels"):
         read_t1(nrrd)
+
+
+def test_an_image_built_to_exhaust_memory_costs_a_capped_child_not_the_reader(tmp_path: Path) -> None:
+    """A legal header (under the voxel limit) over 640 MiB of zeros that compress to 3 MB:
+    read in a child whose memory is capped, it fails there with one line; with room enough it
+    reads. The caller's own memory is untouched either way."""
+    from BrainImageNetADLib.imageheader import read_in_child
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((640, 512, 512))  # 168 M voxels (under the 268 M limit): 640 MiB as float32
+    header.set_data_dtype(np.float32)
+    path = tmp_path / "zeros.nii.gz"
+    with gzip.open(path, "wb", compresslevel=1) as file:
+        file.write(header.binaryblock + b"\0" * 4)
+        zeros = bytes(2**24)
+        for _ in range(640 * 512 * 512 * 4 // len(zeros)):
+            file.write(zeros)
+    assert path.stat().st_size < 5_000_000  # under the web page's default upload limit many times over
+    with pytest.raises(InputError, match=r"zeros.nii.gz: reading it needs more than 0.5 GiB; not a brain scan"):
+        read_in_child(path, memory_limit_bytes=2**29)
+    read_in_child(path)  # the default cap leaves room for a real image this size
+    with pytest.raises(InputError, match="claims 1500x1500x1500 voxels"):
+        read_in_child(_huge_nifti(tmp_path / "huge.nii.gz"))

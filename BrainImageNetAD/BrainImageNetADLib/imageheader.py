@@ -79,3 +79,51 @@ def check_image_header(path: str | Path) -> None:
     shape = [int(s) for s in reader.GetSize()] + ([count] if count > 1 else [])
     voxels = int(np.prod(shape, dtype=np.int64)) * max(1, reader.GetNumberOfComponents())
     _refuse_size(path.name, shape, voxels)
+
+
+#: Memory a child process may take to read an uploaded image (address space, bytes): a 2^28-voxel
+#: float32 image is 1 GiB, and the libraries take some more.
+READ_MEMORY_LIMIT_BYTES = 3 * 2**30
+
+
+def read_in_child(path: str | Path, memory_limit_bytes: int = READ_MEMORY_LIMIT_BYTES) -> None:
+    """Check the header of an image file and read all its voxels in a child process whose memory
+    is capped (POSIX ``RLIMIT_AS``), so that a file built to exhaust memory costs that process,
+    not the caller (the web page's server). Raises InputError when it cannot be read within the
+    cap or at all."""
+    from .worker import WorkerCrashed, run_isolated
+
+    try:
+        run_isolated(_read_with_memory_limit, str(path), memory_limit_bytes)
+    except MemoryError:
+        raise InputError(f"{Path(path).name}: reading it needs more than {memory_limit_bytes / 2**30:.1f} GiB; not a brain scan") from None
+    except WorkerCrashed as error:
+        raise InputError(f"{Path(path).name}: {error}") from None
+
+
+def _read_with_memory_limit(path: str, memory_limit_bytes: int) -> None:
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+    except (ImportError, ValueError, OSError):  # no such limit on this system: the header check still applies
+        pass
+    check_image_header(path)
+    if Path(path).name.lower().endswith((".nii", ".nii.gz", ".hdr", ".img")):
+        import nibabel as nib
+
+        try:
+            np.asanyarray(nib.load(path).dataobj)
+        except MemoryError:
+            raise
+        except Exception as exc:  # nibabel raises many types for broken files
+            raise InputError(f"{Path(path).name}: cannot read it as an image ({type(exc).__name__}: {exc})") from None
+    else:
+        import SimpleITK as sitk
+
+        try:
+            sitk.ReadImage(path)
+        except RuntimeError as exc:
+            if "memory" in str(exc).lower() or "bad_alloc" in str(exc):
+                raise MemoryError(str(exc)) from None
+            raise InputError(f"{Path(path).name}: cannot read it as an image ({str(exc).strip().splitlines()[-1][:200]})") from None

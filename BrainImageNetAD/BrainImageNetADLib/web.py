@@ -21,6 +21,7 @@ from .bundle import CARD_NAME
 from .controller import CaseController
 from .ensemble import fold_text, percent
 from .errors import BrainImageNetError
+from .imageheader import read_in_child
 from .job import HEAT_MAPS, STAGE_GROUPS, RunOptions
 from .resources import resources_dir
 
@@ -174,6 +175,7 @@ class WebApp:
             path = self.controller.work_dir / "uploads" / safe_upload_name(file.name)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(file.content)
+            read_in_child(path)  # a file built to exhaust memory costs a capped child, not this server
             node = self.controller.load_t1(path)
         except BrainImageNetError as exc:
             self._report(exc)
