@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -164,3 +165,31 @@ def test_one_folder_one_truth(tmp_path: Path, sample: dict[str, Path], tiny_bund
     broken.write_text(f"subject,gmd,gmv\nx1,{listed},{listed}\n")
     failed = run_cli("predict", broken, "--model", tiny_bundle, "--out", tmp_path / "failed")
     assert failed.returncode == 3 and failed.stderr.strip().splitlines()[-1].startswith("error: 1 of 1 subjects failed (x1)")
+
+
+def test_a_cohort_killed_with_sigkill_resumes_to_one_whole_table(tmp_path: Path, sample: dict[str, Path], tiny_bundle: Path) -> None:
+    import signal
+
+    listed = tmp_path / "list.csv"
+    listed.write_text("subject,gmd,gmv\n" + "".join(f"s{i:02d},{sample['GMD']},{sample['GMV']}\n" for i in range(20)))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "BrainImageNetADLib.cli", "predict", str(listed), "--model", str(tiny_bundle), "--out", str(out)]
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    end = time.monotonic() + HANG_GUARD_S
+    while not (out / "predictions.tsv").is_file() or len(read_list_rows(out / "predictions.tsv")) < 3:
+        assert process.poll() is None and time.monotonic() < end, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=HANG_GUARD_S)
+    done_before = len(read_list_rows(out / "predictions.tsv"))
+    assert 3 <= done_before < 20
+    again = run_cli("predict", listed, "--model", tiny_bundle, "--out", out)
+    assert again.returncode == 0, again.stderr
+    table = read_table(out / "predictions.tsv")
+    assert sorted(table) == [f"s{i:02d}" for i in range(20)] and all(r["status"] in ("done", "done before") for r in table.values())
+    assert not list(out.rglob("*.tmp")), "temporary files of the killed run remain"
+
+
+def read_list_rows(path: Path) -> list[str]:
+    """The data lines of a table being rewritten by another process (atomically: never torn)."""
+    return path.read_text().splitlines()[1:]

@@ -154,6 +154,8 @@ def _write_table(out_root: Path, rows: dict[str, dict[str, str]]) -> Path:
 
     table = out_root / "predictions.tsv"
     with FileLock(str(out_root / ".predictions.tsv.lock")):
+        for stray in out_root.glob(".predictions.tsv.*.tmp"):  # a writer killed while it held the lock
+            stray.unlink(missing_ok=True)
         merged = {**_read_table(table), **rows}
         lines = ["\t".join(PREDICTION_COLUMNS)] + ["\t".join(merged[s][c] for c in PREDICTION_COLUMNS) for s in sorted(merged)]
         return write_bytes_atomic(table, ("\n".join(lines) + "\n").encode())
