@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_bytes_atomic, write_json_atomic
+from .atomic import remove_leftovers, write_bytes_atomic, write_json_atomic
 from .batch import check_identifier, check_unique, collect_jobs, is_list, listed_path, read_list, subject_folder
 from .ensemble import Ensemble
 from .errors import BrainImageNetError, InputError, SubjectsFailed
@@ -234,8 +234,7 @@ def predict_cohort(
     todo: list[Case] = []
     for case in cases:
         folder = subject_folder(out_root, case.subject)
-        for stray in folder.glob(".*.tmp"):  # left by a run that was killed while writing
-            stray.unlink(missing_ok=True)
+        remove_leftovers(folder)  # what a run killed while writing left in this subject's folder
         result = None if overwrite else _finished_result(folder / "result.json")
         if result is not None:
             rows[case.subject] = _row(case, "done before", "", result)
