@@ -20,6 +20,9 @@ from BrainImageNetADLib.resources import default_bundle
 from BrainImageNetADLib.worker import run_isolated
 from conftest import COLIN27_T1, REALDATA, needs_realdata
 
+#: Tissue intensities of a T1 (``qc.tissue_levels``) for the QC checks that test something else.
+T1_LEVELS = {"GM": 0.7, "WM": 1.0, "CSF": 0.3, "GM_ml": 600.0, "WM_ml": 200.0, "CSF_ml": 100.0}
+
 pytestmark = pytest.mark.slow
 
 
@@ -265,8 +268,10 @@ def test_qc_picture_shows_the_persons_own_t1_and_the_reasons(tmp_path: Path) -> 
     tm = templates.mni_templates_on_grid()
     posteriors = np.stack([tm["CSF"], tm["GM"], tm["WM"]], axis=-1)
     model = {"CSF_mean": 0.2, "GM_mean": 0.6, "WM_mean": 1.0, "sd": 0.1}
-    report = qc.assess(tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), tm["T1"], tm, model, [])
-    failing = qc.assess(tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), tm["T1"], tm, model, [], affine_determinant=1.4)
+    report = qc.assess(tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), tm["T1"], tm, model, [], T1_LEVELS)
+    failing = qc.assess(
+        tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), tm["T1"], tm, model, [], T1_LEVELS, affine_determinant=1.4
+    )
     pictures = {}
     for name, t1, result in (
         ("template", tm["T1"], report),
@@ -285,7 +290,7 @@ def test_qc_fails_an_implausible_registration_scale() -> None:
     tm = templates.mni_templates_on_grid()
     posteriors = np.stack([tm["CSF"], tm["GM"], tm["WM"]], axis=-1)
     model = {"CSF_mean": 0.2, "GM_mean": 0.6, "WM_mean": 1.0, "sd": 0.1}
-    args = (tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), tm["T1"], tm, model, [])
+    args = (tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), tm["T1"], tm, model, [], T1_LEVELS)
     assert qc.assess(*args, affine_determinant=0.7)["verdict"] == "pass"
     too_small = qc.assess(*args, affine_determinant=1.4)
     assert too_small["verdict"] == "fail" and "scales the head by 1.40" in too_small["failures"][0]
@@ -301,7 +306,7 @@ def test_qc_contrast_to_noise_does_not_depend_on_the_tissue_models_intensity_sca
     model = {"CSF_mean": 0.2, "GM_mean": 0.6, "WM_mean": 1.0, "sd": 0.1}
     rescaled = {key: 1000.0 * value for key, value in model.items()}
     args = (tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), tm["T1"], tm)
-    as_read, scaled = (qc.assess(*args, m, [])["measures"] for m in (model, rescaled))
+    as_read, scaled = (qc.assess(*args, m, [], T1_LEVELS)["measures"] for m in (model, rescaled))
     assert as_read["gm_wm_contrast_to_noise"] == pytest.approx(scaled["gm_wm_contrast_to_noise"], rel=1e-3)
     assert as_read["gm_wm_contrast_to_noise"] == pytest.approx(0.4 * as_read["signal_to_noise"], rel=1e-2)
 
@@ -313,13 +318,15 @@ def test_qc_flags_a_brain_cut_off_by_the_field_of_view() -> None:
     posteriors = np.stack([tm["CSF"], tm["GM"], tm["WM"]], axis=-1)
     model = {"CSF_mean": 0.2, "GM_mean": 0.6, "WM_mean": 1.0, "sd": 0.1}
     in_view = tm["T1"] + 0.01  # a scan whose field of view covers the whole MNI grid
-    whole = qc.assess(tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), in_view, tm, model, [], affine_determinant=0.7)
+    whole = qc.assess(tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), in_view, tm, model, [], T1_LEVELS, affine_determinant=0.7)
     assert whole["measures"]["brain_in_view"] == 1.0 and whole["verdict"] == "pass"
     verdicts = {}
     for top_mm in (15, 40):  # the top of the MNI grid (z = 78 mm) down to which the scan has no signal
         cropped = in_view.copy()
         cropped[:, :, int((78 - top_mm + 72) / 1.5) :] = 0
-        report = qc.assess(tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), cropped, tm, model, [], affine_determinant=0.7)
+        report = qc.assess(
+            tm["GM"], posteriors, np.ones(grid.MNI_SHAPE, np.float32), cropped, tm, model, [], T1_LEVELS, affine_determinant=0.7
+        )
         verdicts[top_mm] = (report["verdict"], report["measures"]["brain_in_view"])
     assert verdicts[15][0] == "warn" and 0.9 < verdicts[15][1] < 0.98, verdicts
     assert verdicts[40][0] == "fail" and verdicts[40][1] < 0.9, verdicts

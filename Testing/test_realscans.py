@@ -40,10 +40,15 @@ def test_summary_names_wrong_outcomes_and_states_the_physiology() -> None:
         ),
         RealScan("ct", "not_t1", Path("e"), expect="refuse"),
     ]
-    volumes = {"young": (1500, 780, 8.0), "mid": (1300, 660, 7.5), "old": (1250, 600, 6.5), "older": (1330, 630, 6.8)}
+    volumes = {
+        "young": (1500, 780, 8.0, 0.19, 0.33),
+        "mid": (1300, 660, 7.5, 0.16, 0.25),
+        "old": (1250, 600, 6.5, 0.05, 0.4),
+        "older": (1330, 630, 6.8, 0.25, 0.48),
+    }
     rows = [
         {"scan": n, "group": s.group, "age": s.age, "sex": s.sex, "verdict": "pass" if n != "old" else "fail"}
-        | {"TIV_ml": v[0], "GM_ml": v[1], "GM_fraction": v[1] / v[0], "hippocampus_ml": v[2]}
+        | {"TIV_ml": v[0], "GM_ml": v[1], "GM_fraction": v[1] / v[0], "hippocampus_ml": v[2], "grey_white": v[3], "csf_gap": v[4]}
         | {f"ref_{k}": x for k, x in s.reference.items()}
         for s in scans[:4]
         for n, v in [(s.name, volumes[s.name])]
@@ -51,6 +56,9 @@ def test_summary_names_wrong_outcomes_and_states_the_physiology() -> None:
     lines = summary(rows, scans)
     assert "ixi: pass 2" in lines and "nichart: pass 1, fail 1" in lines
     assert lines[3].endswith("old, ct")  # a T1 that failed and a CT that was accepted
-    assert lines[4].startswith("GM fraction vs age: r -0.") and lines[4].endswith("(4 scans)")
-    assert lines[5] == "mean TIV: men 1415 mL (2), women 1275 mL (2)"
-    assert lines[6].startswith("vs DLMUSE (2 scans): TIV/ICV 0.89-0.89")
+    # the T1 that failed on contrast sets the smallest margin, which comes out negative
+    assert lines[4] == "grey/white contrast (WM - GM) / WM of the T1s: 0.050-0.250, fail below 0.10: smallest margin -0.050 (old)"
+    assert lines[5].startswith("CSF gap (GM - CSF) / WM of the T1s: 0.250-0.480") and lines[5].endswith("(mid)")
+    assert lines[6].startswith("GM fraction vs age: r -0.") and lines[6].endswith("(4 scans)")
+    assert lines[7] == "mean TIV: men 1415 mL (2), women 1275 mL (2)"
+    assert lines[8].startswith("vs DLMUSE (2 scans): TIV/ICV 0.89-0.89")

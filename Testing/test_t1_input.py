@@ -123,19 +123,6 @@ def test_a_head_ct_is_refused_as_not_a_t1(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @needs_realdata
-def test_a_flair_fails_qc_as_not_a_t1(tmp_path: Path) -> None:
-    """A FLAIR of a 95-year-old: tissue order CSF < GM < WM holds (white-matter lesions, priors),
-    so the nulled ventricular CSF must fail it."""
-    from BrainImageNetADLib.preprocess import preprocess_t1
-
-    report = run_isolated(preprocess_t1, REALDATA / "not_t1" / "github_NiChart_demo_Subj5_FLAIR_not_T1.nii.gz", tmp_path / "out")
-    assert report["verdict"] == "fail"
-    assert report["measures"]["csf_to_wm"] < qc.CSF_TO_WM_FAIL
-    assert report["failures"][0].startswith("tissue contrast is not that of a T1: the ventricles' CSF is nulled")
-
-
-@pytest.mark.slow
-@needs_realdata
 def test_a_header_with_front_and_back_reversed_fails_on_orientation(tmp_path: Path) -> None:
     """A real scan (IXI012) whose voxels are mirrored front to back under an unchanged header: an
     affine cannot undo a mirror image, and the mirrored scan fits the head template far better."""
@@ -354,3 +341,71 @@ def test_an_image_built_to_exhaust_memory_costs_a_capped_child_not_the_reader(tm
     read_in_child(path)  # the default cap leaves room for a real image this size
     with pytest.raises(InputError, match="claims 1500x1500x1500 voxels"):
         read_in_child(_huge_nifti(tmp_path / "huge.nii.gz"))
+
+
+def _retagged_mprage(folder: Path, **tags: str) -> Path:
+    """The real MPRAGE series with some DICOM elements replaced (pydicom keywords)."""
+    import pydicom
+
+    folder.mkdir()
+    for source in sorted((REALDATA / "dicom_siemens_mprage").glob("*.dcm")):
+        dataset = pydicom.dcmread(source)
+        for keyword, value in tags.items():
+            setattr(dataset, keyword, value)
+        dataset.save_as(folder / source.name)
+    return folder
+
+
+@needs_realdata
+def test_the_real_mprage_series_metadata_says_t1() -> None:
+    image = read_t1(REALDATA / "dicom_siemens_mprage")
+    assert image.info["sequence"]["series_description"] == "t1_MPRAGEcr_noGRAPPA"
+    assert image.info["sequence"]["inversion_time_ms"] == 850.0
+    assert image.failures == []
+
+
+@needs_realdata
+@pytest.mark.parametrize(
+    ("tags", "kind"),
+    [
+        (
+            {"SeriesDescription": "t2_tirm_tra_dark-fluid", "InversionTime": "2500", "EchoTime": "85"},
+            "a FLAIR (series description 't2_tirm_tra_dark-fluid'; echo time 85 ms",
+        ),
+        ({"SeriesDescription": "AX FLAIR"}, "a FLAIR (series description 'AX FLAIR')"),
+        ({"SeriesDescription": "ax_t2_tse", "EchoTime": "95"}, "a T2-weighted scan (series description 'ax_t2_tse'; echo time 95 ms"),
+        ({"ContrastBolusAgent": "Gadovist"}, "a contrast-enhanced scan (contrast agent 'Gadovist'"),
+    ],
+)
+def test_a_series_whose_metadata_names_another_contrast_fails_with_the_evidence(tmp_path: Path, tags: dict, kind: str) -> None:
+    image = read_t1(_retagged_mprage(tmp_path / "series", **tags))
+    assert len(image.failures) == 1, image.failures
+    assert image.failures[0].startswith(f"the scan's metadata says it is not a T1: it looks like {kind}"), image.failures
+
+
+def test_bids_names_and_sidecars_are_read_for_the_contrast(tmp_path: Path) -> None:
+    data, affine = _colin()
+    cases = {
+        "sub-01_FLAIR": ({}, "a FLAIR (BIDS suffix _FLAIR)"),
+        "sub-01_ce-gadolinium_T1w": ({}, "a contrast-enhanced scan (contrast agent 'gadolinium'"),
+        "sub-01_acq-tse_T1w": ({"EchoTime": 0.1}, "a T2-weighted scan or a FLAIR (echo time 100 ms"),
+        "sub-01_acq-mprage_T1w": ({"EchoTime": 0.003, "InversionTime": 0.9, "SeriesDescription": "MPRAGE"}, None),
+        "sub-01_T1w": ({}, None),
+    }
+    for name, (sidecar, kind) in cases.items():
+        path = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(data, affine), str(path))
+        if sidecar:
+            (tmp_path / f"{name}.json").write_text(json.dumps(sidecar))
+        image = read_t1(path)
+        assert image.info["sequence"]["source"] == "bids"
+        if kind is None:
+            assert image.failures == [], name
+        else:
+            assert len(image.failures) == 1 and image.failures[0].startswith(
+                f"the scan's metadata says it is not a T1: it looks like {kind}"
+            ), (
+                name,
+                image.failures,
+            )
+    assert "sequence" not in read_t1(COLIN27_T1).info  # no BIDS name, no metadata

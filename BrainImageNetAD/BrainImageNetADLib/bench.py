@@ -5,6 +5,8 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -290,6 +292,19 @@ def print_rows(rows: list[dict[str, float | str]]) -> None:
     for row in rows:
         print("  ".join(_cell(v) for v in row.values()))
     print(f"torch threads {torch.get_num_threads()}, peak memory {peak_memory_mb():.0f} MB")
+
+
+def write_markdown(path: Path, title: str, command: str, rows: list[dict[str, Any]], lines: list[str]) -> None:
+    """Write benchmark ``rows`` as a Markdown table under a ``title`` heading, with the ``command``
+    that made them and the summary ``lines`` below, atomically (the tables of ``docs/results``)."""
+    from .atomic import write_bytes_atomic
+
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    text = [f"# {title}", "", f"Made by `{command}`; do not edit by hand.", ""]
+    text += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    text += ["| " + " | ".join(_cell(row.get(k)).strip() for k in keys) + " |" for row in rows]
+    text += ["", *(f"- {line}" for line in lines), ""]
+    write_bytes_atomic(path, "\n".join(text).encode())
 
 
 def _cell(value: float | str | None) -> str:

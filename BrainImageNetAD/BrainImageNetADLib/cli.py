@@ -143,7 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="realscans: folder of real scans laid out like shared/realdata (default: ../shared/realdata beside the source tree)",
     )
-    bench.add_argument("--out", type=Path, default=Path("realscans"), help="realscans: where preprocessing outputs are kept (resumable)")
+    bench.add_argument(
+        "--out",
+        type=Path,
+        default=Path("realscans"),
+        help="realscans (and fidelity with --keep): where preprocessing outputs are kept (resumable)",
+    )
+    bench.add_argument("--keep", action="store_true", help="fidelity: keep each scan's preprocessing under --out/fidelity and reuse it")
+    bench.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        help="realscans, fidelity: also write the table and its summary as Markdown to this file (docs/results/)",
+    )
     bench.add_argument("--folds", type=int, default=5, help="occlusion: fold networks in the whole-map runs (default 5)")
     bench.add_argument(
         "--repeats", type=int, default=None, help="timed repeats (predict: interleaved rounds, default 3; train: steps, default 1)"
@@ -157,7 +169,7 @@ def run_bench(args: argparse.Namespace) -> None:
     """Run the ``bench`` command and print its table."""
     import torch
 
-    from .bench import bench_occlusion, bench_predict, bench_preprocess, bench_train, print_rows
+    from .bench import bench_occlusion, bench_predict, bench_preprocess, bench_train, print_rows, write_markdown
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -171,21 +183,24 @@ def run_bench(args: argparse.Namespace) -> None:
             rows.append(measure_scan(scan, args.out / scan.group / scan.name))
             print(f"{scan.name}: {rows[-1]['verdict']}", file=sys.stderr, flush=True)
         columns = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "reason"]
-        print_rows([{k: r.get(k) for k in columns} for r in rows])
-        for r in rows:
-            if r["reason"]:
-                print(f"{r['scan']}: {r['reason']}")
-        print("\n".join(summary(rows, scans)))
+        table = [{k: r.get(k) for k in columns} for r in rows]
+        lines = [f"{r['scan']}: {r['reason']}" for r in rows if r["reason"]] + summary(rows, scans)
+        print_rows(table)
+        print("\n".join(lines))
+        if args.markdown:
+            write_markdown(args.markdown, "Real scans: QC, volumes and contrast", "brainimagenet-ad bench realscans", table, lines)
     elif args.target == "fidelity":
         from .fidelity import reference_scans, scan_fidelity, summary_line
 
         reference = args.reference or shared / "reference" / "spm12"
         rows = []
         for scan in reference_scans(reference):
-            rows.append(scan_fidelity(scan, (args.presets or ["fast"])[0]))
+            rows.append(scan_fidelity(scan, (args.presets or ["fast"])[0], args.out / "fidelity" / scan.name if args.keep else None))
             print(f"{scan.name}: done", file=sys.stderr, flush=True)
         print_rows(rows)
         print(summary_line(rows))
+        if args.markdown:
+            write_markdown(args.markdown, "Fidelity to SPM12", "brainimagenet-ad bench fidelity", rows, [summary_line(rows)])
     elif args.target == "preprocess":
         print_rows(bench_preprocess(str(args.t1 or sample_t1()), args.presets or ["fast", "accurate"]))
     elif args.target == "train":

@@ -174,15 +174,18 @@ def _on_mni_grid(path: Path, name: str) -> np.ndarray:
     return np.nan_to_num(data)
 
 
-def scan_fidelity(scan: ReferenceScan, preset: str = "fast") -> dict[str, Any]:
-    """Preprocess a reference scan (in a child process, into a temporary folder) and measure its
-    agreement with SPM12's maps."""
-    from .preprocess import preprocess_t1
+def scan_fidelity(scan: ReferenceScan, preset: str = "fast", out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Preprocess a reference scan (in a child process) and measure its agreement with SPM12's
+    maps. The preprocessing goes to ``out_dir`` and is reused from there when finished (a
+    temporary folder when None)."""
+    import json
+
+    from .preprocess import is_done, preprocess_t1
     from .worker import run_isolated
 
     with tempfile.TemporaryDirectory(prefix="brainimagenet-fidelity-") as scratch:
-        out = Path(scratch)
-        report = run_isolated(preprocess_t1, scan.source, out, preset)
+        out = Path(out_dir) if out_dir is not None else Path(scratch)
+        report = json.loads((out / "qc.json").read_text()) if is_done(out) else run_isolated(preprocess_t1, scan.source, out, preset)
         measures = preprocessed_agreement(scan, out)
     return {
         "scan": scan.name,

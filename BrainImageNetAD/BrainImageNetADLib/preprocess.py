@@ -188,7 +188,7 @@ def _run_stages(
     stage_done("n4")
 
     segmented = _segmentation_image(native, working)
-    tissues, box, positions, to_mni, model, displacement, steps = _segment(segmented, brain_affine, settings)
+    tissues, box, positions, to_mni, model, displacement, steps, levels = _segment(segmented, brain_affine, settings)
     gm_native = ants.decrop_image(box.new_image_like(tissues[..., 0]), segmented.new_image_like(np.zeros(segmented.shape, np.float32)))
     stage_done("segment")
 
@@ -217,6 +217,8 @@ def _run_stages(
         t1_mni=t1_mni,
         templates_on_grid=tm,
         tissue_model=model.summary(),
+        tissue_levels=levels,
+        used_head_affine=affine_record["used"] == "head",
         read_warnings=t1.warnings + registration_warnings,
         known_failures=t1.failures + registration_failures,
         affine_determinant=affine_scale,
@@ -345,7 +347,9 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     crop of the native grid around the priors' brain), the MNI voxel position of each box voxel
     (X, Y, Z, 3) float32, the 4x4 matrix of the affine part (box voxel indices to MNI voxel
     indices), the fitted ``segment.MixtureModel``, the displacement of the lattice the mapping was
-    fitted on ((x, y, z, 3) MNI voxels) and that lattice's step in box voxels per axis."""
+    fitted on ((x, y, z, 3) MNI voxels), that lattice's step in box voxels per axis, and the
+    intensities of the tissues that the first mixture and the affinely placed priors agree on
+    (``qc.tissue_levels``)."""
     tpm = templates.spm_tissue_priors()
     sampler = deformation.PriorSampler(tpm)
     intracranial = templates.ants_from_ras(tpm[..., :3].sum(axis=-1), grid.MNI_AFFINE)
@@ -364,7 +368,8 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     # nothing, and on 2 mm scans whose box reaches below it (IXI012, IXI014) letting those
     # voxels pull on the affine lowered GMD r at 4 mm against SPM's from 0.95 and 0.92 to 0.93 and
     # 0.92 with the priors' edge extended outward, to 0.71 and 0.89 with air beyond it.
-    valid = (lattice > 0) & ((positions >= 0) & (positions <= np.array(grid.MNI_SHAPE) - 1)).all(axis=-1)
+    in_view = ((positions >= 0) & (positions <= np.array(grid.MNI_SHAPE) - 1)).all(axis=-1)
+    valid = (lattice > 0) & in_view
     bias = bias_field.BiasField(box.shape, tuple(float(s) for s in box.spacing), steps)
 
     def corrected_lattice() -> np.ndarray:
@@ -379,6 +384,13 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
 
     p = sampler.priors(positions[valid])
     model = fit(p, segment.initial_model(lattice[valid], p), settings.first_iterations)
+    # Tissue contrast is read here, where the priors sit where the contrast-blind affine put them:
+    # the later fits move them to wherever the scan looks most like a T1, and so would a FLAIR's.
+    # Voxels without signal are kept so that CSF set to 0 reads as black, not as missing.
+    seen = lattice[in_view] * np.exp(bias.log_on_lattice()[in_view])
+    seen_priors = sampler.priors(positions[in_view])
+    lattice_mm3 = float(np.prod(np.array(steps) * np.array(box.spacing)))
+    levels = qc.tissue_levels(seen, segment.posteriors(seen, seen_priors, model), seen_priors, lattice_mm3)
     for _ in range(settings.affine_rounds):
         likelihoods = deformation.class_likelihoods(corrected_lattice(), model)
         to_mni = deformation.fit_affine(positions[valid], likelihoods, model.weights, sampler) @ to_mni
@@ -404,7 +416,7 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     tissues[intensities <= 0] = np.eye(len(segment.CLASSES), dtype=np.float32)[segment.CLASSES.index("air")]
     # Stored as SPM stores its c1..c6 (steps of 1/255): probabilities below 1/510 become 0, so that
     # the maps are 0 away from the tissue, as SPM's are (and occlusion skips cubes without brain).
-    return np.round(tissues * 255.0) / 255.0, box, full, to_mni, model, displacement, steps
+    return np.round(tissues * 255.0) / 255.0, box, full, to_mni, model, displacement, steps, levels
 
 
 def _native_warp(box, displacement: np.ndarray, steps, mni_to_native: np.ndarray):

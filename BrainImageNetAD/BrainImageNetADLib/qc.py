@@ -1,19 +1,21 @@
 """Quality control of preprocessing: measures, a pass / warn / fail verdict, and a picture.
 
-The paper excluded scans whose GMV correlated with the cohort's mean GMV template below the mean
-minus 2 SD. Without a cohort here, the measure is the spatial Pearson correlation of the subject's
-GMD with the grey-matter prior of SPM12's tissue probability maps (the priors the segmentation
-uses, in the space the maps are written to) inside the MNI152 brain mask. SPM12's own maps of the
-reference scans correlate 0.64-0.76 with it, and 0.42-0.56 with the MNI152 2009 grey-matter map,
-which is sharper and in a slightly different space: that one is not the reference. A scan whose
-segmentation followed the priors rather than its intensities (heavy noise) also correlates well:
-the signal-to-noise ratio measured in the deep white matter catches that case (``noise_level``).
+Measures (thresholds and the scans they were set on: docs/preprocessing.md and
+docs/decisions/t1-contrast.md):
+
+- the spatial Pearson correlation of the subject's GMD with SPM12's grey-matter prior inside the
+  MNI152 brain mask (the paper excluded scans whose GMV correlated poorly with the cohort's mean);
+- the signal-to-noise ratio in the deep white matter (``noise_level``): a very noisy scan's GM map
+  follows the priors and still correlates well;
+- T1 contrast on physical grounds (``tissue_levels``, ``contrast_kind``): white matter clearly
+  brighter than grey, CSF darker than grey by a wide margin, measured on tissue that the fitted
+  mixture and the priors agree on, with the priors placed by the contrast-blind affine;
+- the volume scale of the affine and the share of the brain in the field of view (a failed
+  registration or a cropped scan), total intracranial volume, and a reversed header found while
+  registering.
+
 The separation of grey and white matter in the fitted tissue model is reported but sets no
-verdict: ageing lowers it in usable scans. A reversed header (found while registering) fails;
-the volume scale of the affine and the share of the brain in the field of view flag a failed
-registration or a cropped scan whatever the GM map looks like. Tissue contrast (CSF < GM < WM on a T1) and total
-intracranial volume are checked too. Default thresholds were set from scans measured here
-(docs/preprocessing.md).
+verdict.
 """
 
 from __future__ import annotations
@@ -35,10 +37,25 @@ GM_CORRELATION_WARN = 0.55
 SIGNAL_TO_NOISE_FAIL = 8.0
 #: Below this the verdict is at least "warn".
 SIGNAL_TO_NOISE_WARN = 15.0
-#: Ventricular CSF / white-matter intensity below which the CSF signal is nulled, as in a FLAIR:
-#: real T1 scans measured here 0.23-0.47, a FLAIR 0.08 (medians in the template's ventricles and
-#: deep white matter after registration).
-CSF_TO_WM_FAIL = 0.15
+#: A voxel counts as grey matter or CSF when the fitted mixture gives it at least this posterior and
+#: the priors at least ``AGREED_PRIOR``: the contrast is measured on tissue both agree on, not on
+#: the mixture's means, which partial volume and a poor fit can push into T1 order.
+AGREED_POSTERIOR = 0.9
+AGREED_PRIOR = 0.5
+#: White matter's level is the most common intensity where its prior exceeds this: the deep white
+#: matter, whose lesions (bright on a FLAIR, dark on a T1) and, in an atrophied brain, ventricles
+#: pull a mean or a median but not the mode.
+WHITE_CORE_PRIOR = 0.9
+#: T1 weighting: white matter brighter than grey by at least this share of the white matter's
+#: intensity ((WM - GM) / WM); below it the scan has no usable grey/white contrast ("fail"). Real
+#: T1 scans measure 0.17-0.30, scans of other contrasts at most 0.05: docs/decisions/t1-contrast.md.
+GREY_WHITE_FAIL = 0.10
+#: Below this the contrast is doubtful: a warning, and a failure when registration needed the
+#: skull-to-skull fallback (an unusual scan that also registered badly).
+GREY_WHITE_WARN = 0.13
+#: T1 weighting: CSF darker than grey matter by at least this share of the white matter's
+#: intensity ((GM - CSF) / WM, levels of ``tissue_levels``).
+CSF_GAP_FAIL = 0.15
 #: Plausible total intracranial volume, mL: adults measure 1.2-1.9 L; brains already in MNI space
 #: (Colin27, MNI152) measure 2.1-2.7 L with the template mask, so the range is wide.
 TIV_RANGE_ML = (900.0, 2800.0)
@@ -66,6 +83,11 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
+def _rounded(value: float, digits: int = 4) -> float | None:
+    """``value`` rounded for the report, None where it is not finite (strict JSON has no NaN)."""
+    return round(value, digits) if np.isfinite(value) else None
+
+
 def brain_in_view(t1_mni: np.ndarray) -> float:
     """Share of the brain, weighted by SPM12's GM + WM priors, where the T1 registered to the MNI
     grid (121, 145, 121; 0 outside the scan's field of view) has signal."""
@@ -90,12 +112,67 @@ def noise_level(t1_mni: np.ndarray, wm_prior: np.ndarray) -> tuple[float, float]
     return float(np.median(t1[core])), noise
 
 
-def ventricle_level(t1_mni: np.ndarray, csf_prior: np.ndarray) -> float:
-    """Median intensity of a T1 on the MNI grid in the template's ventricles (CSF prior > 0.9,
-    eroded by one voxel), in the T1's own units."""
-    from scipy import ndimage
+def _mode(values: np.ndarray, samples: int = 20000) -> float:
+    """The most common value of ``values`` (the peak of a Gaussian kernel density estimate over at
+    most ``samples`` of them, drawn with a fixed seed)."""
+    from scipy.stats import gaussian_kde
 
-    return float(np.median(t1_mni[ndimage.binary_erosion(csf_prior > 0.9, iterations=1)]))
+    if values.size > samples:
+        values = np.random.default_rng(0).choice(values, samples, replace=False)
+    low, high = np.percentile(values, [1, 99])
+    if not high > low:
+        return float(np.median(values))
+    grid_values = np.linspace(low, high, 512)
+    return float(grid_values[np.argmax(gaussian_kde(values)(grid_values))])
+
+
+def tissue_levels(intensities: np.ndarray, posteriors: np.ndarray, priors: np.ndarray, voxel_mm3: float) -> dict[str, float]:
+    """Intensities of GM, WM and CSF (keys ``GM``, ``WM``, ``CSF``, in the scan's units) and the
+    volumes they were measured on (``GM_ml``..., native mL).
+
+    GM and CSF: the median over the voxels that the fitted mixture (posterior >
+    ``AGREED_POSTERIOR``) and the priors (> ``AGREED_PRIOR``) both give to that class. WM: the
+    mode where its prior exceeds ``WHITE_CORE_PRIOR``, whatever the mixture says (on a FLAIR the
+    mixture's brightest class is the lesions). Where no voxel qualifies the level is NaN, except
+    CSF whose voxels the priors place all lack signal (a T1 with its CSF set to 0): 0.
+
+    ``intensities`` (any shape) are voxels of the bias-corrected scan in native space, each
+    standing for ``voxel_mm3``; ``posteriors`` and ``priors`` have that shape plus a last axis of
+    6 classes in the order of ``segment.CLASSES``. The priors should be placed by a contrast-blind
+    registration and the posteriors come from a mixture fitted with them: a mapping fitted on the
+    mixture's likelihood aligns a FLAIR's brightest tissue with the white-matter prior."""
+    signal = intensities > 0
+    levels: dict[str, float] = {}
+    for k, name in ((0, "GM"), (2, "CSF")):
+        agreed = (posteriors[..., k] > AGREED_POSTERIOR) & (priors[..., k] > AGREED_PRIOR) & signal
+        levels[name] = float(np.median(intensities[agreed])) if agreed.any() else float("nan")
+        levels[f"{name}_ml"] = float(agreed.sum()) * voxel_mm3 / 1000.0
+    core = (priors[..., 1] > WHITE_CORE_PRIOR) & signal
+    levels["WM"] = _mode(intensities[core]) if core.sum() > 1 else float("nan")
+    levels["WM_ml"] = float(core.sum()) * voxel_mm3 / 1000.0
+    if not np.isfinite(levels["CSF"]) and ((priors[..., 2] > AGREED_PRIOR) & ~signal).any():
+        levels["CSF"] = 0.0
+    return levels
+
+
+def contrast_kind(grey_white: float, csf_gap: float) -> str | None:
+    """What the tissue contrast says the scan is when it is not a usable T1 (None when it is one):
+    ``grey_white`` is (WM - GM) / WM and ``csf_gap`` (GM - CSF) / WM, levels of ``tissue_levels``."""
+    if not (np.isfinite(grey_white) and np.isfinite(csf_gap)):
+        return "a scan whose grey matter, white matter and CSF could not be told apart"
+    if csf_gap < 0 and grey_white < 0:
+        return "a T2- or proton-density-weighted scan (CSF brighter than grey matter, grey brighter than white)"
+    if csf_gap < 0:
+        return "a scan with bright CSF, not a T1 (CSF brighter than grey matter)"
+    if grey_white < 0:
+        return "a FLAIR (CSF dark, grey matter brighter than white)"
+    if grey_white < GREY_WHITE_FAIL and csf_gap < CSF_GAP_FAIL:
+        return "a scan without T1 contrast (grey matter, white matter and CSF at similar intensities)"
+    if grey_white < GREY_WHITE_FAIL:
+        return "a FLAIR or a T1 without usable grey/white contrast (CSF dark, grey and white matter alike)"
+    if csf_gap < CSF_GAP_FAIL:
+        return "a scan whose CSF is not dark, not a T1"
+    return None
 
 
 def assess(
@@ -106,16 +183,20 @@ def assess(
     templates_on_grid: dict[str, np.ndarray],
     tissue_model: dict[str, float],
     read_warnings: list[str],
+    tissue_levels: dict[str, float],
     affine_determinant: float | None = None,
     known_failures: list[str] | None = None,
+    used_head_affine: bool = False,
 ) -> dict[str, Any]:
     """QC report of one preprocessing. All arrays lie on the 121x145x121 MNI grid; ``posteriors``
     has shape (121, 145, 121, 3) for CSF, GM, WM; ``jacobian`` is native mm^3 per MNI mm^3;
     ``tissue_model`` holds the segmentation's class means, GM/WM SD and class weights
-    (``MixtureModel.summary``);
+    (``MixtureModel.summary``); ``tissue_levels`` the tissue intensities of ``tissue_levels``
+    (``tissue_levels``), which set the contrast verdict;
     ``affine_determinant`` is the volume scale of the affine to MNI (native mm^3 per MNI mm^3);
     ``known_failures`` are failures found before (slice thickness) or while registering (a
-    reversed header).
+    reversed header); ``used_head_affine``: registration fell back to the skull-to-skull affine,
+    which turns a doubtful contrast into a failure.
     Returns measures, volumes in mL (native space), warnings, failures and the verdict."""
     mask = templates_on_grid["mask"] > 0
     brain = (templates_on_grid["GM"] + templates_on_grid["WM"]) > 0.5
@@ -123,27 +204,32 @@ def assess(
     t1_correlation = _pearson(t1_mni[brain], templates_on_grid["T1"][brain])
     volumes = {f"{t}_ml": float((posteriors[..., k] * jacobian).sum() * VOXEL_ML) for k, t in enumerate(("CSF", "GM", "WM"))}
     tiv = sum(volumes.values())
-    class_masks = [brain & (posteriors[..., k] > 0.5) for k in range(3)]
-    csf, gm, wm = (float(t1_mni[m].mean()) if m.any() else 0.0 for m in class_masks)
     white, noise = noise_level(t1_mni, templates_on_grid["WM"])
-    csf_to_wm = ventricle_level(t1_mni, templates_on_grid["CSF"]) / max(white, 1e-12)
     signal_to_noise = white / max(noise, 1e-12)
     # The tissue model is fitted on the scan as read, the noise measured on the N4-corrected T1:
     # the contrast relative to the white matter carries over between the two intensity scales.
     contrast_to_noise = (tissue_model["WM_mean"] - tissue_model["GM_mean"]) / max(tissue_model["WM_mean"], 1e-12) * signal_to_noise
     separation = (tissue_model["WM_mean"] - tissue_model["GM_mean"]) / max(tissue_model["sd"], 1e-12)
+    wm_level = tissue_levels["WM"] if tissue_levels["WM"] > 0 else float("nan")
+    grey_white = (tissue_levels["WM"] - tissue_levels["GM"]) / wm_level
+    csf_gap = (tissue_levels["GM"] - tissue_levels["CSF"]) / wm_level
+    levels_text = (
+        f"white matter {100 * grey_white:.0f}% brighter than grey (a T1 at least {100 * GREY_WHITE_FAIL:.0f}%), "
+        f"CSF {100 * csf_gap:.0f}% of the white matter's intensity darker than grey (at least {100 * CSF_GAP_FAIL:.0f}%)"
+    )
     warnings = list(read_warnings)
     failures = list(known_failures or [])
-    if not csf < gm < wm:
+    kind = contrast_kind(grey_white, csf_gap)
+    if kind is not None:
+        failures.append(f"tissue contrast is not that of a T1: looks like {kind}; {levels_text}")
+    elif grey_white < GREY_WHITE_WARN and used_head_affine:
         failures.append(
-            f"tissue contrast is not that of a T1 (mean intensity CSF {csf:.3g}, GM {gm:.3g}, WM {wm:.3g}; expected CSF < GM < WM)"
+            f"tissue contrast is doubtful and registration needed the skull-to-skull fallback: {levels_text}, "
+            f"doubtful below {100 * GREY_WHITE_WARN:.0f}%; is this the T1 series?"
         )
-    elif csf_to_wm < CSF_TO_WM_FAIL:
-        failures.append(
-            f"tissue contrast is not that of a T1: the ventricles' CSF is nulled ({100 * csf_to_wm:.0f}% of the white matter's "
-            f"intensity; fail below {100 * CSF_TO_WM_FAIL:.0f}%, T1 scans measured 23-47%), as in a FLAIR"
-        )
-    elif signal_to_noise < SIGNAL_TO_NOISE_FAIL:
+    elif grey_white < GREY_WHITE_WARN:
+        warnings.append(f"weak grey/white contrast for a T1: {levels_text}, doubtful below {100 * GREY_WHITE_WARN:.0f}%")
+    if signal_to_noise < SIGNAL_TO_NOISE_FAIL:
         failures.append(
             f"signal-to-noise ratio {signal_to_noise:.1f} (white matter / noise) is too low to segment (fail below {SIGNAL_TO_NOISE_FAIL:g}): "
             "a very noisy scan, whose grey-matter map would follow the template"
@@ -194,7 +280,9 @@ def assess(
             "gm_template_correlation": round(gm_correlation, 4),
             "t1_template_correlation": round(t1_correlation, 4),
             "signal_to_noise": round(signal_to_noise, 2),
-            "csf_to_wm": round(csf_to_wm, 3),
+            "grey_white_contrast": _rounded(grey_white),
+            "csf_gap": _rounded(csf_gap),
+            "tissue_levels": {k: _rounded(v) for k, v in tissue_levels.items()},
             "gm_wm_contrast_to_noise": round(contrast_to_noise, 3),
             "gm_wm_separation": round(separation, 3),
             "affine_scale": None if affine_determinant is None else round(affine_determinant, 4),
@@ -202,7 +290,9 @@ def assess(
             "thresholds": {
                 "gm_template_correlation_fail": GM_CORRELATION_FAIL,
                 "gm_template_correlation_warn": GM_CORRELATION_WARN,
-                "csf_to_wm_fail": CSF_TO_WM_FAIL,
+                "grey_white_fail": GREY_WHITE_FAIL,
+                "grey_white_warn": GREY_WHITE_WARN,
+                "csf_gap_fail": CSF_GAP_FAIL,
                 "signal_to_noise_fail": SIGNAL_TO_NOISE_FAIL,
                 "signal_to_noise_warn": SIGNAL_TO_NOISE_WARN,
                 "affine_scale_warn": list(AFFINE_SCALE_WARN),

@@ -16,7 +16,8 @@ fraction (GM / TIV) and hippocampal GM (GMV summed over the AAL hippocampi), in 
 the scans: GM fraction against age (it falls with age), men's and women's mean TIV, and, for the
 scans with DLMUSE volumes, the ratio of our TIV to DLMUSE's intracranial volume (definitions
 differ by a near-constant factor, so each ratio is compared with the cohort's median) and the
-correlations of TIV, GM and hippocampal GM with DLMUSE's.
+correlations of TIV, GM and hippocampal GM (also as a fraction of TIV and ICV) with DLMUSE's, and
+the range of each T1's contrast measures with the smallest margin above QC's fail level.
 """
 
 from __future__ import annotations
@@ -134,10 +135,33 @@ def measure_scan(scan: RealScan, out_dir: Path) -> dict[str, Any]:
             "GM_ml": volumes["GM_ml"],
             "GM_fraction": volumes["GM_ml"] / volumes["TIV_ml"],
             "hippocampus_ml": hippocampal_gm_ml(gmv) if gmv.shape == grid.MNI_SHAPE else float("nan"),
+            "grey_white": report["measures"].get("grey_white_contrast"),
+            "csf_gap": report["measures"].get("csf_gap"),
+            "seconds": report.get("seconds", {}).get("total"),
             **{f"ref_{k}": v for k, v in scan.reference.items()},
         }
     )
     return row
+
+
+def _contrast_margins(rows: list[dict[str, Any]], expected: dict[str, str | None]) -> list[str]:
+    """One line per contrast measure: its range over the T1s expected to pass and the smallest
+    margin above QC's fail level, naming the scan that sets it."""
+    from .qc import CSF_GAP_FAIL, GREY_WHITE_FAIL
+
+    t1s = [r for r in rows if expected.get(r["scan"]) == "accept" and r.get("grey_white") is not None]
+    lines = []
+    for key, label, limit in (
+        ("grey_white", "grey/white contrast (WM - GM) / WM", GREY_WHITE_FAIL),
+        ("csf_gap", "CSF gap (GM - CSF) / WM", CSF_GAP_FAIL),
+    ):
+        if t1s:
+            low = min(t1s, key=lambda r: r[key])
+            lines.append(
+                f"{label} of the T1s: {low[key]:.3f}-{max(r[key] for r in t1s):.3f}, fail below {limit:.2f}: "
+                f"smallest margin {low[key] - limit:.3f} ({low['scan']})"
+            )
+    return lines
 
 
 def _r(a: list[float], b: list[float]) -> float:
@@ -155,6 +179,7 @@ def summary(rows: list[dict[str, Any]], scans: list[RealScan]) -> list[str]:
     outcome = {r["scan"]: "refuse" if r["verdict"] in ("fail", "refused") else "accept" for r in rows}
     wrong = [name for name, want in expected.items() if want is not None and name in outcome and outcome[name] != want]
     lines.append("scans with the wrong outcome (a T1 failed or refused, or a non-T1 accepted): " + (", ".join(wrong) or "none"))
+    lines += _contrast_margins(rows, expected)
     measured = [r for r in rows if "TIV_ml" in r and r["group"] != "not_t1"]
     aged = [r for r in measured if r["age"] is not None]
     lines.append(f"GM fraction vs age: r {_r([r['age'] for r in aged], [r['GM_fraction'] for r in aged]):.2f} ({len(aged)} scans)")
@@ -171,6 +196,7 @@ def summary(rows: list[dict[str, Any]], scans: list[RealScan]) -> list[str]:
             f"vs DLMUSE ({len(known)} scans): TIV/ICV {ratio.min():.2f}-{ratio.max():.2f} (at most {100 * spread:.0f}% from the median), "
             f"TIV r {_r([r['TIV_ml'] for r in known], [r['ref_icv_ml'] for r in known]):.2f}, "
             f"GM r {_r([r['GM_ml'] for r in known], [r['ref_gm_ml'] for r in known]):.2f}, "
-            f"hippocampus r {_r([r['hippocampus_ml'] for r in known], hippocampus):.2f}"
+            f"hippocampus r {_r([r['hippocampus_ml'] for r in known], hippocampus):.2f}, "
+            f"hippocampus / TIV r {_r([r['hippocampus_ml'] / r['TIV_ml'] for r in known], [h / r['ref_icv_ml'] for h, r in zip(hippocampus, known, strict=True)]):.2f}"
         )
     return lines

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import InputError
 from .imageheader import check_image_header
+from .sequence import metadata_kind, read_sequence_info
 
 #: Voxel sizes outside this range (mm) are refused: no brain MRI is acquired like that.
 VOXEL_SIZE_LIMITS_MM = (0.2, 8.0)
@@ -95,7 +96,9 @@ def read_t1(path: str | Path) -> T1Image:
     more voxels than ``imageheader.MAX_VOXELS`` or more data than the file holds; a 2D image; a 4D
     series (names how many volumes); a colour image; NaN/Inf voxels; an empty or constant image;
     a label map; voxel sizes outside ``VOXEL_SIZE_LIMITS_MM``; a field of view too small for a
-    brain. Returns the image as float32 in native space with its size, spacing and warnings.
+    brain. Returns the image as float32 in native space with its size, spacing, acquisition
+    metadata (``sequence``), warnings and failures (thick slices; metadata naming another
+    contrast, ``sequence.metadata_kind``).
     """
     import ants
     import SimpleITK as sitk
@@ -148,6 +151,10 @@ def read_t1(path: str | Path) -> T1Image:
         )
     elif spacing.max() > VOXEL_SIZE_WARN_MM:
         warnings.append(f"coarse voxels {np.round(spacing, 2).tolist()} mm: grey-matter maps will be blurred (1 mm isotropic recommended)")
+    sequence = read_sequence_info(path)
+    kind = metadata_kind(sequence)
+    if kind:
+        failures.append(f"the scan's metadata says it is not a T1: it looks like {kind}")
     direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
     ants_image = ants.from_numpy(np.ascontiguousarray(data), origin=list(image.GetOrigin()), spacing=spacing.tolist(), direction=direction)
     info = {
@@ -155,6 +162,7 @@ def read_t1(path: str | Path) -> T1Image:
         "size": size,
         "voxel_size_mm": np.round(spacing, 4).tolist(),
         "field_of_view_mm": np.round(field_of_view, 1).tolist(),
+        **({"sequence": sequence} if sequence["source"] else {}),
     }
     return T1Image(ants_image, info, warnings, failures)
 
