@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("realscans"),
         help="realscans (and fidelity with --keep): where preprocessing outputs are kept (resumable)",
     )
+    bench.add_argument("--jobs", type=int, default=1, help="realscans: scans preprocessed at a time, each in its own worker process")
     bench.add_argument("--keep", action="store_true", help="fidelity: keep each scan's preprocessing under --out/fidelity and reuse it")
     bench.add_argument(
         "--markdown",
@@ -175,13 +176,19 @@ def run_bench(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     shared = Path(__file__).resolve().parents[3] / "shared"
     if args.target == "realscans":
-        from .realscans import measure_scan, real_scans, summary
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .realscans import RealScan, measure_scan, real_scans, summary
 
         scans = real_scans(args.data or shared / "realdata")
-        rows = []
-        for scan in scans:
-            rows.append(measure_scan(scan, args.out / scan.group / scan.name))
-            print(f"{scan.name}: {rows[-1]['verdict']}", file=sys.stderr, flush=True)
+
+        def measured(scan: RealScan) -> dict:
+            row = measure_scan(scan, args.out / scan.group / scan.name)
+            print(f"{scan.name}: {row['verdict']}", file=sys.stderr, flush=True)
+            return row
+
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            rows = list(pool.map(measured, scans))
         columns = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "reason"]
         table = [{k: r.get(k) for k in columns} for r in rows]
         lines = [f"{r['scan']}: {r['reason']}" for r in rows if r["reason"]] + summary(rows, scans)
