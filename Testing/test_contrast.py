@@ -5,48 +5,20 @@ elderly T1 by a physical model of tissue intensity (``contrast_model``)."""
 from __future__ import annotations
 
 import json
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from contrast_model import CONTRASTS, write_remapped
 
 from BrainImageNetADLib import grid, qc, templates
-from BrainImageNetADLib.preprocess import preprocess_t1
 from BrainImageNetADLib.realscans import real_scans
-from BrainImageNetADLib.worker import run_isolated
-from conftest import REALDATA, needs_realdata
-
-#: The real elderly T1 that the physical model remakes (NiChart, 2 mm, 71-96 years).
-MODEL_BASE = "Subj1"
-FLAIR = REALDATA / "not_t1" / "github_NiChart_demo_Subj5_FLAIR_not_T1.nii.gz"
-#: Colin27 as Debian's mricron-data ships it bias-corrected: a T1 whose ventricles are black.
-CH2BETTER = Path("/usr/share/mricron/templates/ch2better.nii.gz")
-
-
-@pytest.fixture(scope="module")
-def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """QC reports of every real T1 of the shared set, the shared FLAIR, Colin27's ch2better and the
-    physical-model scans made from ``MODEL_BASE``: each preprocessed (``fast``) in its own worker
-    process, two at a time."""
-    root = tmp_path_factory.mktemp("contrast")
-    t1s = {s.name: s.path for s in real_scans(REALDATA) if s.expect == "accept"}
-    inputs = {**t1s, "flair": FLAIR, **({"ch2better": CH2BETTER} if CH2BETTER.is_file() else {})}
-    with ThreadPoolExecutor(2) as pool:
-        futures: dict[str, Future] = {name: pool.submit(run_isolated, preprocess_t1, path, root / name) for name, path in inputs.items()}
-        base = futures[MODEL_BASE].result()["measures"]["tissue_levels"]
-        levels = (base["CSF"], base["GM"], base["WM"])
-        made = {**CONTRASTS, "csf_black": (0.0, base["GM"] / base["WM"], 1.0)}
-        for name, targets in made.items():
-            path = write_remapped(t1s[MODEL_BASE], levels, targets, root / f"{name}.nii.gz")
-            futures[name] = pool.submit(run_isolated, preprocess_t1, path, root / name)
-        return {name: future.result() for name, future in futures.items()}
+from conftest import MODEL_BASE, REALDATA, needs_realdata
 
 
 @pytest.mark.slow
 @needs_realdata
-def test_every_real_t1_passes_the_contrast_check_with_a_margin(reports: dict[str, dict]) -> None:
+def test_every_real_t1_passes_the_contrast_check_with_a_margin(real_scan_runs: tuple[Path, dict[str, dict]]) -> None:
+    reports = real_scan_runs[1]
     t1s = [s.name for s in real_scans(REALDATA) if s.expect == "accept"]
     assert len(t1s) == 20
     for name in t1s:
@@ -58,10 +30,11 @@ def test_every_real_t1_passes_the_contrast_check_with_a_margin(reports: dict[str
 
 @pytest.mark.slow
 @needs_realdata
-def test_t1s_with_black_csf_pass(reports: dict[str, dict]) -> None:
+def test_t1s_with_black_csf_pass(real_scan_runs: tuple[Path, dict[str, dict]]) -> None:
     """Dark CSF is what T1 weighting gives: a real elderly T1 with its CSF set to 0, and Colin27's
     ch2better, whose ventricles are black, are T1s."""
-    for name in ("csf_black", "ch2better") if CH2BETTER.is_file() else ("csf_black",):
+    reports = real_scan_runs[1]
+    for name in ("csf_black", "ch2better") if "ch2better" in reports else ("csf_black",):
         assert reports[name]["verdict"] != "fail", (name, reports[name]["failures"])
         assert not any("contrast" in w for w in reports[name]["warnings"]), (name, reports[name]["warnings"])
 
@@ -78,8 +51,8 @@ def test_t1s_with_black_csf_pass(reports: dict[str, dict]) -> None:
         ("grey_barely_below_white", "a FLAIR or a T1 without usable grey/white contrast"),
     ],
 )
-def test_other_contrasts_fail_with_the_kind_named(reports: dict[str, dict], name: str, kind: str) -> None:
-    report = reports[name]
+def test_other_contrasts_fail_with_the_kind_named(real_scan_runs: tuple[Path, dict[str, dict]], name: str, kind: str) -> None:
+    report = real_scan_runs[1][name]
     assert report["verdict"] == "fail"
     assert report["failures"][0].startswith(f"tissue contrast is not that of a T1: looks like {kind}"), report["failures"]
 
@@ -118,7 +91,8 @@ def test_the_kind_follows_the_physics_of_each_contrast() -> None:
 
 @pytest.mark.slow
 @needs_realdata
-def test_the_contrast_measures_are_written_with_their_thresholds(reports: dict[str, dict], tmp_path: Path) -> None:
+def test_the_contrast_measures_are_written_with_their_thresholds(real_scan_runs: tuple[Path, dict[str, dict]]) -> None:
+    reports = real_scan_runs[1]
     measures = reports[MODEL_BASE]["measures"]
     assert set(measures["tissue_levels"]) == {"GM", "WM", "CSF", "GM_ml", "WM_ml", "CSF_ml"}
     assert measures["thresholds"]["grey_white_fail"] == qc.GREY_WHITE_FAIL

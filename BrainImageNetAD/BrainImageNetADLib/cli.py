@@ -197,17 +197,18 @@ def run_bench(args: argparse.Namespace) -> None:
         if args.markdown:
             write_markdown(args.markdown, "Real scans: QC, volumes and contrast", "brainimagenet-ad bench realscans", table, lines)
     elif args.target == "fidelity":
-        from .fidelity import reference_scans, scan_fidelity, summary_line
+        from .fidelity import reference_scans, scan_fidelity, summary_line, timing_line
 
         reference = args.reference or shared / "reference" / "spm12"
         rows = []
         for scan in reference_scans(reference):
             rows.append(scan_fidelity(scan, (args.presets or ["fast"])[0], args.out / "fidelity" / scan.name if args.keep else None))
             print(f"{scan.name}: done", file=sys.stderr, flush=True)
+        lines = [summary_line(rows), timing_line(rows)]
         print_rows(rows)
-        print(summary_line(rows))
+        print("\n".join(lines))
         if args.markdown:
-            write_markdown(args.markdown, "Fidelity to SPM12", "brainimagenet-ad bench fidelity", rows, [summary_line(rows)])
+            write_markdown(args.markdown, "Fidelity to SPM12", "brainimagenet-ad bench fidelity", rows, lines)
     elif args.target == "preprocess":
         print_rows(bench_preprocess(str(args.t1 or sample_t1()), args.presets or ["fast", "accurate"]))
     elif args.target == "train":

@@ -41,6 +41,7 @@ from . import bias_field, deformation, grid, normalise, qc, segment, templates
 from .atomic import remove_leftovers, replace_dir, write_json_atomic, write_nifti_atomic
 from .progress import PREPROCESSING_STAGES, CancelCallback, ProgressCallback, check_cancel
 from .t1io import T1Image, read_t1
+from .transforms import affine_matrix
 
 REGISTRATION_SEED = 20220421
 
@@ -243,7 +244,7 @@ BRAIN_TO_HEAD_SCALE = (0.7, 1.3)
 
 def _determinant(transform_file: str) -> float:
     """Volume scale (absolute determinant) of an ANTs affine file."""
-    return float(abs(np.linalg.det(_affine_matrix(transform_file)[:3, :3])))
+    return float(abs(np.linalg.det(affine_matrix(transform_file)[:3, :3])))
 
 
 def _affine_to_mni(working, tm: dict[str, np.ndarray], mni_mask, scratch: Path) -> tuple[list[str], dict[str, Any]]:
@@ -354,7 +355,7 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     sampler = deformation.PriorSampler(tpm)
     intracranial = templates.ants_from_ras(tpm[..., :3].sum(axis=-1), grid.MNI_AFFINE)
     box = _prior_box(corrected, intracranial, brain_affine)
-    to_mni = _box_to_mni_voxels(box, _affine_matrix(brain_affine[0]))
+    to_mni = _box_to_mni_voxels(box, affine_matrix(brain_affine[0]))
     intensities = box.numpy().astype(np.float64)
     steps = tuple(max(1, round(settings.fit_spacing_mm / float(spacing))) for spacing in box.spacing)
     lattice = intensities[:: steps[0], :: steps[1], :: steps[2]]
@@ -512,18 +513,6 @@ def _prior_box(image, intracranial, to_native: list[str]):
     low = np.maximum(inside.min(axis=0) - BOX_MARGIN, 0)
     high = np.minimum(inside.max(axis=0) + BOX_MARGIN + 1, image.shape)
     return ants.crop_indices(image, low.tolist(), high.tolist())
-
-
-def _affine_matrix(transform_file: str) -> np.ndarray:
-    """The 4x4 matrix (LPS mm) of an ANTs affine file: y = A (x - c) + c + t."""
-    import ants
-
-    transform = ants.read_transform(transform_file)
-    matrix = np.eye(4)
-    matrix[:3, :3] = np.array(transform.parameters[:9]).reshape(3, 3)
-    center = np.array(transform.fixed_parameters)
-    matrix[:3, 3] = np.array(transform.parameters[9:12]) + center - matrix[:3, :3] @ center
-    return matrix
 
 
 def _write_affine(matrix: np.ndarray, path: Path) -> str:

@@ -79,6 +79,38 @@ def native_to_mni(image, preprocessing_dir: str | Path, interpolator: str = "lin
     ).numpy()
 
 
+def affine_matrix(transform_file: str) -> np.ndarray:
+    """The 4x4 matrix (LPS mm) of an ANTs affine file: y = A (x - c) + c + t."""
+    import ants
+
+    transform = ants.read_transform(transform_file)
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.array(transform.parameters[:9]).reshape(3, 3)
+    center = np.array(transform.fixed_parameters)
+    matrix[:3, 3] = np.array(transform.parameters[9:12]) + center - matrix[:3, :3] @ center
+    return matrix
+
+
+def native_points_to_mni(points_ras: np.ndarray, preprocessing_dir: str | Path) -> np.ndarray:
+    """Where the segmentation placed native points: ``points_ras`` (N, 3, native world mm, RAS)
+    to MNI world mm (RAS, (N, 3)) through the kept affine and displacement, x -> A^-1 (x + w(x))
+    in ITK's LPS space (the displacement interpolated trilinearly on its lattice)."""
+    import ants
+    from scipy import ndimage
+
+    folder = _transforms_dir(preprocessing_dir)
+    flip = np.array([-1.0, -1.0, 1.0])
+    lps = np.asarray(points_ras, dtype=np.float64) * flip
+    moved = lps
+    if _kept(folder, "native_warp.nii.gz"):
+        warp = ants.image_read(str(folder / "native_warp.nii.gz"))
+        index = (lps - np.asarray(warp.origin)) @ np.linalg.inv(np.asarray(warp.direction) @ np.diag(warp.spacing)).T
+        field = warp.numpy()
+        moved = lps + np.stack([ndimage.map_coordinates(field[..., a], index.T, order=1, mode="nearest") for a in range(3)], axis=1)
+    inverse = np.linalg.inv(affine_matrix(str(folder / "mni_to_native_affine.mat")))
+    return (moved @ inverse[:3, :3].T + inverse[:3, 3]) * flip
+
+
 def write_native(data: np.ndarray, preprocessing_dir: str | Path, path: str | Path, labels: bool = False) -> Path:
     """Write a map on the model grid (96, 120, 86) or the MNI grid (121, 145, 121) onto the
     patient's native T1 grid as a NIfTI file, atomically. ``labels``: nearest-label interpolation
