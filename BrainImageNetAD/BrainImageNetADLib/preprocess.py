@@ -373,8 +373,8 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     valid = (lattice > 0) & in_view
     bias = bias_field.BiasField(box.shape, tuple(float(s) for s in box.spacing), steps)
 
-    def corrected_lattice() -> np.ndarray:
-        return lattice[valid] * np.exp(bias.log_on_lattice()[valid])
+    def corrected_lattice(mask: np.ndarray = valid) -> np.ndarray:
+        return lattice[mask] * np.exp(bias.log_on_lattice()[mask])
 
     def fit(priors: np.ndarray, model: segment.MixtureModel, iterations: int) -> segment.MixtureModel:
         model = segment.fit_mixture(corrected_lattice(), priors, model, iterations)
@@ -383,13 +383,13 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
             model = segment.fit_mixture(corrected_lattice(), priors, model, BIAS_ITERATIONS)
         return model
 
-    p = sampler.priors(positions[valid])
+    seen_priors = sampler.priors(positions[in_view])
+    p = seen_priors[lattice[in_view] > 0]  # the priors at the valid voxels, in the same order
     model = fit(p, segment.initial_model(lattice[valid], p), settings.first_iterations)
     # Tissue contrast is read here, where the priors sit where the contrast-blind affine put them:
     # the later fits move them to wherever the scan looks most like a T1, and so would a FLAIR's.
     # Voxels without signal are kept so that CSF set to 0 reads as black, not as missing.
-    seen = lattice[in_view] * np.exp(bias.log_on_lattice()[in_view])
-    seen_priors = sampler.priors(positions[in_view])
+    seen = corrected_lattice(in_view)
     lattice_mm3 = float(np.prod(np.array(steps) * np.array(box.spacing)))
     levels = qc.tissue_levels(seen, segment.posteriors(seen, seen_priors, model), seen_priors, lattice_mm3)
     for _ in range(settings.affine_rounds):

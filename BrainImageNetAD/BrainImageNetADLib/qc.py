@@ -191,8 +191,8 @@ def assess(
     """QC report of one preprocessing. All arrays lie on the 121x145x121 MNI grid; ``posteriors``
     has shape (121, 145, 121, 3) for CSF, GM, WM; ``jacobian`` is native mm^3 per MNI mm^3;
     ``tissue_model`` holds the segmentation's class means, GM/WM SD and class weights
-    (``MixtureModel.summary``); ``tissue_levels`` the tissue intensities of ``tissue_levels``
-    (``tissue_levels``), which set the contrast verdict;
+    (``MixtureModel.summary``); ``tissue_levels`` the tissue intensities that set the contrast verdict
+    (``tissue_levels``);
     ``affine_determinant`` is the volume scale of the affine to MNI (native mm^3 per MNI mm^3);
     ``known_failures`` are failures found before (slice thickness) or while registering (a
     reversed header); ``used_head_affine``: registration fell back to the skull-to-skull affine,

@@ -51,13 +51,10 @@ class RealScan:
 
 
 def _dicom_age_sex(folder: Path) -> tuple[float | None, str | None]:
-    import SimpleITK as sitk
+    from .sequence import dicom_tags
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(sorted(folder.glob("*.dcm"))[0]))
-    reader.ReadImageInformation()
-    age = reader.GetMetaData("0010|1010").strip() if reader.HasMetaDataKey("0010|1010") else ""
-    sex = reader.GetMetaData("0010|0040").strip() if reader.HasMetaDataKey("0010|0040") else ""
+    values = dicom_tags(folder, {"age": "0010|1010", "sex": "0010|0040"}) or {}
+    age, sex = values.get("age", ""), values.get("sex", "")
     years = float(age[:-1]) if age.endswith("Y") and age[:-1].isdigit() else None
     return years, (sex if sex in ("M", "F") else None)
 

@@ -79,6 +79,28 @@ def _dicom_file(path: Path) -> Path | None:
     return path if path.suffix.lower() in (".dcm", ".ima") else None
 
 
+def dicom_tags(path: str | Path, tags: dict[str, str]) -> dict[str, str] | None:
+    """The non-empty values of ``tags`` (name -> DICOM tag "gggg|eeee") in the header of a DICOM
+    file, or of the first file (by name) of a DICOM series folder; None where ``path`` holds no
+    DICOM file or its header cannot be read."""
+    dicom = _dicom_file(Path(path))
+    if dicom is None:
+        return None
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(dicom))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return {
+        name: reader.GetMetaData(tag).strip()
+        for name, tag in tags.items()
+        if reader.HasMetaDataKey(tag) and reader.GetMetaData(tag).strip()
+    }
+
+
 def read_sequence_info(path: str | Path) -> dict[str, Any]:
     """The acquisition metadata of the scan at ``path`` (a DICOM series folder or file, or a NIfTI
     file with a BIDS name and sidecar): ``source`` ("dicom", "bids" or None), and where present
@@ -86,22 +108,11 @@ def read_sequence_info(path: str | Path) -> dict[str, Any]:
     (``repetition_time_ms``, ``echo_time_ms``, ``inversion_time_ms``), ``bids_suffix`` and
     ``bids_ce`` (the contrast-agent entity). Unreadable metadata gives ``{"source": None}``."""
     path = Path(path)
-    dicom = _dicom_file(path)
-    if dicom is not None:
-        import SimpleITK as sitk
-
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(dicom))
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError:
+    if _dicom_file(path) is not None:
+        values = dicom_tags(path, _DICOM_TAGS)
+        if values is None:
             return {"source": None}
-        info: dict[str, Any] = {"source": "dicom"}
-        for key, tag in _DICOM_TAGS.items():
-            if reader.HasMetaDataKey(tag) and reader.GetMetaData(tag).strip():
-                value = reader.GetMetaData(tag).strip()
-                info[key] = _number(value) if key.endswith("_ms") else value
-        return info
+        return {"source": "dicom", **{key: _number(v) if key.endswith("_ms") else v for key, v in values.items()}}
     name = path.name.split(".nii")[0] if ".nii" in path.name else path.stem
     entities = name.split("_")
     if len(entities) < 2 or not any("-" in e for e in entities[:-1]):
