@@ -232,7 +232,7 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         bars = {
             "Preprocessing": self.ui.preprocessingProgressBar,
             "Ensemble": self.ui.ensembleProgressBar,
-            "Occlusion map": self.ui.occlusionProgressBar,
+            "Heat map": self.ui.occlusionProgressBar,
         }
         for group, bar in bars.items():
             bar.value = int(100 * status.stages.get(group, 0))

@@ -101,8 +101,8 @@ def ran(viewer: Viewer, tmp_path_factory: pytest.TempPathFactory) -> CaseControl
 
 def test_run_reports_each_stage_and_loads_the_results(ran: CaseController) -> None:
     # Progress went up stage by stage while the GUI thread stayed free to poll.
-    assert any(0 < s["Preprocessing"] < 1 and s["Occlusion map"] == 0 for s in ran.stages_seen)
-    assert any(s["Preprocessing"] == 1 and 0 < s["Occlusion map"] < 1 for s in ran.stages_seen)
+    assert any(0 < s["Preprocessing"] < 1 and s["Heat map"] == 0 for s in ran.stages_seen)
+    assert any(s["Preprocessing"] == 1 and 0 < s["Heat map"] < 1 for s in ran.stages_seen)
     assert set(ran.job.status.stages) == set(STAGE_GROUPS) and all(v == 1.0 for v in ran.job.status.stages.values())
     result = ran.state.result
     assert 0 < result["probability"] < 1 and result["demo"] is True

@@ -170,7 +170,7 @@ def test_terminal_shows_progress_bars_and_a_pipe_gets_none(tiny_bundle: Path, sa
     subprocess.run(["script", "-qec", shell, str(log)], capture_output=True, text=True, timeout=HANG_GUARD_S, check=True)
     screen = log.read_text(errors="replace").replace("\r", "\n")
     assert "Ensemble: 100%" in screen
-    occlusion = [line for line in screen.splitlines() if line.startswith("Occlusion map (occlusion model 1/1):")]
+    occlusion = [line for line in screen.splitlines() if line.startswith("Heat map (occlusion model 1/1):")]
     assert occlusion and "%|" in occlusion[-1] and "<" in occlusion[-1]  # fraction, bar, elapsed<left
     piped = subprocess.run(command + ["--out", str(tmp_path / "pipe")], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert piped.returncode == 0 and piped.stderr == "" and piped.stdout.strip().endswith("result.json")
@@ -189,7 +189,7 @@ def test_terminal_progress_travels_to_a_child_process() -> None:
     assert [stage_group(s) for s in ("n4", "ensemble", "occlusion model 2/5", "fold 1 epoch 2")] == [
         "Preprocessing",
         "Ensemble",
-        "Occlusion map",
+        "Heat map",
         None,
     ]
 

@@ -91,12 +91,18 @@ def changed_boxes(x: np.ndarray, positions: np.ndarray, settings: OcclusionSetti
     """For each cube of ``positions`` (P, 3), the smallest box holding the voxels of ``x``
     (C, 96, 120, 86) that masking it changes: first voxels (P, 3) and sizes (P, 3), in voxels of
     the model grid; size 0 where masking changes nothing (a cube without brain)."""
-    c, k = _masked_channels(x, settings), settings.cube
-    differs = (x[c] != settings.mask_value).any(axis=0)
+    c = _masked_channels(x, settings)
+    return boxes_of_change((x[c] != settings.mask_value).any(axis=0), positions, settings.cube)
+
+
+def boxes_of_change(differs: np.ndarray, positions: np.ndarray, cube: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each cube of side ``cube`` starting at ``positions`` (P, 3), the smallest box holding
+    the voxels where ``differs`` (96, 120, 86) is true: first voxels (P, 3) and sizes (P, 3), in
+    voxels of the model grid; size 0 where the cube holds none."""
     first = np.zeros((len(positions), 3), np.int64)
     size = np.zeros((len(positions), 3), np.int64)
     for n, (i, j, m) in enumerate(positions):
-        inside = differs[i : i + k, j : j + k, m : m + k]
+        inside = differs[i : i + cube, j : j + cube, m : m + cube]
         if inside.any():
             for d in range(3):
                 along = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != d)))
@@ -114,26 +120,46 @@ def changing_cubes(x: np.ndarray, positions: np.ndarray, settings: OcclusionSett
 def occluded_patch(x: torch.Tensor, cubes: np.ndarray, first: np.ndarray, size: np.ndarray, settings: OcclusionSettings) -> Patch:
     """The changed boxes (``first``, ``size``: (B, 3)) of the cubes starting at ``cubes`` (B, 3),
     padded to one size, with the cubes masked: a ``Patch`` of ``x`` (1, C, 96, 120, 86)."""
+    return replaced_patch(x, settings.mask_value, _masked_channels(x[0], settings), cubes, first, size, settings.cube)
+
+
+def replaced_patch(
+    base: torch.Tensor,
+    fill: torch.Tensor | float,
+    channels: list[int],
+    cubes: np.ndarray,
+    first: np.ndarray,
+    size: np.ndarray,
+    cube: int,
+) -> Patch:
+    """A ``Patch`` of ``base`` (1, C, 96, 120, 86): the changed boxes (``first``, ``size``:
+    (B, 3), voxels) of the cubes of side ``cube`` starting at ``cubes`` (B, 3), padded to one
+    size, with each cube's ``channels`` replaced by ``fill`` (a value, or a volume shaped like
+    ``base`` whose voxels are copied)."""
     box = size.max(axis=0)
-    starts = np.minimum(first, np.array(x.shape[2:]) - box)
-    data = torch.stack([x[0, :, i : i + box[0], j : j + box[1], m : m + box[2]] for i, j, m in starts]).clone()
-    channels, k = _masked_channels(x[0], settings), settings.cube
+    starts = np.minimum(first, np.array(base.shape[2:]) - box)
+    data = torch.stack([base[0, :, i : i + box[0], j : j + box[1], m : m + box[2]] for i, j, m in starts]).clone()
     for b in range(len(cubes)):
         lo = np.maximum(cubes[b] - starts[b], 0)
-        hi = np.minimum(cubes[b] + k - starts[b], box)
-        data[b, channels, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = settings.mask_value
+        hi = np.minimum(cubes[b] + cube - starts[b], box)
+        target = (b, channels, slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+        if isinstance(fill, torch.Tensor):
+            at = [slice(starts[b][d] + lo[d], starts[b][d] + hi[d]) for d in range(3)]
+            data[target] = fill[(0, channels, *at)]
+        else:
+            data[target] = fill
     return Patch(data, torch.from_numpy(starts))
 
 
-def accumulate(drops: np.ndarray, positions: np.ndarray, cube: int) -> np.ndarray:
+def accumulate(drops: np.ndarray, positions: np.ndarray, cube: int, empty: float = 0.0) -> np.ndarray:
     """Per-cube values ``drops`` (P,) at cube starts ``positions`` (P, 3) averaged, voxel by
-    voxel, over the cubes covering it: (96, 120, 86) float32, 0 where no cube lies."""
+    voxel, over the cubes covering it: (96, 120, 86) float32, ``empty`` where no cube lies."""
     total = np.zeros(grid.MODEL_SHAPE, np.float64)
     count = np.zeros(grid.MODEL_SHAPE, np.float64)
     for (i, j, m), d in zip(positions, drops, strict=True):
         total[i : i + cube, j : j + cube, m : m + cube] += d
         count[i : i + cube, j : j + cube, m : m + cube] += 1
-    return (total / np.maximum(count, 1)).astype(np.float32)
+    return np.where(count > 0, total / np.maximum(count, 1), empty).astype(np.float32)
 
 
 def occlusion_map(
@@ -149,115 +175,165 @@ def occlusion_map(
     mode, CPU). ``x``: maps on the model grid, shape (C, 96, 120, 86). ``positions`` (P, 3)
     restricts the cubes (default: ``cube_positions``; ``approximate`` needs the default lattice).
     Returns the map and per-cube drops."""
-    if method not in OCCLUSION_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {OCCLUSION_METHODS}")
-    if x.ndim != 4 or tuple(x.shape[1:]) != grid.MODEL_SHAPE:
-        raise ValueError(f"expected maps of shape (C, {', '.join(map(str, grid.MODEL_SHAPE))}), got {x.shape}")
+    check_maps(x, method, positions)
     started = time.perf_counter()
     if method == "gradient":
         return _gradient_x_input(models, x, started)
-    if method == "approximate" and positions is not None:
-        raise ValueError("the approximate method computes its own cubes on the whole lattice; positions cannot be given")
     positions = cube_positions(settings.cube, settings.stride) if positions is None else np.asarray(positions)
     first, size = changed_boxes(x, positions, settings)
-    changing = size.all(axis=1)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(next(models[0].parameters()).device)
-    runner = _CubeRunner(models, xt, positions, first, size, settings, "naive" if method == "naive" else "incremental")
-    drops = np.zeros(len(positions))
-    if method == "approximate":
-        lattice = _lattice_index(positions)
-        nodes = _lattice_nodes(lattice)
-        coarse = changing & np.all([np.isin(lattice[:, d], nodes[d]) for d in range(3)], axis=0)
-        refine = max(0, round(settings.refine * (int(changing.sum()) - int(coarse.sum()))))
-        phases = len(models) * (int(coarse.sum()) + refine)
-        base, drops[coarse] = runner.drops(np.flatnonzero(coarse), progress, should_cancel, phases)
-        estimate, spread = _interpolate(drops, coarse, lattice)
-        uncertain = np.flatnonzero(changing & ~coarse)
-        chosen = uncertain[np.argsort(-spread[uncertain], kind="stable")[:refine]]
-        if len(chosen):
-            _, drops[chosen] = runner.drops(chosen, progress, should_cancel, phases)
-        guessed = changing & ~coarse
-        guessed[chosen] = False
-        drops[guessed] = estimate[guessed]
-        computed = coarse.copy()
-        computed[chosen] = True
-        extra = {"coarse_positions": int(coarse.sum()), "refined_positions": len(chosen), "interpolated_positions": int(guessed.sum())}
-    else:
-        todo = np.flatnonzero(changing)
-        base, drops[todo] = runner.drops(todo, progress, should_cancel, len(models) * len(todo))
-        computed, extra = changing, {}
-    stats = {
-        "positions": len(positions),
-        "computed_positions": int(computed.sum()),
-        **extra,
-        "unoccluded_pass_seconds": runner.recording,
-        "share_of_naive_macs": runner.macs / (runner.naive_macs_per_cube * len(positions)) if runner.naive_macs_per_cube else None,
-        "cube_mm": settings.cube * 1.5,
-        "stride_mm": settings.stride * 1.5,
-        "mask_value": settings.mask_value,
-    }
+    xt = as_input(x, models)
+    runner = CubeRunner(
+        models, xt, settings.mask_value, _masked_channels(x, settings), positions, first, size, settings.cube, settings.batch_size
+    )
+    base, changes, computed, stats = runner.run(method, settings.refine, "occlusion", progress, should_cancel)
+    stats.update(cube_mm=settings.cube * 1.5, stride_mm=settings.stride * 1.5, mask_value=settings.mask_value)
+    drops = -changes
     return OcclusionMap(
         accumulate(drops, positions, settings.cube), positions, drops, base, method, time.perf_counter() - started, stats, computed
     )
 
 
-class _CubeRunner:
-    """Computes the ensemble's drop in AD probability for chosen cubes, fold by fold, and counts
-    the work (MACs, time of the unoccluded passes)."""
+def check_maps(x: np.ndarray, method: str, positions: np.ndarray | None, methods: tuple[str, ...] = OCCLUSION_METHODS) -> None:
+    """Raise ValueError unless ``method`` is one of ``methods``, ``x`` holds maps on the model
+    grid (C, 96, 120, 86), and ``positions`` is None for the approximate method."""
+    if method not in methods:
+        raise ValueError(f"unknown method {method!r}; choose one of {methods}")
+    if x.ndim != 4 or tuple(x.shape[1:]) != grid.MODEL_SHAPE:
+        raise ValueError(f"expected maps of shape (C, {', '.join(map(str, grid.MODEL_SHAPE))}), got {x.shape}")
+    if method == "approximate" and positions is not None:
+        raise ValueError("the approximate method computes its own cubes on the whole lattice; positions cannot be given")
+
+
+def as_input(x: np.ndarray, models: list[torch.nn.Module]) -> torch.Tensor:
+    """Maps ``x`` (C, 96, 120, 86) as a float32 batch of one (1, C, 96, 120, 86) on the models' device."""
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(next(models[0].parameters()).device)
+
+
+class CubeRunner:
+    """The ensemble's mean AD probability for inputs that equal ``base`` (1, C, 96, 120, 86)
+    except inside one cube of side ``cube`` (voxels), whose ``channels`` are replaced by ``fill``
+    (a value, or a volume like ``base``), for the cubes starting at ``positions`` (P, 3);
+    ``first`` and ``size`` (P, 3) bound the voxels each replacement changes (size 0: none).
+    Counts the work (MACs, time of the recorded passes of ``base``)."""
 
     def __init__(
         self,
         models: list[torch.nn.Module],
-        x: torch.Tensor,
+        base: torch.Tensor,
+        fill: torch.Tensor | float,
+        channels: list[int],
         positions: np.ndarray,
         first: np.ndarray,
         size: np.ndarray,
-        settings: OcclusionSettings,
-        method: str,
+        cube: int,
+        batch_size: int,
     ) -> None:
-        self.models, self.x, self.positions, self.first, self.size = models, x, positions, first, size
-        self.settings, self.method = settings, method
+        self.models, self.base, self.fill, self.channels = models, base, fill, channels
+        self.positions, self.first, self.size, self.cube, self.batch_size = positions, first, size, cube, batch_size
         self.recording = 0.0
         self.macs = 0
         self.naive_macs_per_cube = 0
         self.done = 0
 
-    def drops(
-        self, cubes: np.ndarray, progress: ProgressCallback | None, should_cancel: CancelCallback | None, steps: int
+    def run(
+        self, method: str, refine: float, stage: str, progress: ProgressCallback | None, should_cancel: CancelCallback | None
+    ) -> tuple[float, np.ndarray, np.ndarray, dict[str, Any]]:
+        """(the ensemble's probability for ``base``, each cube's change of it (P,), which changes
+        were computed (P,) bool, statistics) by ``method``: "incremental" or "naive" compute every
+        cube that changes the input; "approximate" computes the coarse lattice and the share
+        ``refine`` of the others whose coarse neighbours differ most, and interpolates the rest.
+        Cubes that change nothing have change 0. ``stage`` names the progress reports."""
+        changing = self.size.all(axis=1)
+        changes = np.zeros(len(self.positions))
+        engine = "naive" if method == "naive" else "incremental"
+        if method == "approximate":
+            lattice = _lattice_index(self.positions)
+            nodes = _lattice_nodes(lattice)
+            coarse = changing & np.all([np.isin(lattice[:, d], nodes[d]) for d in range(3)], axis=0)
+            refined = max(0, round(refine * (int(changing.sum()) - int(coarse.sum()))))
+            steps = len(self.models) * (int(coarse.sum()) + refined)
+            base, changes[coarse] = self.changes(np.flatnonzero(coarse), engine, stage, progress, should_cancel, steps)
+            estimate, spread = _interpolate(changes, coarse, lattice)
+            uncertain = np.flatnonzero(changing & ~coarse)
+            chosen = uncertain[np.argsort(-spread[uncertain], kind="stable")[:refined]]
+            if len(chosen):
+                _, changes[chosen] = self.changes(chosen, engine, stage, progress, should_cancel, steps)
+            guessed = changing & ~coarse
+            guessed[chosen] = False
+            changes[guessed] = estimate[guessed]
+            computed = coarse.copy()
+            computed[chosen] = True
+            extra = {"coarse_positions": int(coarse.sum()), "refined_positions": len(chosen), "interpolated_positions": int(guessed.sum())}
+        else:
+            todo = np.flatnonzero(changing)
+            base, changes[todo] = self.changes(todo, engine, stage, progress, should_cancel, len(self.models) * len(todo))
+            computed, extra = changing, {}
+        stats = {
+            "positions": len(self.positions),
+            "computed_positions": int(computed.sum()),
+            **extra,
+            "unoccluded_pass_seconds": self.recording,
+            "share_of_naive_macs": self.macs / (self.naive_macs_per_cube * len(self.positions)) if self.naive_macs_per_cube else None,
+        }
+        return base, changes, computed, stats
+
+    def changes(
+        self,
+        cubes: np.ndarray,
+        engine: str,
+        stage: str,
+        progress: ProgressCallback | None,
+        should_cancel: CancelCallback | None,
+        steps: int,
     ) -> tuple[float, np.ndarray]:
-        """(the unoccluded ensemble probability, the drops (len(cubes),)) for the cubes indexed by
-        ``cubes``; ``steps`` is the whole run's number of (fold, cube) pairs, for ``progress``."""
+        """(the ensemble probability of ``base``, the change of it (len(cubes),) when each cube
+        indexed by ``cubes`` is replaced) by ``engine`` "incremental" or "naive" (full passes);
+        ``steps`` is the whole run's number of (fold, cube) pairs, for ``progress``."""
         # largest changed boxes first, so that a batch's boxes (padded to one size) are alike
         ranked = np.argsort(-self.size[cubes].prod(axis=1), kind="stable")
         order = cubes[ranked]
         probabilities = np.zeros((len(self.models), len(order)))
         base = np.zeros(len(self.models))
-        batch = self.settings.batch_size
         self.naive_macs_per_cube = 0
         for f, model in enumerate(self.models):
-            engine = IncrementalNetwork(model)
+            network = IncrementalNetwork(model)
             clock = time.perf_counter()
-            base[f] = float(torch.sigmoid(engine.record(self.x))[0])
+            base[f] = float(torch.sigmoid(network.record(self.base))[0])
             self.recording += time.perf_counter() - clock
-            self.naive_macs_per_cube += engine.naive_macs()
-            for start in range(0, len(order), batch):
-                check_cancel(should_cancel, "occlusion map")
-                chosen = order[start : start + batch]
+            self.naive_macs_per_cube += network.naive_macs()
+            for start in range(0, len(order), self.batch_size):
+                check_cancel(should_cancel, f"{stage} map")
+                chosen = order[start : start + self.batch_size]
                 starts = self.positions[chosen]
-                if self.method == "incremental":
-                    logits = engine.forward_patches(occluded_patch(self.x, starts, self.first[chosen], self.size[chosen], self.settings))
+                if engine == "incremental":
+                    patch = replaced_patch(self.base, self.fill, self.channels, starts, self.first[chosen], self.size[chosen], self.cube)
+                    logits = network.forward_patches(patch)
                 else:
-                    logits = _naive_forward(model, self.x, starts, self.settings)
+                    logits = self._naive_forward(model, starts)
                 probabilities[f, start : start + len(chosen)] = torch.sigmoid(logits).double().cpu().numpy()
                 self.done += len(chosen)
                 if progress is not None:
-                    progress(f"occlusion model {f + 1}/{len(self.models)}", self.done / max(steps, 1))
-            self.macs += engine.macs if self.method == "incremental" else engine.naive_macs() * len(order)
-            engine.inputs.clear()
-            engine.outputs.clear()
+                    progress(f"{stage} model {f + 1}/{len(self.models)}", self.done / max(steps, 1))
+            self.macs += network.macs if engine == "incremental" else network.naive_macs() * len(order)
+            network.inputs.clear()
+            network.outputs.clear()
         out = np.empty(len(cubes))
-        out[ranked] = base.mean() - probabilities.mean(axis=0)
+        out[ranked] = probabilities.mean(axis=0) - base.mean()
         return float(base.mean()), out
+
+    def _naive_forward(self, model: torch.nn.Module, cubes: np.ndarray) -> torch.Tensor:
+        """Logits (B,) of full forward passes of ``base`` with each whole cube of ``cubes`` (B, 3)
+        replaced: the reference, independent of the patch arithmetic."""
+        batch = self.base.repeat(len(cubes), 1, 1, 1, 1)
+        k = self.cube
+        for b, (i, j, m) in enumerate(cubes.tolist()):
+            target = (b, self.channels, slice(i, i + k), slice(j, j + k), slice(m, m + k))
+            if isinstance(self.fill, torch.Tensor):
+                batch[target] = self.fill[(0, *target[1:])]
+            else:
+                batch[target] = self.fill
+        with torch.inference_mode():
+            return model(batch)
 
 
 def _lattice_index(positions: np.ndarray) -> np.ndarray:
@@ -289,17 +365,6 @@ def _interpolate(drops: np.ndarray, known: np.ndarray, lattice: np.ndarray) -> t
         bracket.append((nodes[d][lower], nodes[d][upper]))
     corners = np.stack([values[bracket[0][a], bracket[1][b], bracket[2][c]] for a, b, c in np.ndindex(2, 2, 2)])
     return estimate[tuple(lattice.T)], corners.max(axis=0) - corners.min(axis=0)
-
-
-def _naive_forward(model: torch.nn.Module, x: torch.Tensor, cubes: np.ndarray, settings: OcclusionSettings) -> torch.Tensor:
-    """Logits (B,) of full forward passes of ``x`` (1, C, 96, 120, 86) with each whole cube of
-    ``cubes`` (B, 3) masked: the reference, independent of the patch arithmetic."""
-    batch = x.repeat(len(cubes), 1, 1, 1, 1)
-    k, channels = settings.cube, _masked_channels(x[0], settings)
-    for b, (i, j, m) in enumerate(cubes.tolist()):
-        batch[b, channels, i : i + k, j : j + k, m : m + k] = settings.mask_value
-    with torch.inference_mode():
-        return model(batch)
 
 
 def _gradient_x_input(models: list[torch.nn.Module], x: np.ndarray, started: float) -> OcclusionMap:

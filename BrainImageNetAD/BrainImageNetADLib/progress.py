@@ -21,11 +21,11 @@ CancelCallback = Callable[[], bool]
 PREPROCESSING_STAGES = ("read", "affine", "n4", "segment", "normalise", "write")
 
 #: Stage groups shown as progress bars (one per group, by both skins and on a terminal), and the
-#: stage names the command line reports for each (an occlusion stage is "occlusion model 2/5").
+#: stage names the command line reports for each (a heat-map stage is "occlusion model 2/5" or "risk model 2/5").
 STAGE_GROUPS = {
     "Preprocessing": PREPROCESSING_STAGES,
     "Ensemble": ("ensemble",),
-    "Occlusion map": ("occlusion",),
+    "Heat map": ("occlusion", "risk"),
 }
 
 

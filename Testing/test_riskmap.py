@@ -1,0 +1,79 @@
+"""Risk maps (reverse occlusion): the incremental method equals full passes of the template with
+one cube taken from the subject, the authors' geometry, and how cube values become the map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from BrainImageNetADLib import grid
+from BrainImageNetADLib.bench import signal_preserving_init
+from BrainImageNetADLib.errors import Cancelled
+from BrainImageNetADLib.networks import build_network
+from BrainImageNetADLib.occlusion import cube_positions
+from BrainImageNetADLib.riskmap import RiskSettings, risk_map
+
+
+def spread(positions: np.ndarray, n: int) -> np.ndarray:
+    return positions[np.linspace(0, len(positions) - 1, n).round().astype(int)]
+
+
+def maps(seed: int) -> np.ndarray:
+    """Two random channels on the model grid, zero outside a box (as maps are outside the brain)."""
+    x = np.zeros((2, *grid.MODEL_SHAPE), np.float32)
+    x[:, 10:86, 12:108, 8:78] = np.random.default_rng(seed).random((2, 76, 96, 70), dtype=np.float32)
+    return x
+
+
+def test_the_authors_geometry_gives_1980_cubes_covering_the_grid() -> None:
+    settings = RiskSettings()
+    positions = cube_positions(settings.cube, settings.stride)
+    assert len(positions) == 12 * 15 * 11 == 1980
+    assert (settings.cube * 1.5, settings.stride * 1.5) == (18.0, 12.0)
+
+
+@pytest.mark.parametrize("architecture", ["ad_transfer", "sex"])
+def test_incremental_equals_full_passes_of_the_template_with_one_subject_cube(architecture: str) -> None:
+    models = [signal_preserving_init(build_network(architecture, "tiny", 2), seed=s) for s in (3, 4)]
+    x, template = 3 * maps(0), maps(1)  # the subject's cubes far from the template's values
+    positions = spread(cube_positions(12, 8), 12)
+    fast = risk_map(models, x, template, RiskSettings(batch_size=5), positions=positions)
+    naive = risk_map(models, x, template, RiskSettings(batch_size=5), "naive", positions=positions)
+    assert np.abs(naive.values - naive.template_score).max() > 1e-4  # the cubes matter: equality is informative
+    np.testing.assert_allclose(fast.values, naive.values, rtol=0, atol=1e-5)
+    assert fast.template_score == pytest.approx(naive.template_score, abs=1e-6)
+    assert fast.stats["share_of_naive_macs"] < 0.3
+
+
+def test_cubes_where_subject_and_template_agree_take_the_template_score() -> None:
+    model = signal_preserving_init(build_network("ad_transfer", "tiny", 2), seed=5)
+    x, template = maps(2), maps(3)
+    positions = np.array([[0, 0, 0], [84, 108, 74], [40, 50, 30], [48, 50, 30]])  # two corners outside the box, two inside
+    result = risk_map([model], x, template, positions=positions)
+    assert result.computed.tolist() == [False, False, True, True]
+    assert (result.values[:2] == result.template_score).all()
+    assert result.risk[0, 0, 0] == pytest.approx(result.template_score, abs=1e-6)
+    assert result.risk[42, 52, 32] == pytest.approx(result.values[2], abs=1e-6)
+    assert result.risk[50, 52, 32] == pytest.approx(result.values[2:].mean(), abs=1e-6)  # covered by both
+    assert result.risk[20, 100, 5] == pytest.approx(result.template_score, abs=1e-6)  # covered by none
+
+
+def test_progress_reaches_one_cancel_stops_and_bad_input_is_refused() -> None:
+    model = signal_preserving_init(build_network("ad_transfer", "tiny", 2), seed=6)
+    x, template = maps(4), maps(5)
+    seen: list[tuple[str, float]] = []
+    risk_map(
+        [model],
+        x,
+        template,
+        RiskSettings(batch_size=2),
+        positions=spread(cube_positions(12, 8), 6),
+        progress=lambda s, f: seen.append((s, f)),
+    )
+    assert seen[-1] == ("risk model 1/1", pytest.approx(1.0))
+    with pytest.raises(Cancelled):
+        risk_map([model], x, template, should_cancel=lambda: True)
+    with pytest.raises(ValueError, match="shape"):
+        risk_map([model], x, template[:1])
+    with pytest.raises(ValueError, match="unknown method"):
+        risk_map([model], x, template, method="gradient")
