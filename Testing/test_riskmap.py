@@ -3,14 +3,21 @@ one cube taken from the subject, the authors' geometry, and how cube values beco
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from BrainImageNetADLib import grid
 from BrainImageNetADLib.bench import signal_preserving_init
-from BrainImageNetADLib.errors import Cancelled
+from BrainImageNetADLib.bundle import load_risk_template, read_card
+from BrainImageNetADLib.ensemble import Ensemble
+from BrainImageNetADLib.errors import BundleError, Cancelled
 from BrainImageNetADLib.networks import build_network
 from BrainImageNetADLib.occlusion import cube_positions
+from BrainImageNetADLib.resources import default_bundle
 from BrainImageNetADLib.riskmap import RiskSettings, risk_map
 
 
@@ -77,3 +84,36 @@ def test_progress_reaches_one_cancel_stops_and_bad_input_is_refused() -> None:
         risk_map([model], x, template[:1])
     with pytest.raises(ValueError, match="unknown method"):
         risk_map([model], x, template, method="gradient")
+
+
+def test_the_shipped_demo_bundle_scores_its_risk_template_at_one_half() -> None:
+    ensemble = Ensemble.from_bundle(default_bundle(), engine="torch")
+    template = load_risk_template(default_bundle(), ensemble.card)
+    score = float(ensemble.predict_proba(template[None])[0][0])
+    assert abs(score - 0.5) <= 0.01
+    assert score == pytest.approx(ensemble.card.risk_template["score"], abs=1e-5)
+
+
+def test_risk_template_is_made_from_the_bundles_training_scans(tmp_path: Path) -> None:
+    from test_training import run_train_cli
+
+    from BrainImageNetTrainingLib.synth import write_cohort
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_bundle(), bundle)
+    (bundle / "risk_template.safetensors").unlink()
+    card = json.loads((bundle / "model_card.json").read_text())
+    del card["risk_template"]
+    (bundle / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="has no risk template.*brainimagenet-train risk-template"):
+        load_risk_template(bundle, read_card(bundle))
+    # the demo's training cohort starts with these subjects (same generator, seed and sites)
+    ran = run_train_cli("risk-template", "--model", bundle, "--manifest", write_cohort(tmp_path / "train", 24, 10, 3, seed=0))
+    assert ran.returncode == 0, ran.stderr
+    entry = read_card(bundle).risk_template
+    assert abs(entry["score"] - 0.5) <= 0.01 and "AD" in entry["made"]
+    ensemble = Ensemble.from_bundle(bundle, engine="torch")
+    assert float(ensemble.predict_proba(load_risk_template(bundle, ensemble.card)[None])[0][0]) == pytest.approx(entry["score"], abs=1e-5)
+    # scans the bundle never saw are not its training data
+    other = run_train_cli("risk-template", "--model", bundle, "--manifest", write_cohort(tmp_path / "other", 6, 2, 1, seed=5))
+    assert other.returncode == 2 and "found 0 AD and 0 NC" in other.stderr

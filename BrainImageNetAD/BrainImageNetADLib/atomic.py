@@ -21,8 +21,8 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o644)
         yield Path(tmp)
+        os.chmod(tmp, 0o644)  # after the writer, which may have made the file anew (safetensors does)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from .networks import ARCHITECTURES, PRESETS, build_network
 
 CARD_NAME = "model_card.json"
 INPUT_MASK_NAME = "input_mask.safetensors"
+RISK_TEMPLATE_NAME = "risk_template.safetensors"
 SCHEMA_VERSION = 1
 #: Suffixes of files that hold pickled Python objects: never loaded.
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".h5", ".npy", ".npz", ".joblib")
@@ -104,6 +105,13 @@ class ModelCard:
         ``mask`` (a file of the bundle multiplied into every channel) and ``round_float16``. Empty
         for bundles trained here."""
         return dict(self.data["input"].get("conventions", {}))
+
+    @property
+    def risk_template(self) -> dict[str, Any] | None:
+        """The card's ``risk_template`` entry (file, sha256, score, made), or None: a bundle
+        without one cannot make risk maps."""
+        entry = self.data.get("risk_template")
+        return dict(entry) if entry else None
 
     @property
     def threshold_presets(self) -> dict[str, float]:
@@ -198,6 +206,16 @@ def _check_card(data: Any) -> None:
         _require(
             isinstance(mask, dict) and isinstance(mask.get("file"), str) and isinstance(mask.get("sha256"), str),
             "'input.conventions.mask' must be an object with 'file' and 'sha256' strings",
+        )
+    template = data.get("risk_template")
+    if template is not None:
+        _require(
+            isinstance(template, dict)
+            and isinstance(template.get("file"), str)
+            and isinstance(template.get("sha256"), str)
+            and _is_number(template.get("score"))
+            and 0.0 <= template["score"] <= 1.0,
+            "'risk_template' must be an object with 'file' and 'sha256' strings and a 'score' in [0, 1]",
         )
     folds = data["folds"]
     _require(isinstance(folds, list), "'folds' must be a list")
@@ -303,6 +321,49 @@ def load_input_mask(bundle_dir: str | Path, card: ModelCard) -> np.ndarray | Non
     if tuple(mask.shape) != grid.MODEL_SHAPE:
         raise BundleError(f"{path.name}: input mask has shape {mask.shape}, expected {grid.MODEL_SHAPE}")
     return mask
+
+
+def write_risk_template(bundle_dir: str | Path, template: np.ndarray, score: float, made: str) -> dict[str, Any]:
+    """Store ``template`` (C, 96, 120, 86): the maps on the model grid, in the card's channel
+    order, before the card's input conventions) as ``risk_template.safetensors`` (float16) in the
+    bundle and record it in the card as ``risk_template`` with its sha256, the ensemble's AD
+    probability ``score`` for it and how it was ``made``. Returns the card entry."""
+    import torch
+
+    bundle_dir = Path(bundle_dir)
+    card = read_card(bundle_dir)
+    expected = (len(card.channels), *grid.MODEL_SHAPE)
+    if tuple(template.shape) != expected or not np.isfinite(template).all():
+        raise BundleError(f"risk template must be a finite array of shape {expected}, got {template.shape}")
+    path = bundle_dir / RISK_TEMPLATE_NAME
+    with replacing(path) as tmp:
+        save_file({"template": torch.from_numpy(np.ascontiguousarray(template, dtype=np.float16))}, str(tmp))
+    entry = {"file": path.name, "sha256": sha256_file(path), "channels": card.channels, "score": float(score), "made": made}
+    write_json_atomic(bundle_dir / CARD_NAME, {**card.data, "risk_template": entry})
+    read_card(bundle_dir)
+    return entry
+
+
+def load_risk_template(bundle_dir: str | Path, card: ModelCard) -> np.ndarray:
+    """The risk template (C, 96, 120, 86) float32 of a bundle, after checking its sha256; raises
+    BundleError saying how to add one when the card has none."""
+    entry = card.risk_template
+    if entry is None:
+        raise BundleError(
+            f"model {card.name} has no risk template, so it cannot make risk maps: add one with "
+            "'brainimagenet-train risk-template' (a bundle trained here) or 'import-keras --risk-template GMD GMV' (the authors' models)"
+        )
+    try:
+        path = _check_weight_file(Path(bundle_dir), entry)
+        template = load_file(str(path))["template"].float().numpy()
+    except BundleError as error:
+        raise BundleError(f"risk template: {error}") from None
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"{RISK_TEMPLATE_NAME}: not a readable risk template ({exc})") from None
+    expected = (len(card.channels), *grid.MODEL_SHAPE)
+    if tuple(template.shape) != expected:
+        raise BundleError(f"{RISK_TEMPLATE_NAME}: shape {template.shape}, expected {expected}")
+    return template
 
 
 def save_bundle(bundle_dir: str | Path, models: list[nn.Module], card: dict[str, Any]) -> Path:

@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     occlusion.add_argument("--stride", type=int, default=6, help="cube step in voxels of 1.5 mm (paper: 6, i.e. 9 mm)")
     occlusion.add_argument("--threshold", type=float, default=0.5)
     occlusion.add_argument("--progress", action="store_true")
+    template = sub.add_parser(
+        "risk-template",
+        help="add a risk template to an AD bundle: the blend of its training scans' mean AD and NC maps that it scores at 0.5",
+    )
+    template.add_argument("--model", type=Path, required=True, help="AD bundle folder (the template is written into it)")
+    template.add_argument("--manifest", type=Path, required=True, help="the manifest the bundle was trained on")
+    template.add_argument("--progress", action="store_true")
     demo = sub.add_parser("demo", help="make the demonstration ensemble from synthetic cohorts (pretrain, transfer, evaluate); resumable")
     demo.add_argument("--out", type=Path, required=True, help="demo folder (cohorts, run folders, evaluation, demo.json)")
     demo.add_argument("--subjects", type=int, default=300, help="training cohort size")
@@ -200,6 +207,12 @@ def _run(args: argparse.Namespace) -> int:
         top = summary["regions"]["accuracy_drop"]["top_regions"][:5]
         print(f"accuracy {summary['accuracy']:.3f} on {summary['scans']}; largest accuracy drops: " + ", ".join(r["name"] for r in top))
         print(args.out / "group_occlusion.json")
+    if args.command == "risk-template":
+        from .risk_template import make_risk_template
+
+        entry = make_risk_template(args.model, args.manifest, progress=progress_for(args.progress))
+        print(f"risk template scored {entry['score']:.4f} (blend weight of the AD mean {entry['blend_weight']:.4f})")
+        print(args.model / entry["file"])
     if args.command == "evaluate":
         from .evaluation import evaluate, format_table
 

@@ -1,6 +1,7 @@
 """The demonstration ensemble, made end to end by the project's own commands: a synthetic
 training cohort and an independent synthetic cohort, a sex classifier pretrained on the first,
-the AD network transferred from it with leave-sites-out folds, and an evaluation on the second.
+the AD network transferred from it with leave-sites-out folds, its risk template, and an evaluation on the
+second.
 
 Every stage writes into its own folder under the demo folder and is skipped when already
 complete, so an interrupted demo resumes. ``demo.json`` records each stage's wall time and the
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from BrainImageNetADLib.atomic import write_json_atomic
+from BrainImageNetADLib.errors import InputError
 from BrainImageNetADLib.progress import CancelCallback, ProgressCallback
 
 from .synth import write_cohort
@@ -58,8 +60,9 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Make the demo ensemble in ``out``: ``train/`` and ``independent/`` cohorts, ``pretrain/``
-    and ``transfer/`` run folders (the ensemble is ``transfer/bundle``), ``evaluation/``, and
-    ``demo.json`` with the settings, stage times (s) and figures. Returns ``demo.json``'s content."""
+    and ``transfer/`` run folders (the ensemble is ``transfer/bundle``), ``risk_template.json``
+    (the template's card entry, or why none could be made), ``evaluation/``, and ``demo.json``
+    with the settings, stage times (s) and figures. Returns ``demo.json``'s content."""
     out = Path(out)
     seconds: dict[str, float] = {}
 
@@ -106,7 +109,19 @@ def run_demo(
         lambda: train(transfer, out / "train" / "manifest.csv", out / "transfer", progress, should_cancel, log),
     )
     from .evaluation import evaluate
+    from .risk_template import make_risk_template
 
+    def risk_template() -> None:
+        try:
+            outcome = make_risk_template(
+                out / "transfer" / "bundle", out / "train" / "manifest.csv", progress=progress, should_cancel=should_cancel
+            )
+        except InputError as error:  # an ensemble that scores the mean AD and NC maps alike has no template
+            log(f"demo: no risk template, so no risk maps from this bundle: {error}")
+            outcome = {"error": str(error)}
+        write_json_atomic(out / "risk_template.json", outcome)
+
+    stage("risk template", out / "risk_template.json", risk_template)
     stage(
         "evaluation on the independent cohort",
         out / "evaluation" / "evaluation.json",

@@ -1,0 +1,88 @@
+"""The risk template of a bundle: the whole-brain input every risk map starts from
+(``BrainImageNetADLib.riskmap``). As in Lu et al. 2024 it blends the mean maps of the AD and the
+normal-control scans the bundle was trained on, ``w * mean_AD + (1 - w) * mean_NC``, with the
+weight ``w`` in [0, 1] found by bisection so that the ensemble scores the template at 0.5.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from BrainImageNetADLib.bundle import RISK_TEMPLATE_NAME, write_risk_template
+from BrainImageNetADLib.ensemble import Ensemble
+from BrainImageNetADLib.errors import InputError
+from BrainImageNetADLib.progress import CancelCallback, ProgressCallback, check_cancel
+
+from .cards import subject_digest
+from .data import MapStore
+from .manifest import read_manifest
+
+#: The template's score is 0.5 within this (probability units).
+SCORE_TOLERANCE = 0.01
+
+
+def make_risk_template(
+    bundle_dir: str | Path,
+    manifest: str | Path,
+    tolerance: float = SCORE_TOLERANCE,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCallback | None = None,
+) -> dict[str, Any]:
+    """Make the risk template of the bundle in ``bundle_dir`` from the AD and NC scans of
+    ``manifest`` that the bundle was trained on (all of them when its card lists no training
+    subjects), store it in the bundle (``risk_template.safetensors``, float16, and the card's
+    ``risk_template`` entry) and return that entry. The score is measured on the stored (float16)
+    template. Raises InputError when the manifest lacks AD or NC training scans, or when no blend
+    reaches 0.5 within ``tolerance``."""
+    ensemble = Ensemble.from_bundle(bundle_dir)
+    trained_on = set(ensemble.card.data.get("training_subjects_sha256", []))
+    scans = [
+        s for s in read_manifest(manifest) if s.diagnosis in ("AD", "NC") and (not trained_on or subject_digest(s.subject) in trained_on)
+    ]
+    groups = {d: [i for i, s in enumerate(scans) if s.diagnosis == d] for d in ("AD", "NC")}
+    if not groups["AD"] or not groups["NC"]:
+        raise InputError(
+            f"{manifest}: the risk template needs AD and NC scans the bundle was trained on; found "
+            f"{len(groups['AD'])} AD and {len(groups['NC'])} NC"
+        )
+    store = MapStore(scans, ensemble.card.channels, cache=False)
+    means = {}
+    for d, indices in groups.items():
+        total = np.zeros((len(ensemble.card.channels), 96, 120, 86))
+        for n, i in enumerate(indices):
+            check_cancel(should_cancel, "risk template")
+            total += store.one(i)
+            if progress is not None:
+                progress(f"risk template: mean {d} maps", (n + 1) / len(indices))
+        means[d] = total / len(indices)
+
+    def blend(w: float) -> np.ndarray:
+        return (w * means["AD"] + (1 - w) * means["NC"]).astype(np.float16).astype(np.float32)  # as stored
+
+    def score(w: float) -> float:
+        return float(ensemble.predict_proba(blend(w)[None])[0][0])
+
+    low, high = 0.0, 1.0
+    at_low, at_high = score(low), score(high)
+    if not at_low < 0.5 < at_high:
+        raise InputError(
+            f"no blend of the mean NC and AD maps scores 0.5: the mean NC map scores {at_low:.3f}, the mean AD map {at_high:.3f}"
+        )
+    w, at_w = (low, at_low) if abs(at_low - 0.5) < abs(at_high - 0.5) else (high, at_high)
+    for _ in range(40):
+        if abs(at_w - 0.5) <= tolerance / 4:
+            break
+        w = (low + high) / 2
+        at_w = score(w)
+        low, high = (w, high) if at_w < 0.5 else (low, w)
+    if abs(at_w - 0.5) > tolerance:
+        raise InputError(f"the blend closest to 0.5 scores {at_w:.4f}, more than {tolerance} from it")
+    made = (
+        f"w * mean AD + (1 - w) * mean NC maps, w = {w:.4f}, over the bundle's training scans in {Path(manifest).name} "
+        f"({len(groups['AD'])} AD, {len(groups['NC'])} NC); stored as float16 in {RISK_TEMPLATE_NAME}"
+    )
+    entry = write_risk_template(bundle_dir, blend(w), at_w, made)
+    return {**entry, "blend_weight": w}
