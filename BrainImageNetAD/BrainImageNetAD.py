@@ -76,7 +76,7 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = BrainImageNetADLogic()
         from BrainImageNetADLib.job import DEVICES, HEAT_MAPS
 
-        for name, (label, _method, _fold) in HEAT_MAPS.items():
+        for name, (label, _kind, _method, _fold) in HEAT_MAPS.items():
             self.ui.heatMapComboBox.addItem(label, name)
         for name, label in DEVICES.items():
             self.ui.deviceComboBox.addItem(label, name)
@@ -181,7 +181,7 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.thresholdSlider.value = prediction.threshold
         self.ui.thresholdSlider.blockSignals(False)
         self.ui.probabilityLabel.text = f"{prediction.probability:.3f} ({prediction.label})"
-        self.ui.foldsLabel.text = fold_text(prediction.fold_probabilities)
+        self.ui.foldsLabel.text = f"{fold_text(prediction.fold_probabilities)}; mean logit {prediction.logit:+.3f}"
         self.ui.performanceLabel.text = _("sensitivity {sensitivity}, specificity {specificity} (model card)").format(
             sensitivity=percent(prediction.sensitivity), specificity=percent(prediction.specificity)
         )

@@ -227,7 +227,7 @@ def test_report_has_result_intended_use_and_slices_without_identifiers(ran: Case
     content = json.loads((tmp_path / "report.json").read_text())
     assert content["probability"] == ran.state.result["probability"] and content["label"] == ran.prediction().label
     assert "DEMONSTRATION MODEL" in html and DEMO_BANNER in html and content["qc"]["verdict"] in ("pass", "warn")
-    assert content["occlusion"]["hippocampal"][0]["name"].startswith(("Hippocampus", "ParaHippocampal"))
+    assert content["heat_map"]["hippocampal"][0]["name"].startswith(("Hippocampus", "ParaHippocampal"))
     for text in (html, json.dumps(content)):
         assert "colin27" not in text.lower() and str(ran.work_dir) not in text and "Sample T1" not in text
     pixels = np.asarray(Image.open(tmp_path / "report_slices.png").convert("RGB"))

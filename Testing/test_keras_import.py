@@ -79,7 +79,12 @@ def authors_files(tmp_path_factory: pytest.TempPathFactory, sample: dict[str, Pa
 def imported(authors_files: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     files = authors_files["files"]
     out = tmp_path_factory.mktemp("models") / "brainimagenet-lu"
-    return import_keras_bundle([files["fold0"], files["fold1"]], out, base_file=files["sex"], mask_file=authors_files["mask_file"])
+    template = (authors_files["folder"] / "Template_wc1_ADNC5050.nii", authors_files["folder"] / "Template_mwc1_ADNC5050.nii")
+    for channel, path in zip(authors_files["x"][1], template, strict=True):  # a stand-in for their template: another brain's maps
+        nib.save(nib.Nifti1Image(grid.uncrop_to_mni_grid(channel), grid.MNI_AFFINE), path)
+    return import_keras_bundle(
+        [files["fold0"], files["fold1"]], out, base_file=files["sex"], mask_file=authors_files["mask_file"], risk_template=template
+    )
 
 
 def test_reference_has_the_published_parameter_counts() -> None:
@@ -178,6 +183,22 @@ def test_predict_and_occlusion_run_on_the_imported_bundle(
     assert result["label"] == ("AD" if expected >= 0.5 else "NC") and result["demo"] is False
     assert result["occlusion"]["method"] == "incremental"
     assert np.abs(nib.load(tmp_path / "occlusion.nii.gz").get_fdata()).max() > 0
+
+
+def test_the_authors_risk_template_is_stored_with_its_score(imported: Path, authors_files: dict) -> None:
+    from BrainImageNetADLib.bundle import load_risk_template, read_card
+
+    card = read_card(imported)
+    entry = card.risk_template
+    assert "Template_wc1_ADNC5050.nii (sha256" in entry["made"] and "supplied by the user" in entry["made"]
+    template = load_risk_template(imported, card)
+    np.testing.assert_allclose(template, authors_files["x"][1], atol=1e-3)  # stored as float16
+    expected = np.mean([authors_files["keras"]["fold0"][1], authors_files["keras"]["fold1"][1]])  # Keras on those maps
+    assert entry["score"] == pytest.approx(expected, abs=1e-3)
+    assert float(Ensemble.from_bundle(imported, engine="torch").predict_proba(template[None])[0][0]) == pytest.approx(
+        entry["score"], abs=1e-5
+    )
+    assert read_card(imported / "base").risk_template is None
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -117,3 +118,57 @@ def test_risk_template_is_made_from_the_bundles_training_scans(tmp_path: Path) -
     # scans the bundle never saw are not its training data
     other = run_train_cli("risk-template", "--model", bundle, "--manifest", write_cohort(tmp_path / "other", 6, 2, 1, seed=5))
     assert other.returncode == 2 and "found 0 AD and 0 NC" in other.stderr
+
+
+def test_predict_writes_the_five_fold_risk_map_centred_on_the_template(tmp_path: Path, sample: dict[str, Path]) -> None:
+    from test_cli import run_cli
+
+    ran = run_cli("predict", "--gmd", sample["GMD"], "--gmv", sample["GMV"], "--out", tmp_path, "--heat-map", "risk")
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    section = result["risk_map"]
+    assert "occlusion" not in result and section["kind"] == "risk" and section["method"] == "incremental"
+    assert section["centre"] == pytest.approx(read_card(default_bundle()).risk_template["score"], abs=1e-4)
+    assert section["stats"]["positions"] == 1980 and (section["stats"]["cube_mm"], section["stats"]["stride_mm"]) == (18.0, 12.0)
+    image = nib.load(str(tmp_path / section["files"]["mni"]))
+    risk = np.asarray(image.dataobj)
+    assert image.shape == grid.MNI_SHAPE and risk[0, 0, 0] == pytest.approx(section["centre"], abs=1e-6)  # no brain: the template's score
+    assert np.abs(risk - section["centre"]).max() > 0.01 and ((risk >= 0) & (risk <= 1)).all()
+    assert len(section["regions"]["hippocampal"]) == 4
+    fold = np.array(result["fold_probabilities"])
+    assert result["logit"] == pytest.approx(float(np.mean(np.log(fold / (1 - fold)))), abs=1e-9)
+
+
+def test_a_risk_map_needs_a_template_and_an_occlusion_method(tmp_path: Path, sample: dict[str, Path], tiny_bundle: Path) -> None:
+    from test_cli import run_cli
+
+    from conftest import assert_input_error
+
+    maps = ("--gmd", sample["GMD"], "--gmv", sample["GMV"])
+    assert_input_error(run_cli("predict", *maps, "--model", tiny_bundle, "--out", tmp_path, "--heat-map", "risk"), "has no risk template")
+    gradient = run_cli("predict", *maps, "--out", tmp_path / "g", "--heat-map", "risk", "--occlusion", "gradient")
+    assert_input_error(gradient, "a risk map is computed incremental, approximate, naive, not gradient")
+
+
+def test_approximate_risk_map_computes_a_fraction_and_follows_the_exact_one(sample: dict[str, Path]) -> None:
+    from BrainImageNetADLib.maps import load_model_input
+
+    ensemble = Ensemble.from_bundle(default_bundle(), engine="torch")  # trained: its risk map has structure
+    template = ensemble.prepare(load_risk_template(default_bundle(), ensemble.card)[None])[0]
+    x = ensemble.prepare(load_model_input(sample, ["GMD", "GMV"])[0][None])[0]
+    exact = risk_map(ensemble.models[:1], x, template)
+    fast = risk_map(ensemble.models[:1], x, template, method="approximate")
+    assert fast.stats["computed_positions"] < 0.4 * exact.stats["computed_positions"]
+    np.testing.assert_allclose(fast.values[fast.computed], exact.values[fast.computed], rtol=0, atol=1e-5)
+    inside = exact.risk != exact.template_score
+    assert np.corrcoef(fast.risk[inside], exact.risk[inside])[0, 1] > 0.9
+
+
+def test_bench_risk_times_naive_exact_and_approximate_side_by_side() -> None:
+    from BrainImageNetADLib.bench import bench_risk
+
+    rows, last = bench_risk(["tiny"], positions=3, batch=8, folds=2)
+    row = rows[0]
+    assert row["cubes"] == 1980 and 0 < row["computed_cubes"] <= 1980
+    assert row["speedup"] > 1 and row["share_of_naive_macs"] < 0.2 and row["approx_2fold_min"] < row["exact_2fold_min"]
+    assert np.isfinite(row["approx_max_abs_diff"]) and last.startswith("exact ")

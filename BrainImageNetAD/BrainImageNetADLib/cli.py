@@ -16,7 +16,7 @@ from typing import NoReturn
 from . import __version__
 from .atomic import remove_leftovers, write_json_atomic, write_nifti_atomic
 from .errors import BrainImageNetError, InputError, SubjectsFailed
-from .job import HEAT_MAPS, OCCLUSION_METHODS
+from .job import HEAT_MAP_KEYS, HEAT_MAPS, OCCLUSION_METHODS
 from .progress import ProgressCallback, progress_for
 from .resources import default_bundle, sample_t1
 
@@ -84,14 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="f32 (default, exact) or bf16 (2-5x faster on CPUs with bf16 units; probabilities move by up to 2e-3, see bench predict)",
     )
     predict.add_argument(
+        "--heat-map",
+        default="occlusion",
+        choices=list(HEAT_MAP_KEYS),
+        help="heat map of one case: occlusion (drop in AD probability when an 18 mm cube is masked; default) or risk "
+        "(the model's risk template with one cube from the subject: individualized risk map; needs a bundle with a template)",
+    )
+    predict.add_argument(
         "--occlusion",
         default=None,
         choices=[*OCCLUSION_METHODS, "none"],
-        help="heat map of one case (default incremental): occlusion (incremental: exact; approximate: coarse to fine, "
-        "about 4x faster, see bench occlusion; naive: reference), gradient x input (a quick preview), or none; a cohort gets none",
+        help="how the heat map is computed (default incremental): incremental (exact), approximate (coarse to fine, "
+        "about 4x faster, see bench occlusion), naive (full passes, the reference), gradient x input (a quick preview; "
+        "occlusion only), or none; a cohort gets none",
     )
     predict.add_argument("--occlusion-fold", type=int, default=None, help="map one fold model instead of the ensemble")
     predict.add_argument("--occlusion-batch", type=int, default=16, help="cube positions computed together (memory grows with it)")
+    predict.add_argument("--cube", type=int, default=12, help="heat-map cube side in 1.5 mm voxels (default 12, i.e. 18 mm)")
+    predict.add_argument(
+        "--step", type=int, default=None, help="heat-map cube step in 1.5 mm voxels (default: occlusion 6, i.e. 9 mm; risk 8, i.e. 12 mm)"
+    )
     preprocess = sub.add_parser("preprocess", help="T1 to GMD/GMV on the MNI grid, with transforms and QC")
     preprocess.add_argument(
         "inputs", nargs="+", type=Path, help="T1 files, DICOM folders, folders of T1 files, BIDS datasets or CSV lists (column t1)"
@@ -110,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     keras.add_argument("--ad", nargs="+", type=Path, default=[], help="AD fold models, e.g. 20210106_0_Phase4_Trans_AD_..._Fold{0..4}.h5")
     keras.add_argument("--base", type=Path, help="sex base network 20200427_Phase4_FromScratch_Gender_IncepResN_lr01_AllIn.h5 (optional)")
     keras.add_argument("--mask", type=Path, help="their Reslice_BrainMask_05_91x109x91.img (default: an MNI152 brain mask stands in)")
+    keras.add_argument(
+        "--risk-template",
+        nargs=2,
+        type=Path,
+        metavar=("GMD", "GMV"),
+        help="their risk-map template, Template_wc1_ADNC5050_*.nii and Template_mwc1_ADNC5050_*.nii (without it: no risk maps)",
+    )
     keras.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     keras.add_argument("--name", help="bundle name shown in the model chooser (default: the folder's name)")
     keras.add_argument("--overwrite", action="store_true", help="replace an existing folder")
@@ -120,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--heat-map", default="ensemble", choices=list(HEAT_MAPS), help="default heat map of a run")
     web.add_argument("--models", type=Path, default=None, help="folder of more model bundles for the chooser (e.g. made by import-keras)")
     bench = sub.add_parser("bench", help="benchmarks (speed, memory) printed as a table")
-    bench.add_argument("target", choices=["predict", "preprocess", "occlusion", "train", "fidelity", "realscans"], help="what to measure")
+    bench.add_argument(
+        "target", choices=["predict", "preprocess", "occlusion", "risk", "train", "fidelity", "realscans"], help="what to measure"
+    )
     bench.add_argument(
         "--reference",
         type=Path,
@@ -131,11 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--presets",
         nargs="+",
         default=None,
-        help="network presets (predict: tiny small paper; occlusion: small paper; train: paper) or preprocessing presets (preprocess: fast accurate)",
+        help="network presets (predict: tiny small paper; occlusion, risk: small paper; train: paper) or preprocessing presets (preprocess: fast accurate)",
     )
     bench.add_argument("--t1", type=Path, default=None, help="T1 for 'preprocess' (default: the sample T1, Colin27)")
     bench.add_argument(
-        "--batch", type=int, default=4, help="batch size (predict: compared with batch size 1; occlusion: cubes per pass; train: per step)"
+        "--batch",
+        type=int,
+        default=4,
+        help="batch size (predict: compared with batch size 1; occlusion, risk: cubes per pass; train: per step)",
     )
     bench.add_argument(
         "--data",
@@ -157,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="realscans, fidelity: also write the table and its summary as Markdown to this file (docs/results/)",
     )
-    bench.add_argument("--folds", type=int, default=5, help="occlusion: fold networks in the whole-map runs (default 5)")
+    bench.add_argument("--folds", type=int, default=5, help="occlusion, risk: fold networks in the whole-map runs (default 5)")
     bench.add_argument(
         "--repeats", type=int, default=None, help="timed repeats (predict: interleaved rounds, default 3; train: steps, default 1)"
     )
@@ -170,7 +194,7 @@ def run_bench(args: argparse.Namespace) -> None:
     """Run the ``bench`` command and print its table."""
     import torch
 
-    from .bench import bench_occlusion, bench_predict, bench_preprocess, bench_train, print_rows, write_markdown
+    from .bench import bench_occlusion, bench_predict, bench_preprocess, bench_risk, bench_train, print_rows, write_markdown
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -213,8 +237,9 @@ def run_bench(args: argparse.Namespace) -> None:
         print_rows(bench_preprocess(str(args.t1 or sample_t1()), args.presets or ["fast", "accurate"]))
     elif args.target == "train":
         print_rows(bench_train(args.presets or ["paper"], batch=args.batch, steps=args.repeats or 1, device=args.device))
-    elif args.target == "occlusion":
-        rows, last = bench_occlusion(args.presets or ["small", "paper"], batch=args.batch, folds=args.folds)
+    elif args.target in ("occlusion", "risk"):
+        bench = bench_occlusion if args.target == "occlusion" else bench_risk
+        rows, last = bench(args.presets or ["small", "paper"], batch=args.batch, folds=args.folds)
         print_rows(rows)
         print(last)
     else:
@@ -300,9 +325,11 @@ def run_predict(args: argparse.Namespace) -> Path:
         from .atlas import write_mni_regions
 
         result["regions_mni"] = write_mni_regions(Path(args.out) / "regions_mni.nii.gz").name
-    occlusion = args.occlusion or "incremental"
-    if occlusion != "none":
-        result["occlusion"] = run_occlusion(ensemble, ensemble.prepare(x[None])[0], args, native, occlusion, progress)
+    method = args.occlusion or "incremental"
+    if method != "none":
+        result[HEAT_MAP_KEYS[args.heat_map]] = run_heat_map(
+            ensemble, ensemble.prepare(x[None])[0], args, Path(bundle), native, method, progress
+        )
     result["seconds"] = round(time.perf_counter() - start, 3)
     previous = _listed_outputs(Path(args.out) / "result.json")
     path = write_json_atomic(Path(args.out) / "result.json", result)
@@ -316,9 +343,11 @@ def _listed_outputs(result_path: Path) -> set[str]:
     absent or unreadable."""
     import json
 
+    from .job import heat_map_section
+
     try:
         result = json.loads(result_path.read_text())
-        files = set((result.get("occlusion") or {}).get("files", {}).values())
+        files = set(heat_map_section(result).get("files", {}).values())
         return {str(name) for name in files | {result.get("regions_native"), result.get("regions_mni")} if name and "/" not in str(name)}
     except (OSError, ValueError, AttributeError):
         return set()
@@ -338,17 +367,20 @@ def run_cohort(args: argparse.Namespace, cases: list, ensemble, bundle: Path, th
     return predict_cohort(cases, args.out, ensemble, Path(bundle), threshold, args.preset, args.jobs, args.overwrite, args.force, progress)
 
 
-def run_occlusion(
+def run_heat_map(
     ensemble,  # noqa: ANN001
     x,
     args: argparse.Namespace,
+    bundle: Path,
     preprocessing: Path | None,
     method: str,
     progress: ProgressCallback | None,
 ) -> dict:
-    """Occlusion map of ``predict`` from maps ``x`` (C, 96, 120, 86) with the bundle's input
-    conventions applied (``Ensemble.prepare``): ``occlusion.nii.gz`` on the MNI grid, ``occlusion_native.nii.gz``
-    on the T1's grid (with a T1), and the summary for ``result.json``."""
+    """The heat map of ``predict`` (``args.heat_map``: occlusion or risk) from maps ``x``
+    (C, 96, 120, 86) with the bundle's input conventions applied (``Ensemble.prepare``):
+    ``occlusion.nii.gz`` or ``risk_map.nii.gz`` on the MNI grid, ``*_native.nii.gz`` on the T1's
+    grid (with a T1), and the summary for ``result.json``: method, units, ``centre`` (the value
+    meaning "no effect": 0 for occlusion, the template's score for risk), regions and files."""
     from . import grid
     from .errors import InputError
     from .occlusion import OcclusionSettings, occlusion_map, region_summary
@@ -359,22 +391,43 @@ def run_occlusion(
         if not 0 <= args.occlusion_fold < len(models):
             raise InputError(f"--occlusion-fold must lie in 0..{len(models) - 1}")
         models = [models[args.occlusion_fold]]
-    result = occlusion_map(models, x, OcclusionSettings(batch_size=max(1, args.occlusion_batch)), method, progress=progress)
+    batch = max(1, args.occlusion_batch)
+    if args.cube < 1 or (args.step is not None and args.step < 1):
+        raise InputError("--cube and --step must be at least 1 voxel")
+    if args.heat_map == "risk":
+        from .bundle import load_risk_template
+        from .riskmap import RISK_METHODS, RiskSettings, risk_map
+
+        if method not in RISK_METHODS:
+            raise InputError(f"a risk map is computed {', '.join(RISK_METHODS)}, not {method}")
+        template = ensemble.prepare(load_risk_template(bundle, ensemble.card)[None])[0]
+        settings = RiskSettings(cube=args.cube, stride=args.step or RiskSettings.stride, batch_size=batch)
+        risk = risk_map(models, x, template, settings, method, progress=progress)
+        values, centre, seconds, stats, name = risk.risk, risk.template_score, risk.seconds, risk.stats, "risk_map"
+        units = "AD probability of the risk template with the cube taken from the subject, mean over covering cubes"
+        legend = f"AD probability, subject's cube in the template (template: {centre:.2f})"
+    else:
+        settings = OcclusionSettings(cube=args.cube, stride=args.step or OcclusionSettings.stride, batch_size=batch)
+        occlusion = occlusion_map(models, x, settings, method, progress=progress)
+        values, centre, seconds, stats, name = occlusion.importance, 0.0, occlusion.seconds, occlusion.stats, "occlusion"
+        units = "drop in AD probability when the cube is masked (gradient: gradient x input)"
+        legend = "Drop in AD probability when masked"
     out = Path(args.out)
     files = {
-        "mni": write_nifti_atomic(
-            out / "occlusion.nii.gz", grid.uncrop_to_mni_grid(result.importance), grid.MNI_AFFINE, "AD occlusion map"
-        ).name
+        "mni": write_nifti_atomic(out / f"{name}.nii.gz", grid.uncrop_to_mni_grid(values, fill=centre), grid.MNI_AFFINE, f"AD {name}").name
     }
     if preprocessing is not None:
-        files["native"] = write_native(result.importance, preprocessing, out / "occlusion_native.nii.gz").name
+        files["native"] = write_native(values, preprocessing, out / f"{name}_native.nii.gz", fill=centre).name
     return {
-        "method": result.method,
+        "kind": args.heat_map,
+        "method": method,
         "fold": args.occlusion_fold,
-        "units": "drop in AD probability when the cube is masked (gradient: gradient x input)",
-        "seconds": round(result.seconds, 2),
-        "stats": result.stats,
-        "regions": region_summary(result.importance),
+        "units": units,
+        "legend": legend,
+        "centre": centre,
+        "seconds": round(seconds, 2),
+        "stats": stats,
+        "regions": region_summary(values, centre=centre),
         "files": files,
     }
 
@@ -394,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "import-keras":
             from .keras_import import import_keras_bundle
 
-            print(import_keras_bundle(args.ad, args.out, args.base, args.mask, args.name, args.overwrite))
+            print(import_keras_bundle(args.ad, args.out, args.base, args.mask, args.name, args.overwrite, args.risk_template))
         elif args.command == "web":
             from .web import serve
 

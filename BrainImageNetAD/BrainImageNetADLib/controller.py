@@ -17,7 +17,7 @@ from . import scene as mrml_scene
 from .bundle import ModelCard, read_card
 from .ensemble import Prediction, classify
 from .errors import InputError
-from .job import JobStatus, PredictionJob, RunOptions
+from .job import JobStatus, PredictionJob, RunOptions, heat_map_section
 from .resources import default_bundle, sample_t1
 
 #: Text of the banner shown above every result of a demonstration model.
@@ -204,12 +204,13 @@ class CaseController:
             if old is not None:
                 self.scene.RemoveNode(old)
         heat = regions = table = centre = None
-        files = (result.get("occlusion") or {}).get("files", {})
+        section = heat_map_section(result)
+        files = section.get("files", {})
         heat_file = files.get("native") or files.get("mni")  # T1 input: the T1's grid; SPM maps: MNI
         if heat_file:
             heat = mrml_scene.read_volume(self.scene, out_dir / heat_file, mrml_scene.HEAT_MAP_NAME)
-            mrml_scene.show_heat_map(heat, self.state.cutoff)
-            table = mrml_scene.region_table(self.scene, result["occlusion"]["regions"]["top_regions"])
+            mrml_scene.show_heat_map(heat, self.state.cutoff, section.get("centre", 0.0), section.get("legend", mrml_scene.LEGEND_TITLE))
+            table = mrml_scene.region_table(self.scene, section["regions"]["top_regions"])
         regions_file = result.get("regions_native") or result.get("regions_mni")
         if regions_file:
             from .atlas import REGIONS

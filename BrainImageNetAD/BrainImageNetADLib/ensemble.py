@@ -22,7 +22,9 @@ class Prediction:
     ``probability`` is the mean of the fold models' AD probabilities (``fold_probabilities``),
     ``label`` is the card's positive class (``"AD"``) when ``probability >= threshold``, else its
     negative class (``"NC"``); ``sensitivity`` and
-    ``specificity`` are the card's ROC values at that threshold (None when it records none).
+    ``specificity`` are the card's ROC values at that threshold (None when it records none);
+    ``logit`` is the mean over the fold models of their output before the sigmoid (the linear
+    score the authors relate to cognition and plasma markers).
     """
 
     probability: float
@@ -35,6 +37,7 @@ class Prediction:
     demo: bool
     trained: bool
     intended_use: str
+    logit: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,7 +70,15 @@ def classify(probability: float, fold_probabilities: list[float], card: ModelCar
         demo=card.demo,
         trained=card.trained,
         intended_use=card.intended_use,
+        logit=mean_logit(fold_probabilities),
     )
+
+
+def mean_logit(fold_probabilities: list[float]) -> float:
+    """The mean over folds of log(p / (1 - p)), each fold's output before its sigmoid
+    (probabilities held 1e-12 inside (0, 1), where float64 still resolves them)."""
+    p = np.clip(np.asarray(fold_probabilities, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return float(np.mean(np.log(p) - np.log1p(-p)))
 
 
 def resolve_device(device: str) -> torch.device:

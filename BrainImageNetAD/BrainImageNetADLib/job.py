@@ -22,14 +22,30 @@ from .worker import PYTHON_ENV, child_environment, hidden_console
 #: The heat-map methods of one case (``occlusion.occlusion_map``): exact occlusion by incremental
 #: inference, coarse to fine, naive full passes (the reference), gradient x input.
 OCCLUSION_METHODS = ("incremental", "approximate", "naive", "gradient")
-#: Heat-map choices of both skins: name -> (label, occlusion method, fold model or None for all).
+#: Heat-map kinds of one case and the key of ``result.json`` that holds each: the occlusion map
+#: (drop in AD probability when a cube is masked) and the risk map (``riskmap``: AD probability of
+#: the model's template with one cube taken from the subject).
+HEAT_MAP_KEYS = {"occlusion": "occlusion", "risk": "risk_map"}
+#: Heat-map choices of both skins: name -> (label, kind, method, fold model or None for all).
 HEAT_MAPS = {
-    "ensemble": ("Occlusion, whole ensemble (exact)", "incremental", None),
-    "approximate": ("Occlusion, whole ensemble (approximate, about 4x faster)", "approximate", None),
-    "fold": ("Occlusion, first fold model (about 5x faster)", "incremental", 0),
-    "gradient": ("Gradient x input (seconds, a preview)", "gradient", None),
-    "none": ("No heat map", "none", None),
+    "ensemble": ("Occlusion, whole ensemble (exact)", "occlusion", "incremental", None),
+    "approximate": ("Occlusion, whole ensemble (approximate, about 4x faster)", "occlusion", "approximate", None),
+    "fold": ("Occlusion, first fold model (about 5x faster)", "occlusion", "incremental", 0),
+    "gradient": ("Gradient x input (seconds, a preview)", "occlusion", "gradient", None),
+    "risk": ("Risk map, whole ensemble (exact)", "risk", "incremental", None),
+    "risk-approximate": ("Risk map, whole ensemble (approximate preview)", "risk", "approximate", None),
+    "none": ("No heat map", "occlusion", "none", None),
 }
+
+
+def heat_map_section(result: dict) -> dict:
+    """The heat-map section of a ``result.json`` (one per run: its risk map or its occlusion
+    map), or {} when the run made none."""
+    for key in HEAT_MAP_KEYS.values():
+        if result.get(key):
+            return result[key]
+    return {}
+
 
 #: Device choices of both skins: torch device name -> label ("auto": a GPU where torch sees one).
 DEVICES = {
@@ -44,13 +60,15 @@ DEVICES = {
 class RunOptions:
     """What a run computes.
 
-    preset: preprocessing preset ("fast" or "accurate"); occlusion: "incremental" (exact),
+    preset: preprocessing preset ("fast" or "accurate"); heat_map: a kind of ``HEAT_MAP_KEYS``;
+    occlusion: the heat map's method, "incremental" (exact),
     "approximate" (coarse to fine), "gradient" (seconds, a preview) or "none"; occlusion_fold: map one fold model instead of the
     whole ensemble (about 5x faster); force: predict even when preprocessing QC fails; threshold: the decision threshold on the
     AD probability (None: the model card's "balanced" preset); device: torch device ("cpu", "cuda", "cuda:1", "mps").
     """
 
     preset: str = "fast"
+    heat_map: str = "occlusion"
     occlusion: str = "incremental"
     occlusion_fold: int | None = None
     force: bool = False
@@ -62,8 +80,8 @@ class RunOptions:
     def for_heat_map(cls, name: str, force: bool = False, device: str = "cpu") -> RunOptions:
         """Options of a ``HEAT_MAPS`` choice (``force``: predict even when QC fails; ``device``: a
         ``DEVICES`` name)."""
-        _, method, fold = HEAT_MAPS[name]
-        return cls(occlusion=method, occlusion_fold=fold, force=force, device=device)
+        _, kind, method, fold = HEAT_MAPS[name]
+        return cls(heat_map=kind, occlusion=method, occlusion_fold=fold, force=force, device=device)
 
 
 @dataclass
@@ -85,6 +103,8 @@ def predict_command(
     inputs = ["--gmd", str(source["GMD"]), "--gmv", str(source["GMV"])] if isinstance(source, dict) else [str(source)]
     command = [python or sys.executable, "-m", "BrainImageNetADLib.cli", "predict", *inputs, "--out", str(out_dir)]
     command += ["--model", str(bundle), "--preset", options.preset, "--occlusion", options.occlusion, "--progress"]
+    if options.heat_map != "occlusion":
+        command += ["--heat-map", options.heat_map]
     if options.occlusion_fold is not None:
         command += ["--occlusion-fold", str(options.occlusion_fold)]
     if options.threads:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bundle import save_bundle, sha256_file, write_input_mask
+from .bundle import save_bundle, sha256_file, write_input_mask, write_risk_template
 from .errors import InputError
 from .networks import PRESETS, ConvBN, build_network
 
@@ -440,6 +440,19 @@ def _card(name: str, architecture: str, preset: str, sources: list[KerasFile], m
     }
 
 
+def _add_risk_template(bundle_dir: Path, files: tuple[str | Path, str | Path]) -> None:
+    """Store the authors' risk template maps ``files`` (GMD, GMV) in the AD bundle, with the
+    ensemble's AD probability for them."""
+    from .ensemble import Ensemble
+    from .maps import load_model_input
+
+    ensemble = Ensemble.from_bundle(bundle_dir, engine="torch")
+    template, _ = load_model_input(dict(zip(("GMD", "GMV"), files, strict=True)), ensemble.card.channels)
+    score = float(ensemble.predict_proba(template[None])[0][0])
+    sources = ", ".join(f"{Path(f).name} (sha256 {sha256_file(Path(f))})" for f in files)
+    write_risk_template(bundle_dir, template, score, f"the authors' risk template {sources}, supplied by the user")
+
+
 def import_keras_bundle(
     ad_files: list[str | Path],
     out: str | Path,
@@ -447,6 +460,7 @@ def import_keras_bundle(
     mask_file: str | Path | None = None,
     name: str | None = None,
     overwrite: bool = False,
+    risk_template: tuple[str | Path, str | Path] | None = None,
 ) -> Path:
     """Convert the authors' Keras HDF5 files into a model bundle at ``out``; return ``out``.
 
@@ -454,7 +468,9 @@ def import_keras_bundle(
     written as a bundle of its own (``out`` itself when no AD file is given, ``out/base`` otherwise,
     usable as ``brainimagenet-train transfer --base``); ``mask_file``: their
     ``Reslice_BrainMask_05_91x109x91.img`` (without it, ``approximate_brain_mask`` stands in and the
-    card says so). The bundle is assembled in a temporary folder beside ``out`` and moved into place
+    card says so); ``risk_template``: their template maps (GMD, GMV), e.g.
+    ``Template_wc1_ADNC5050_*.nii`` and ``Template_mwc1_ADNC5050_*.nii`` (121x145x121), stored in the
+    AD bundle with the ensemble's score for them (without them the bundle makes no risk maps). The bundle is assembled in a temporary folder beside ``out`` and moved into place
     at the end: on any error (InputError naming the file and the layer) nothing is left behind.
     """
     import shutil
@@ -462,6 +478,8 @@ def import_keras_bundle(
 
     if not ad_files and base_file is None:
         raise InputError("give the AD fold files (--ad) and/or the sex base network (--base)")
+    if risk_template is not None and not ad_files:
+        raise InputError("a risk template belongs to the AD models: give their files (--ad) with it")
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists (--overwrite replaces it)")
@@ -494,6 +512,8 @@ def import_keras_bundle(
             if architecture == "ad_transfer" and base is not None:
                 card["base_bundle"] = "base"
             save_bundle(folder, [m[0] for m in models], card)
+            if architecture == "ad_transfer" and risk_template is not None:
+                _add_risk_template(folder, risk_template)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

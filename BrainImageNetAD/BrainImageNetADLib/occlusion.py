@@ -377,12 +377,14 @@ def _gradient_x_input(models: list[torch.nn.Module], x: np.ndarray, started: flo
     )
 
 
-def region_summary(importance: np.ndarray, top: int = 10) -> dict[str, Any]:
-    """Mean and peak importance per AAL region of a map on the model grid (96, 120, 86):
+def region_summary(importance: np.ndarray, top: int = 10, centre: float = 0.0) -> dict[str, Any]:
+    """Mean and peak of a heat map on the model grid (96, 120, 86) per AAL region:
     ``hippocampal`` for the regions of ``atlas.REGIONS``, ``top_regions`` the ``top`` regions,
-    each ``{label, name, mean, peak, voxels, rank}``. Regions are ranked by the size of their
-    mean, whatever its sign: masking grey matter can lower the AD probability (positive drop) or
-    raise it (negative drop: a masked cube looks like atrophy); both mark a place the model uses."""
+    each ``{label, name, mean, peak, voxels, rank}``. Regions are ranked by how far their mean
+    lies from ``centre`` (the value of no effect: 0 for an occlusion map, the template's score for
+    a risk map), whatever the side: masking grey matter can lower the AD probability (positive
+    drop) or raise it (negative drop: a masked cube looks like atrophy); both mark a place the
+    model uses. ``peak`` is the value farthest from ``centre``."""
     from .atlas import REGIONS, load_atlas, region_names
 
     labels = grid.crop_to_model_grid(load_atlas())
@@ -396,11 +398,11 @@ def region_summary(importance: np.ndarray, top: int = 10) -> dict[str, Any]:
                     "label": value,
                     "name": name,
                     "mean": float(inside.mean()),
-                    "peak": float(inside[np.abs(inside).argmax()]),
+                    "peak": float(inside[np.abs(inside - centre).argmax()]),
                     "voxels": int(inside.size),
                 }
             )
-    ranked = sorted(rows, key=lambda r: -abs(r["mean"]))
+    ranked = sorted(rows, key=lambda r: -abs(r["mean"] - centre))
     for rank, row in enumerate(ranked, start=1):
         row["rank"] = rank
     return {

@@ -17,6 +17,7 @@ import numpy as np
 from . import __version__
 from .atomic import write_bytes_atomic, write_json_atomic
 from .ensemble import Prediction, fold_text, percent
+from .job import heat_map_section
 from .mrml import volume_node_array
 
 REPORT_HTML = "report.html"
@@ -26,7 +27,7 @@ SLICES_PNG = "report_slices.png"
 
 def report_content(result: dict[str, Any], prediction: Prediction, notice: dict[str, Any]) -> dict[str, Any]:
     """The report's facts as a JSON-ready dict (no identifiers of the patient or of the input)."""
-    occlusion = result.get("occlusion") or {}
+    heat_map = heat_map_section(result)
     qc = result.get("qc") or {}
     return {
         "product": f"BrainImageNet-AD {__version__}",
@@ -35,17 +36,20 @@ def report_content(result: dict[str, Any], prediction: Prediction, notice: dict[
         "banner": notice["banner"],
         "intended_use": notice["intended_use"],
         "probability": prediction.probability,
+        "logit": prediction.logit,
         "fold_probabilities": prediction.fold_probabilities,
         "threshold": prediction.threshold,
         "label": prediction.label,
         "sensitivity": prediction.sensitivity,
         "specificity": prediction.specificity,
         "qc": {k: qc.get(k) for k in ("verdict", "failures", "warnings", "volumes_ml")},
-        "occlusion": {
-            "method": occlusion.get("method"),
-            "units": occlusion.get("units"),
-            "hippocampal": (occlusion.get("regions") or {}).get("hippocampal", []),
-            "top_regions": (occlusion.get("regions") or {}).get("top_regions", []),
+        "heat_map": {
+            "kind": heat_map.get("kind", "occlusion"),
+            "method": heat_map.get("method"),
+            "units": heat_map.get("units"),
+            "centre": heat_map.get("centre", 0.0),
+            "hippocampal": (heat_map.get("regions") or {}).get("hippocampal", []),
+            "top_regions": (heat_map.get("regions") or {}).get("top_regions", []),
         },
     }
 
@@ -58,10 +62,11 @@ def _canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return nib.orientations.apply_orientation(data, orientation)
 
 
-def slices_png(t1: Any, heat: Any | None, labels: np.ndarray | None, cutoff: float) -> bytes:
+def slices_png(t1: Any, heat: Any | None, labels: np.ndarray | None, cutoff: float, centre: float = 0.0) -> bytes:
     """Axial, coronal and sagittal slices (radiological: patient's right on the left) through the
     centre of the labelled regions (else the volume's centre): the T1 in grey, the heat map where
-    its size reaches ``cutoff`` times its largest |value|, the region outlines. Returns PNG bytes."""
+    its distance from ``centre`` (its value of no effect) reaches ``cutoff`` times the largest,
+    the region outlines. Returns PNG bytes."""
     import io
 
     import matplotlib
@@ -71,12 +76,12 @@ def slices_png(t1: Any, heat: Any | None, labels: np.ndarray | None, cutoff: flo
 
     t1_data, affine = volume_node_array(t1)
     t1_data = _canonical(t1_data, affine)
-    heat_data = None if heat is None else _canonical(volume_node_array(heat)[0], affine)
+    heat_data = None if heat is None else _canonical(volume_node_array(heat)[0], affine) - centre
     label_data = None if labels is None else _canonical(labels, affine)
     if label_data is not None and label_data.any():
-        centre = np.rint(np.argwhere(label_data > 0).mean(axis=0)).astype(int)
+        middle = np.rint(np.argwhere(label_data > 0).mean(axis=0)).astype(int)
     else:
-        centre = np.array(t1_data.shape) // 2
+        middle = np.array(t1_data.shape) // 2
     low, high = np.percentile(t1_data[t1_data > 0], [1, 99.5]) if (t1_data > 0).any() else (0, 1)
     peak = float(np.abs(heat_data).max()) if heat_data is not None and heat_data.any() else 1.0
     cuts = [("Axial", 2), ("Coronal", 1), ("Sagittal", 0)]
@@ -84,14 +89,19 @@ def slices_png(t1: Any, heat: Any | None, labels: np.ndarray | None, cutoff: flo
     for ax, (title, axis) in zip(axes, cuts, strict=True):
 
         def cut(volume: np.ndarray, axis: int = axis) -> np.ndarray:
-            plane = np.take(volume, centre[axis], axis=axis).T  # rows: the higher axis (A or S)
+            plane = np.take(volume, middle[axis], axis=axis).T  # rows: the higher axis (A or S)
             return plane[:, ::-1] if axis != 0 else plane  # radiological: patient's right on the left
 
         ax.imshow(cut(t1_data), cmap="gray", vmin=low, vmax=high, origin="lower")
         if heat_data is not None:
             plane = cut(heat_data)
             ax.imshow(
-                np.ma.masked_where(np.abs(plane) < cutoff * peak, plane), cmap="coolwarm", vmin=-peak, vmax=peak, origin="lower", alpha=0.7
+                np.ma.masked_where(np.abs(plane) < cutoff * peak, plane + centre),
+                cmap="coolwarm",
+                vmin=centre - peak,
+                vmax=centre + peak,
+                origin="lower",
+                alpha=0.7,
             )
         if label_data is not None and cut(label_data).any():
             ax.contour(cut(label_data) > 0, levels=[0.5], colors="lime", linewidths=1.0, origin="lower")
@@ -108,8 +118,21 @@ def _html(content: dict[str, Any]) -> str:
     e = html.escape
     rows = "".join(
         f"<tr><td>{r['rank']}</td><td>{e(r['name'])}</td><td>{r['mean']:+.4f}</td><td>{r['peak']:+.4f}</td></tr>"
-        for r in content["occlusion"]["hippocampal"] + content["occlusion"]["top_regions"]
+        for r in content["heat_map"]["hippocampal"] + content["heat_map"]["top_regions"]
     )
+    heat_map = content["heat_map"]
+    if heat_map["kind"] == "risk":
+        heading, value = "Risk map", "AD probability"
+        colour = (
+            f"Colour: the AD probability of the model's risk template (a brain it scores at {heat_map['centre']:.2f}) with one cube "
+            "replaced by this person's grey matter (red: this person's grey matter there raises the probability; blue: lowers it)."
+        )
+    else:
+        heading, value = "Occlusion map", "drop"
+        colour = (
+            "Colour: change of the AD probability when a cube of grey matter is masked (red: the region supports the AD "
+            "probability; blue: masking it raised the probability)."
+        )
     qc = content["qc"]
     banner = f'<p class="banner">{e(content["banner"])}</p>' if content["banner"] else ""
     return f"""<!DOCTYPE html>
@@ -121,15 +144,15 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #999;padding:.2em .5em
 <p><b>Intended use:</b> {e(content["intended_use"])}</p>
 <p>Model: {e(content["model"])}. Analysis date: {e(content["analysis_date"])}. {e(content["product"])}.</p>
 <h2>Result</h2>
-<p>AD probability <b>{content["probability"]:.3f}</b> (folds: {fold_text(content["fold_probabilities"])}).
+<p>AD probability <b>{content["probability"]:.3f}</b> (folds: {fold_text(content["fold_probabilities"])}; mean logit
+{content["logit"]:+.3f}).
 At threshold {content["threshold"]:.3f}: <b>{e(content["label"])}</b>; sensitivity {percent(content["sensitivity"])},
 specificity {percent(content["specificity"])} (from the model card's validation).</p>
 <p>Quality control: {e(str(qc.get("verdict")))}. {e("; ".join((qc.get("failures") or []) + (qc.get("warnings") or [])))}</p>
-<h2>Occlusion map</h2>
-<p>Colour: change of the AD probability when a cube of grey matter is masked (red: the region supports the
-AD probability; blue: masking it raised the probability). Green outlines: hippocampus and parahippocampal gyrus.</p>
-<img src="{SLICES_PNG}" alt="Slices through the hippocampus with the occlusion map" style="width:100%">
-<table><tr><th>Rank</th><th>Region (AAL)</th><th>Mean drop</th><th>Peak drop</th></tr>{rows}</table>
+<h2>{heading}</h2>
+<p>{colour} Green outlines: hippocampus and parahippocampal gyrus.</p>
+<img src="{SLICES_PNG}" alt="Slices through the hippocampus with the {heading.lower()}" style="width:100%">
+<table><tr><th>Rank</th><th>Region (AAL)</th><th>Mean {value}</th><th>Peak {value}</th></tr>{rows}</table>
 </body></html>
 """
 
@@ -152,7 +175,7 @@ def write_report(
     folder = Path(folder)
     content = report_content(result, prediction, notice)
     labels = None if regions is None else segmentation_labels(regions, t1)
-    write_bytes_atomic(folder / SLICES_PNG, slices_png(t1, heat, labels, cutoff))
+    write_bytes_atomic(folder / SLICES_PNG, slices_png(t1, heat, labels, cutoff, content["heat_map"]["centre"]))
     write_json_atomic(folder / REPORT_JSON, content)
     return write_bytes_atomic(folder / REPORT_HTML, _html(content).encode("utf-8"))
 

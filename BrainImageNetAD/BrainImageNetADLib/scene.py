@@ -76,19 +76,21 @@ def occlusion_color_node(scene: Any, cutoff: float) -> Any:
     return node
 
 
-def show_heat_map(node: Any, cutoff: float = 0.2) -> None:
-    """Display an occlusion map volume with the occlusion colour table, symmetric around zero,
-    hiding values whose size is below ``cutoff`` times the largest |value|."""
+def show_heat_map(node: Any, cutoff: float = 0.2, centre: float = 0.0, title: str | None = None) -> None:
+    """Display a heat-map volume with the occlusion colour table, symmetric around ``centre``
+    (the value of no effect: 0 for an occlusion map, the template's score for a risk map), hiding
+    values whose distance from it is below ``cutoff`` times the largest; the legend is titled
+    ``title`` (default ``LEGEND_TITLE``)."""
     from slicer.util import arrayFromVolume
 
     scene = node.GetScene()
-    peak = float(np.abs(arrayFromVolume(node)).max()) or 1.0
+    peak = float(np.abs(arrayFromVolume(node) - centre).max()) or 1.0
     display = node.GetDisplayNode()  # made by read_volume
     display.SetAndObserveColorNodeID(occlusion_color_node(scene, cutoff).GetID())
     display.SetAutoWindowLevel(False)
-    display.SetWindowLevelMinMax(-peak, peak)
+    display.SetWindowLevelMinMax(centre - peak, centre + peak)
     display.SetInterpolate(True)
-    add_color_legend(node, LEGEND_TITLE)
+    add_color_legend(node, title or LEGEND_TITLE)
 
 
 def register_node_classes(scene: Any) -> None:

@@ -111,12 +111,17 @@ def native_points_to_mni(points_ras: np.ndarray, preprocessing_dir: str | Path) 
     return (moved @ inverse[:3, :3].T + inverse[:3, 3]) * flip
 
 
-def write_native(data: np.ndarray, preprocessing_dir: str | Path, path: str | Path, labels: bool = False) -> Path:
+def write_native(data: np.ndarray, preprocessing_dir: str | Path, path: str | Path, labels: bool = False, fill: float = 0.0) -> Path:
     """Write a map on the model grid (96, 120, 86) or the MNI grid (121, 145, 121) onto the
     patient's native T1 grid as a NIfTI file, atomically. ``labels``: nearest-label interpolation
-    and an unsigned 8-bit label map; otherwise linear interpolation and float32."""
+    and an unsigned 8-bit label map; otherwise linear interpolation and float32, with ``fill``
+    where the map has no value (outside its grid)."""
     from .atomic import write_nifti_atomic
 
-    image = mni_to_native(data, preprocessing_dir, interpolator="genericLabel" if labels else "linear")
-    values = np.rint(image.numpy()).astype(np.uint8) if labels else image.numpy().astype(np.float32)
+    if labels:
+        image = mni_to_native(data, preprocessing_dir, interpolator="genericLabel")
+        values = np.rint(image.numpy()).astype(np.uint8)
+    else:  # linear interpolation commutes with the shift, and ANTs pads with 0
+        image = mni_to_native(np.asarray(data, np.float32) - np.float32(fill), preprocessing_dir)
+        values = image.numpy().astype(np.float32) + np.float32(fill)
     return write_nifti_atomic(path, values, templates.ras_affine(image), "native T1 grid")

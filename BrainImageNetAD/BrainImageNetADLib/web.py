@@ -22,7 +22,7 @@ from .controller import CaseController
 from .ensemble import fold_text, percent
 from .errors import BrainImageNetError
 from .imageheader import read_in_child
-from .job import HEAT_MAPS, STAGE_GROUPS, RunOptions
+from .job import HEAT_MAPS, STAGE_GROUPS, RunOptions, heat_map_section
 from .resources import resources_dir
 
 #: File name endings accepted for upload.
@@ -88,7 +88,7 @@ class WebApp:
             {
                 "models": list(self.bundles),
                 "model": self._model_name(),
-                "heat_maps": [{"value": name, "title": label} for name, (label, _, _) in HEAT_MAPS.items()],
+                "heat_maps": [{"value": name, "title": label} for name, (label, *_) in HEAT_MAPS.items()],
                 "heat_map": heat_map,
                 "max_upload_mb": max_upload_mb,
                 "input_name": "",
@@ -126,12 +126,13 @@ class WebApp:
             state.has_result = False
             return
         result = self.controller.state.result
-        occlusion = result.get("occlusion") or {}
+        heat_map = heat_map_section(result)
         state.update(
             {
                 "has_result": True,
                 "probability": round(prediction.probability, 4),
                 "fold_probabilities": fold_text(prediction.fold_probabilities),
+                "logit": f"{prediction.logit:+.3f}",
                 "label": prediction.label,
                 "sensitivity": percent(prediction.sensitivity),
                 "specificity": percent(prediction.specificity),
@@ -139,7 +140,7 @@ class WebApp:
                 "qc_volumes": (result.get("qc") or {}).get("volumes_ml") or {},
                 "regions": [
                     {"rank": r["rank"], "name": r["name"], "mean": f"{r['mean']:+.4f}", "peak": f"{r['peak']:+.4f}"}
-                    for r in (occlusion.get("regions") or {}).get("top_regions", [])
+                    for r in (heat_map.get("regions") or {}).get("top_regions", [])
                 ],
             }
         )
@@ -348,7 +349,7 @@ class WebApp:
                         "AD probability <b id='probability'>{{ probability }}</b>: <b id='label'>{{ label }}</b>",
                         classes="text-h6 mt-2",
                     )
-                    html.Div("Fold models: {{ fold_probabilities }}", classes="text-caption")
+                    html.Div("Fold models: {{ fold_probabilities }}; mean logit {{ logit }}", classes="text-caption")
                     with html.Div(id="threshold"):
                         v.VSlider(label="Threshold", v_model=("threshold",), min=0, max=1, step=0.005, thumb_label=True, hide_details=True)
                     html.Div(
