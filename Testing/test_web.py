@@ -1,11 +1,13 @@
 """The web page in a real browser (Debian's Chromium, headless): load the sample, run the demo
-ensemble, move the threshold slider, and see the heat map over the brain in Slicer's slice views."""
+ensemble with the risk map chosen, move the threshold slider, and see the heat map over the brain in
+Slicer's slice views."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
 import io
+import json
 import os
 import queue
 import re
@@ -108,6 +110,20 @@ async def slice_views_heat(browser: Browser) -> list[float]:
     return [heat_inside_brain(view_pixels(shot, box)) for box in boxes]
 
 
+async def choose(browser: Browser, select: str, entry: str) -> None:
+    """Open the drop-down ``select`` and click its entry whose text holds ``entry`` (real clicks)."""
+    await browser.js(f"document.querySelector('{select}').scrollIntoView({{block: 'center'}})")
+    await browser.click(select)
+    item = f"Array.from(document.querySelectorAll('.v-list-item')).find(e => e.innerText.includes('{entry}'))"
+    await browser.wait_for(item, 30)
+    await asyncio.sleep(1)  # let the menu's opening transition finish before clicking an entry
+    box = await browser.js(
+        f"(() => {{ const r = {item}.getBoundingClientRect(); return {{x: r.x + r.width / 2, y: r.y + r.height / 2}}; }})()"
+    )
+    await browser.click_at(box["x"], box["y"])
+    await asyncio.sleep(1)  # the menu closes
+
+
 @pytest.mark.skipif(chromium_path() is None, reason="Chromium is not installed (scripts/setup.sh installs it)")
 def test_page_runs_the_sample_and_shows_the_heat_map(page_server: tuple[str, Path, subprocess.Popen]) -> None:
     url, tmp, _ = page_server
@@ -144,6 +160,7 @@ def test_page_runs_the_sample_and_shows_the_heat_map(page_server: tuple[str, Pat
             await browser.wait_for("document.querySelector('#input-name').innerText.includes('Sample T1')", 60)
             before = await slice_views_heat(browser)
             assert max(before) < 0.01, "coloured pixels before any run"
+            await choose(browser, "#heat-map", "Risk map, whole ensemble (exact)")  # instead of the server's default
             await browser.click("#run")
             await browser.wait_for("document.querySelector('#cancel') && document.querySelector('#stage-message')", 30)
             await browser.wait_for("document.querySelector('#probability')", HANG_GUARD_S, every=2)
@@ -152,8 +169,11 @@ def test_page_runs_the_sample_and_shows_the_heat_map(page_server: tuple[str, Pat
             probability = float(await browser.js("document.querySelector('#probability').innerText"))
             assert label == ("AD" if probability >= 0.5 else "NC")  # the card's balanced threshold
             sensitivity = await browser.js("document.querySelector('#sensitivity').innerText")
-            # The run left files in the session's own temporary folder.
-            assert list(tmp.glob("brainimagenet-ad-*/run-1/output/result.json"))
+            # The run left files in the session's own temporary folder: the risk map in MNI and native space.
+            (result_file,) = tmp.glob("brainimagenet-ad-*/run-1/output/result.json")
+            risk = json.loads(result_file.read_text())["risk_map"]
+            assert risk["files"] == {"mni": "risk_map.nii.gz", "native": "risk_map_native.nii.gz"}
+            assert all((result_file.parent / name).is_file() for name in risk["files"].values())
             # The heat map appears over the brain in the slice views (rendered by Slicer, on the server).
             end = time.monotonic() + 60
             while max(heat := await slice_views_heat(browser)) < 0.02:
@@ -181,15 +201,7 @@ def test_page_runs_the_sample_and_shows_the_heat_map(page_server: tuple[str, Pat
                     pytest.fail(f"opacity 0 did not fade the heat map: {heat} -> {faded}")
                 await asyncio.sleep(1)
             # The chooser lists the bundle imported into --models; choosing it (real clicks) shows its banner.
-            await browser.js("document.querySelector('#model').scrollIntoView({block: 'center'})")
-            await browser.click("#model")
-            item = "Array.from(document.querySelectorAll('.v-list-item')).find(e => e.innerText.includes('imported-ad'))"
-            await browser.wait_for(item, 30)
-            await asyncio.sleep(1)  # let the menu's opening transition finish before clicking an entry
-            box = await browser.js(
-                f"(() => {{ const r = {item}.getBoundingClientRect(); return {{x: r.x + r.width / 2, y: r.y + r.height / 2}}; }})()"
-            )
-            await browser.click_at(box["x"], box["y"])
+            await choose(browser, "#model", "imported-ad")
             await browser.wait_for("document.querySelector('#demo-banner').innerText.includes('Third-party model')", 60)
             assert "all rights reserved" in await browser.js("document.querySelector('#intended-use').innerText")
             await browser.goto("about:blank")  # the page closes: the session ends

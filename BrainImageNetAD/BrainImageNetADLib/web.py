@@ -333,7 +333,9 @@ class WebApp:
                     id="upload",
                 )
                 html.Div("Input: {{ input_name || 'none' }}", classes="text-body-2", id="input-name")
-                v.VSelect(label="Heat map", v_model=("heat_map",), items=("heat_maps",), density="compact", disabled=("running",))
+                v.VSelect(
+                    label="Heat map", v_model=("heat_map",), items=("heat_maps",), density="compact", disabled=("running",), id="heat-map"
+                )
                 v.VCheckbox(label="Predict even when QC fails", v_model=("force",), density="compact", hide_details=True)
                 with v.VRow(dense=True, classes="my-1"):
                     v.VBtn("Run", click=self.run, disabled=("running || !input_name",), color="primary", id="run", classes="ma-1")
