@@ -12,25 +12,8 @@ voxel), halved until the objective rises.
 
 This field is the only bias correction the segmentation sees: it is fitted from a flat start on
 the scan as read, as SPM fits it (N4, fitted in ``preprocess``, corrects only the T1 shown in MNI
-space and measured by QC). Segmenting the N4-corrected scan with this field on top, as earlier
-versions did, against segmenting the scan as read (``bench fidelity``, fast preset, GMD r
-unsmoothed / at 4 mm, GM volume as a multiple of SPM's, native Dice): IXI014 0.869/0.957, 0.945x,
-0.953 -> 0.911/0.986, 0.996x, 0.984; IXI048 0.874/0.958, 0.957x, 0.940 -> 0.915/0.983, 1.030x,
-0.974; IXI012 0.882/0.966, 0.961x, 0.952 -> 0.879/0.964, 0.988x, 0.951; ROBEX reference
-0.825/0.957, 0.945x, 0.964 -> 0.836/0.961, 0.963x, 0.974; Siemens MPRAGE 0.893/0.974, 0.986x,
-0.973 -> 0.896/0.976, 0.988x, 0.976; NiChart Subj5 0.737/0.958, 0.984x, 0.940 -> 0.722/0.965,
-0.984x, 0.964; Colin27, the average of 27 scans, 0.812/0.910, 1.274x, 0.875 -> 0.793/0.888,
-1.332x, 0.861. Every real scan's volume comes within 5 % of SPM's and its Dice rises or holds;
-Colin27 moves away (from a reference whose SPM fit failed; against SPM's working fit of Colin27
-our maps agree at 0.92/0.98, 0.98x, 0.98: ``fidelity``'s docstring). Why, measured with each
-scan's final priors held fixed (the mixture and this field refitted on the 3 mm lattice): N4, blind to the tissue classes, leaves the white
-matter broader against the grey/white separation than this field does (separation in white
-matter SDs, N4 first -> as read: IXI014 4.5 -> 6.0, IXI012 4.3 -> 5.7, ROBEX reference 5.3 ->
-6.0, Subj5 1.15 -> 1.65, Colin27 6.6 -> 7.4), so the broad white matter took the grey matter's
-brighter voxels at their boundary (IXI014's refitted GM 0.92x -> 1.01x SPM's). SPM's defaults
-fitted best: a lighter regularisation (0.0001) gave Colin27 0.798/0.898 and the ROBEX reference
-0.779/0.927, a heavier one (0.01) 0.800/0.899 and 0.789/0.927, a FWHM of 30 mm 0.783/0.884 and
-0.757/0.915 (the MPRAGE scan 0.874/0.959; measured with N4 first, uniform class weights).
+space and measured by QC).
+Why the scan as read and SPM's defaults, with the figures: docs/decisions/bias-field.md.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Any
 
 from .atomic import remove_leftovers, write_bytes_atomic, write_json_atomic
 from .batch import check_identifier, check_unique, collect_jobs, is_list, listed_path, read_list, subject_folder
-from .ensemble import Ensemble
+from .ensemble import Ensemble, mean_logit
 from .errors import BrainImageNetError, InputError, SubjectsFailed
 from .maps import load_model_input
 from .progress import ProgressCallback
@@ -32,6 +32,7 @@ PREDICTION_COLUMNS = (
     "subject",
     "status",
     "probability",
+    "logit",
     "fold_probabilities",
     "label",
     "threshold",
@@ -128,6 +129,7 @@ def _row(case: Case, status: str, message: str = "", result: dict | None = None,
     if result is not None:
         row.update(
             probability=f"{result['probability']:.6f}",
+            logit=f"{mean_logit(result['fold_probabilities']):.6f}",
             fold_probabilities=",".join(f"{p:.6f}" for p in result["fold_probabilities"]),
             label=str(result["label"]),
             threshold=f"{result['threshold']:g}",

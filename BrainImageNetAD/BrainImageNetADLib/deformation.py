@@ -15,73 +15,8 @@ sum_k L_k grad b_k / sum_k b_k L_k.
   displacement (``stiffness`` times half the sum of its squared differences between neighbouring
   lattice voxels), which plays the part of SPM's regularisation of its warp.
 
-Measured against SPM12's own maps (GMD r unsmoothed / at 4 mm), starting from the previous
-pipeline's affine (mean squares of GM + WM on the priors' brain): Colin27 0.78/0.90 -> 0.88/0.92
-with the likelihood affine alone; the Siemens MPRAGE scan, where the mean-squares affine was
-tilted 2.5 degrees against SPM's, 0.57/0.83 -> 0.75/0.91 with the affine, 0.84/0.95 with the
-displacement added (stiffness 5); IXI012 0.63/0.90 -> 0.84/0.95. A softer displacement (bending
-energy only) helped the MPRAGE scan more (0.86/0.96) and pulled Colin27 away from SPM's maps
-(0.80/0.90). In the whole pipeline (fast preset), every real reference scan agrees better with
-SPM's maps the softer the displacement, and only Colin27, an average of 27 scans, agrees less:
-
-| stiffness | Colin27 | MPRAGE | ROBEX ref. | IXI012 | IXI014 | IXI048 | Subj5 |
-|---|---|---|---|---|---|---|---|
-| 10 | 0.87/0.92 | 0.81/0.93 | 0.72/0.88 | 0.83/0.95 | 0.80/0.92 | 0.79/0.93 | 0.67/0.92 |
-| 5 | 0.85/0.91 | 0.84/0.95 | 0.75/0.89 | 0.84/0.95 | 0.82/0.93 | 0.82/0.94 | 0.68/0.93 |
-| 2.5 | 0.80/0.895 | 0.88/0.96 | 0.78/0.90 | 0.86/0.95 | 0.85/0.93 | 0.85/0.94 | 0.70/0.93 |
-| 1.5 | 0.755/0.88 | 0.89/0.97 | 0.79/0.90 | - | 0.86/0.935 | - | - |
-
-GM volume and native Dice moved by at most 0.01 (Subj5's Dice 0.853 -> 0.858). This table and
-the measurements below were taken before ``bias_field`` was fitted in the mixture; with it, at
-2.5: Colin27 0.80/0.90, MPRAGE 0.88/0.97, ROBEX reference 0.79/0.93, IXI 0.87/0.96, Subj5
-0.71/0.94; with the class weights fitted too (``segment``), Colin27 0.81/0.905, MPRAGE 0.89/0.97,
-ROBEX reference 0.81/0.945, IXI 0.87-0.88/0.96-0.97, Subj5 0.73/0.95. Bending energy added to the membrane (2.5 + 10 x the summed squared Laplacian) gave
-the same trade (MPRAGE 0.87/0.96, Colin27 0.81/0.90). The presets took 2.5 while the segmentation
-saw the N4-corrected scan: below it the real scans gained less (2.5 -> 1.5: +0.01 unsmoothed) than
-Colin27 lost (-0.05). On the scan as read (``bias_field``) they take 1.5: 2.5 -> 1.5 (``bench
-fidelity``, fast) MPRAGE 0.896/0.976 -> 0.906/0.981, IXI012 0.879/0.964 -> 0.898/0.967, IXI014
-0.911/0.986 -> 0.929/0.989, IXI048 0.915/0.983 -> 0.927/0.986, ROBEX reference 0.836/0.961 ->
-0.847/0.965, Subj5 (whose SPM reference misses the top of the brain) 0.722/0.965 -> 0.700/0.961,
-Colin27 0.793/0.888 -> 0.753/0.874; GM volume within 0.006 and native Dice within 0.003 of each
-other. The real scans are what the tool reads: every one of them but Subj5 comes closer to SPM's
-maps, the only 1 mm one (MPRAGE) past 0.90 unsmoothed. On the
-real scans (`bench realscans`) nothing else moved (stiffness 5 -> 2.5): the same QC outcomes;
-against DLMUSE, TIV/ICV within 4 % of the median ratio, TIV r 0.95 -> 0.96, GM r 0.93 both,
-hippocampus r 0.81 -> 0.80.
-
-The steps reach the penalised optimum: L-BFGS on the whole field (no smoothing of the gradient,
-60 iterations a round) gave the same maps (stiffness 2.5: MPRAGE 0.880/0.963, Colin27
-0.800/0.895; with 15 iterations a round it stopped short, 0.877/0.960 and 0.819/0.900), and so
-did a lattice 2 mm apart with the stiffness scaled to keep the same balance with the likelihood
-(2.25 x: 0.880/0.962, 0.800/0.895) in 2-2.6x the time. SPM's form of the regulariser (its
-weights 0.001 membrane, 0.5 bending, linear elasticity mu 0.05 and lambda 0.2, converted to
-lattice steps of 3 mm: membrane 0.051, divergence 0.25 and bending 0.056, all times a scale)
-gives the same trade as the stiffness: scale 49 (the membrane part as now) MPRAGE 0.860/0.954,
-Colin27 0.819/0.901; scale 10 both worse (0.835/0.960, 0.688/0.854). Neither the optimiser nor
-the regulariser's form separates these maps from SPM's; the mapping bounds the unsmoothed
-agreement all the same: SPM's own ``c1`` pushed through it agrees with SPM's ``wc1`` at r 0.874
-(MPRAGE), 0.835 (Colin27) and 0.827 (ROBEX reference) unsmoothed, 0.94-0.96 at 4 mm.
-
-How our mapping and SPM's change volume locally, measured as the log of the smoothed modulated
-map over the smoothed unmodulated one (``gmv`` / ``gmd``, SPM's ``mwc1`` / ``wc1``: the volume
-that lands in each MNI voxel), where both smoothed GM maps exceed 0.3 (fast preset, class
-weights): the overall scale agrees on every reference scan (mean log within 0.012), and so does
-the pattern on the 1 mm and 1.5 mm scans (r 0.96 MPRAGE, 0.91 ROBEX reference, Gaussian of 6 mm
-SD); on the 2 mm scans r 0.63-0.88. Ours varies more than SPM's (SD 0.012-0.036 against
-0.008-0.031 at 6 mm: 1.2-1.6x), except on Colin27, where SPM's varies by 0.001 and ours by 0.036:
-SPM's Colin27 maps come from a mapping with hardly any local volume change, close to an affine.
-With the displacement switched off (affine only) ours agree better with them (Colin27 0.809/0.905
--> 0.868/0.927, volume 1.247x -> 1.231x) and worse on the real scans (MPRAGE 0.889/0.970 ->
-0.754/0.915): Colin27 and the real scans pull the stiffness in opposite directions because
-SPM's reference for Colin27 is unwarped: SPM's displacement came back NaN at its first step and
-its maps went through the affine alone (``fidelity``'s docstring). Against SPM on the same scan
-where its fit works (zeros added around the head), our Colin27 maps agree at 0.92/0.98, GM
-volume 0.98x, with the displacement of stiffness 1.5. Two ways of bringing the local volume change
-closer to SPM's were measured and not adopted: a penalty on the displacement's divergence added
-to the membrane (4 and 16 x the membrane's weight: MPRAGE 0.889 -> 0.870 -> 0.864 unsmoothed,
-ROBEX reference 0.809 -> 0.835 -> 0.827, Colin27 0.809 -> 0.806 -> 0.831; 4 mm within 0.01), and
-SPM's heavy-to-light schedule (the stiffness 32, 16, 8, 4, 2 and 1 x its value over the six rounds
-of the fast preset: every figure within 0.004 of the constant stiffness's).
+The presets' stiffness (1.5) and what else was tried, with the figures:
+docs/decisions/prior-mapping.md.
 """
 
 from __future__ import annotations
@@ -100,13 +35,8 @@ class PriorSampler:
     (trilinear; outside the grid: the nearest edge voxel, which is air, so that the likelihood
     stays continuous there), with their spatial gradients (per MNI voxel).
 
-    SPM12 samples them differently: the exponential of the interpolated log(prior + 1e-4),
-    renormalised, its interpolation a quadratic B-spline over the voxel values (a slight blur).
-    Both were measured in the whole pipeline (fast preset, stiffness 5) and gave the same maps as
-    the linear priors (GMD r against SPM's unsmoothed / at 4 mm, log-linear and log-quadratic):
-    Colin27 0.847/0.910 -> 0.844/0.908 and 0.845/0.909, MPRAGE 0.84/0.95 -> 0.84/0.95 both,
-    ROBEX reference 0.75/0.89 -> 0.75/0.89 both, IXI014 0.82/0.93 -> 0.82/0.93 both; GM volume
-    within 0.1 %. The linear sampling stays: it is the cheaper one."""
+    SPM12 samples them differently (log-domain, quadratic B-spline); that gave the same maps
+    (docs/decisions/prior-mapping.md), and the linear sampling is the cheaper one."""
 
     def __init__(self, tpm: np.ndarray) -> None:
         self.tpm = np.ascontiguousarray(np.moveaxis(tpm.astype(np.float32), -1, 0))
@@ -131,9 +61,8 @@ class PriorSampler:
         per MNI voxel), sum_k w_k grad b_k (L_k / sum_j w_j b_j L_j - 1 / sum_j w_j b_j), taken
         with the priors' gradients (central differences on their grid, interpolated): within a
         cell it follows the exact derivative of the trilinear priors (correlation about 0.98,
-        about 5 % smaller; a test). The exact derivative (forward differences sampled on the
-        cell's face) gave the same maps: GMD r against SPM's Colin27 0.870 (0.873 with this one),
-        MPRAGE 0.810 (0.807), ROBEX reference 0.723 (0.720)."""
+        about 5 % smaller; a test); the exact derivative gave the same maps
+        (docs/decisions/prior-mapping.md)."""
         if priors is None:
             priors = self.priors(positions)
         voxel, total = _voxel_likelihoods(priors, likelihoods, weights)

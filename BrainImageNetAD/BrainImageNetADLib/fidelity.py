@@ -18,33 +18,10 @@ A reference is only as good as SPM's fit. A folder may also hold SPM's ``*_seg8.
 writes it beside the maps: the fitted mixture, bias field, affine ``Affine`` and displacement
 ``Twarp``, log-likelihood ``ll``); the benchmark then reads ``Twarp`` and ``ll`` and reports the
 scan's SPM fit as ``ok`` or ``failed`` (``unchecked`` without the file), and leaves failed fits
-out of its last line. What a failed fit looks like, seen in SPM12 r7771 under GNU Octave 7.3 (how
-``../shared/reference/spm12`` was made) on Colin27, whose 181x217x181 1 mm voxels make a 61x73x61
-lattice at SPM's 3 mm sampling: at the first, most heavily regularised step of the displacement
-(bending energy x 512^2), SPM's multigrid solver (``spm_diffeo('fmg')``) returns NaN everywhere;
-on random data it does so on lattices of about 57-63 voxels per side (61x73x61, 59x71x59,
-63x75x63) and not on 45x54x45, 59x86x86, 64x64x64, 65x77x65 or 67x79x67, nor at 0.7 times that
-regularisation. The NaN displacement is accepted (a NaN log-likelihood fails the "worse"
-test), every later bias-field step is rejected, and for the next 9 iterations (a NaN
-log-likelihood then passes the convergence test at the tenth) the priors are sampled at NaN
-positions, where SPM's sampler gives every voxel the same prior (air 0.998): the
-mixture is refitted with no spatial prior (its GM Gaussian SD 3.9 against 10.2 in a fit that
-works). Writing the maps, SPM's B-spline coefficients of a NaN field come out 0, so ``c1``, ``wc1``
-and ``mwc1`` follow the affine alone. The shared Colin27 reference is that run (SPM rerun here:
-``c1`` equal to the shared one in all but 0.00003 % of voxels, by 1/255; ``Twarp`` all NaN, ``ll``
-NaN; GM 762 mL). The same SPM on the same scan with 9 or 15 zero voxels added on every side (SPM
-leaves zeros out of its fit; the lattice becomes 67x79x67 or 71x83x71) fits normally: GM 1031 mL
-both times, the two ``wc1`` maps correlating 0.9997, and 0.70 with the failed run's. Against that
-fit our Colin27 maps (``fast``) agree at GMD r 0.92 (4 mm 0.98), GMV r 4 mm 0.98, GM volume
-0.98x, native Dice 0.98; against the failed one 0.75 (0.87), 0.88, 1.33x, 0.86. The other
-reference scans' fits rerun the same way had finite ``Twarp`` and ``ll``.
+out of its last line.
 
-SPM does not repeat itself exactly on integer-typed scans: it adds uniform noise of one
-quantisation step before fitting (``rand``, seeded differently in each Octave session). Rerun,
-its ``wc1`` agreed with the shared one at r 0.93-0.96 unsmoothed and 0.96-0.99 at 4 mm (IXI012
-0.929 / 0.959, IXI014 0.926 / 0.976, IXI048 0.964 / 0.983, Subj5 0.928 / 0.987; GM volume within
-1.4 %); the float scans (ROBEX reference, the MPRAGE conversion) and Colin27's failed fit repeat
-exactly. That is SPM's own scatter on these scans, the scale for the figures measured here.
+What a failed SPM fit looks like (Colin27 in ``../shared``) and SPM's own run-to-run scatter:
+docs/validation.md.
 """
 
 from __future__ import annotations

@@ -454,11 +454,10 @@ NATIVE_GRID_MIN_MM = 0.9
 
 def _segmentation_image(native, working):
     """The T1 to segment, as read (both grids hold float32): on the scan's own voxels when none
-    is finer than ``NATIVE_GRID_MIN_MM`` (as SPM does; measured on 2 mm scans against SPM's maps: GMD r at 4 mm
-    0.83-0.84 -> 0.885-0.89 and native Dice 0.85 -> 0.92-0.93 compared with segmenting the
-    linearly upsampled 1 mm working grid), else on the 1 mm working grid. Its intensity bias is
+    is finer than ``NATIVE_GRID_MIN_MM`` (as SPM does; docs/decisions/prior-mapping.md has the
+    figures), else on the 1 mm working grid. Its intensity bias is
     left to the field fitted inside the mixture (``bias_field``): N4 applied first lowered
-    agreement with SPM's maps on every real scan (``bias_field`` has the figures)."""
+    agreement with SPM's maps on every real scan (docs/decisions/bias-field.md)."""
     return native if min(native.spacing) >= NATIVE_GRID_MIN_MM else working
 
 

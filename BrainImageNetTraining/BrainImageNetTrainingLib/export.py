@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from safetensors.torch import load_file
@@ -14,9 +15,21 @@ from BrainImageNetADLib.networks import build_network
 from . import metrics
 from .analysis import ad_analysis, write_predictions
 from .cards import DEMO_USE, INTENDED_USE, model_card
+from .manifest import Scan
+from .runfolder import RunFolder
+from .splits import Fold
 
-if TYPE_CHECKING:
-    from .training import Run
+
+class Run(Protocol):
+    """What the end of a run reads from ``training.Run``: its settings (``TrainConfig``), scans,
+    their targets, folds, run folder and the task of the base network."""
+
+    config: Any
+    scans: Sequence[Scan]
+    targets: Sequence[float | None]
+    folds: Sequence[Fold]
+    folder: RunFolder
+    base_task: str
 
 
 def _task_metrics(task: str, targets: list[float | None], outputs: list[float]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from BrainImageNetADLib.progress import CancelCallback, ProgressCallback, check_
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import TASKS, MapStore, StemFeatures, check_channels, target
+from .export import finish_run
 from .manifest import Scan, read_manifest
 from .runfolder import RunFolder
 from .splits import Fold, check_no_leakage, leave_groups_out, validation_split
@@ -440,8 +441,6 @@ class Run:
                     self.folder.save_fold_result(fold.index, result)
                 self.processes.barrier()
             results.append(result)
-        from .export import finish_run
-
         return finish_run(self, results) if self.processes.main else {}
 
 
