@@ -232,8 +232,9 @@ class CubeRunner:
         self.positions, self.first, self.size, self.cube, self.batch_size = positions, first, size, cube, batch_size
         self.recording = 0.0
         self.macs = 0
-        self.naive_macs_per_cube = 0
+        self.naive_macs: dict[int, int] = {}
         self.done = 0
+        self._recorded: tuple[int, IncrementalNetwork, float] | None = None
 
     def run(
         self, method: str, refine: float, stage: str, progress: ProgressCallback | None, should_cancel: CancelCallback | None
@@ -247,27 +248,12 @@ class CubeRunner:
         changes = np.zeros(len(self.positions))
         engine = "naive" if method == "naive" else "incremental"
         if method == "approximate":
-            lattice = _lattice_index(self.positions)
-            nodes = _lattice_nodes(lattice)
-            coarse = changing & np.all([np.isin(lattice[:, d], nodes[d]) for d in range(3)], axis=0)
-            refined = max(0, round(refine * (int(changing.sum()) - int(coarse.sum()))))
-            steps = len(self.models) * (int(coarse.sum()) + refined)
-            base, changes[coarse] = self.changes(np.flatnonzero(coarse), engine, stage, progress, should_cancel, steps)
-            estimate, spread = _interpolate(changes, coarse, lattice)
-            uncertain = np.flatnonzero(changing & ~coarse)
-            chosen = uncertain[np.argsort(-spread[uncertain], kind="stable")[:refined]]
-            if len(chosen):
-                _, changes[chosen] = self.changes(chosen, engine, stage, progress, should_cancel, steps)
-            guessed = changing & ~coarse
-            guessed[chosen] = False
-            changes[guessed] = estimate[guessed]
-            computed = coarse.copy()
-            computed[chosen] = True
-            extra = {"coarse_positions": int(coarse.sum()), "refined_positions": len(chosen), "interpolated_positions": int(guessed.sum())}
+            base, changes, computed, extra = self._approximate(changing, refine, engine, stage, progress, should_cancel)
         else:
             todo = np.flatnonzero(changing)
             base, changes[todo] = self.changes(todo, engine, stage, progress, should_cancel, len(self.models) * len(todo))
             computed, extra = changing, {}
+        self._recorded = None
         stats = {
             "positions": len(self.positions),
             "computed_positions": int(computed.sum()),
@@ -277,6 +263,46 @@ class CubeRunner:
         }
         return base, changes, computed, stats
 
+    def _approximate(
+        self,
+        changing: np.ndarray,
+        refine: float,
+        engine: str,
+        stage: str,
+        progress: ProgressCallback | None,
+        should_cancel: CancelCallback | None,
+    ) -> tuple[float, np.ndarray, np.ndarray, dict[str, Any]]:
+        """The approximate method, fold by fold (each fold network recorded once): the coarse
+        lattice computed, the share ``refine`` of the other changing cubes whose coarse neighbours
+        differ most in this fold computed too, the rest interpolated; the ensemble's change is the
+        mean of the folds'. ``computed`` marks the cubes computed for every fold."""
+        lattice = _lattice_index(self.positions)
+        nodes = _lattice_nodes(lattice)
+        coarse = changing & np.all([np.isin(lattice[:, d], nodes[d]) for d in range(3)], axis=0)
+        refined = max(0, round(refine * (int(changing.sum()) - int(coarse.sum()))))
+        steps = len(self.models) * (int(coarse.sum()) + refined)
+        folds = len(self.models)
+        per_fold, bases = np.zeros((folds, len(self.positions))), np.zeros(folds)
+        everywhere = np.ones(len(self.positions), bool)
+        for f in range(folds):
+            bases[f], per_fold[f, coarse] = self.changes(np.flatnonzero(coarse), engine, stage, progress, should_cancel, steps, [f])
+            estimate, spread = _interpolate(per_fold[f], coarse, lattice)
+            uncertain = np.flatnonzero(changing & ~coarse)
+            chosen = uncertain[np.argsort(-spread[uncertain], kind="stable")[:refined]]
+            if len(chosen):
+                _, per_fold[f, chosen] = self.changes(chosen, engine, stage, progress, should_cancel, steps, [f])
+            guessed = changing & ~coarse
+            guessed[chosen] = False
+            per_fold[f, guessed] = estimate[guessed]
+            everywhere &= ~guessed
+        computed = changing & everywhere
+        extra = {
+            "coarse_positions": int(coarse.sum()),
+            "refined_positions": refined,
+            "interpolated_positions": int(changing.sum()) - int(coarse.sum()) - refined,
+        }
+        return float(bases.mean()), per_fold.mean(axis=0), computed, extra
+
     def changes(
         self,
         cubes: np.ndarray,
@@ -285,41 +311,59 @@ class CubeRunner:
         progress: ProgressCallback | None,
         should_cancel: CancelCallback | None,
         steps: int,
+        folds: list[int] | None = None,
     ) -> tuple[float, np.ndarray]:
-        """(the ensemble probability of ``base``, the change of it (len(cubes),) when each cube
-        indexed by ``cubes`` is replaced) by ``engine`` "incremental" or "naive" (full passes);
-        ``steps`` is the whole run's number of (fold, cube) pairs, for ``progress``."""
+        """(the mean probability of ``base`` over the fold networks ``folds`` (default: all), the
+        change of it (len(cubes),) when each cube indexed by ``cubes`` is replaced) by ``engine``
+        "incremental" or "naive" (full passes); ``steps`` is the whole run's number of (fold, cube)
+        pairs, for ``progress``. The last fold's recorded pass is kept for the next call."""
         # largest changed boxes first, so that a batch's boxes (padded to one size) are alike
         ranked = np.argsort(-self.size[cubes].prod(axis=1), kind="stable")
         order = cubes[ranked]
-        probabilities = np.zeros((len(self.models), len(order)))
-        base = np.zeros(len(self.models))
-        self.naive_macs_per_cube = 0
-        for f, model in enumerate(self.models):
-            network = IncrementalNetwork(model)
-            clock = time.perf_counter()
-            base[f] = float(torch.sigmoid(network.record(self.base))[0])
-            self.recording += time.perf_counter() - clock
-            self.naive_macs_per_cube += network.naive_macs()
+        folds = list(range(len(self.models))) if folds is None else folds
+        probabilities = np.zeros((len(folds), len(order)))
+        base = np.zeros(len(folds))
+        for n, f in enumerate(folds):
+            network, base[n] = self._recorded_network(f)
             for start in range(0, len(order), self.batch_size):
                 check_cancel(should_cancel, f"{stage} map")
                 chosen = order[start : start + self.batch_size]
                 starts = self.positions[chosen]
+                macs = network.macs
                 if engine == "incremental":
                     patch = replaced_patch(self.base, self.fill, self.channels, starts, self.first[chosen], self.size[chosen], self.cube)
                     logits = network.forward_patches(patch)
+                    self.macs += network.macs - macs
                 else:
-                    logits = self._naive_forward(model, starts)
-                probabilities[f, start : start + len(chosen)] = torch.sigmoid(logits).double().cpu().numpy()
+                    logits = self._naive_forward(self.models[f], starts)
+                    self.macs += self.naive_macs[f] * len(chosen)
+                probabilities[n, start : start + len(chosen)] = torch.sigmoid(logits).double().cpu().numpy()
                 self.done += len(chosen)
                 if progress is not None:
                     progress(f"{stage} model {f + 1}/{len(self.models)}", self.done / max(steps, 1))
-            self.macs += network.macs if engine == "incremental" else network.naive_macs() * len(order)
-            network.inputs.clear()
-            network.outputs.clear()
         out = np.empty(len(cubes))
         out[ranked] = probabilities.mean(axis=0) - base.mean()
         return float(base.mean()), out
+
+    def _recorded_network(self, fold: int) -> tuple[IncrementalNetwork, float]:
+        """Fold network ``fold`` with the recorded pass of ``base`` and its probability; one
+        recording is kept at a time (about 2.3 GB for the paper preset)."""
+        if self._recorded is not None and self._recorded[0] == fold:
+            return self._recorded[1], self._recorded[2]
+        self._recorded = None
+        network = IncrementalNetwork(self.models[fold])
+        clock = time.perf_counter()
+        probability = float(torch.sigmoid(network.record(self.base))[0])
+        self.recording += time.perf_counter() - clock
+        self.naive_macs[fold] = network.naive_macs()
+        self._recorded = (fold, network, probability)
+        return network, probability
+
+    @property
+    def naive_macs_per_cube(self) -> int:
+        """Multiply-accumulates of full passes of every fold network for one cube (0 before any
+        recording)."""
+        return sum(self.naive_macs.values()) if len(self.naive_macs) == len(self.models) else 0
 
     def _naive_forward(self, model: torch.nn.Module, cubes: np.ndarray) -> torch.Tensor:
         """Logits (B,) of full forward passes of ``base`` with each whole cube of ``cubes`` (B, 3)
