@@ -10,10 +10,11 @@ patient's T1 grid. Methods behind one interface:
   that masking changes is a patch (smaller than the cube at the edge of the brain); patches are
   batched, alike sizes together, and computed by incremental inference
   (``incremental.IncrementalNetwork``);
-- ``approximate``: coarse to fine, for a quick look at a large model: the cubes on every
-  second lattice position (18 mm steps, about 1/8 of them) are computed exactly, the others are
-  interpolated linearly along the lattice, except the share ``refine`` whose coarse neighbours
-  differ most, which are computed exactly too. ``bench occlusion`` measures its difference from
+- ``approximate``: coarse to fine, for a quick look at a large model, fold network by fold
+  network: the cubes on every second lattice position (18 mm steps, about 1/8 of them) are
+  computed exactly, the others are interpolated linearly along the lattice, except the share
+  ``refine`` whose coarse neighbours differ most in that fold, which are computed exactly too;
+  the ensemble's map is the mean of the folds'. ``bench occlusion`` measures its difference from
   the exact map;
 - ``naive``: mask, full forward pass, for every cube (the reference; slow);
 - ``gradient``: gradient x input, a fast preview that is not an occlusion map.
