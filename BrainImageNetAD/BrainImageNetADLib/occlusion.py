@@ -242,8 +242,9 @@ class CubeRunner:
     ) -> tuple[float, np.ndarray, np.ndarray, dict[str, Any]]:
         """(the ensemble's probability for ``base``, each cube's change of it (P,), which changes
         were computed (P,) bool, statistics) by ``method``: "incremental" or "naive" compute every
-        cube that changes the input; "approximate" computes the coarse lattice and the share
-        ``refine`` of the others whose coarse neighbours differ most, and interpolates the rest.
+        cube that changes the input; "approximate" goes fold by fold (``_approximate``): the coarse
+        lattice, the share ``refine`` of the others whose coarse neighbours differ most in that
+        fold, the rest interpolated.
         Cubes that change nothing have change 0. ``stage`` names the progress reports."""
         changing = self.size.all(axis=1)
         changes = np.zeros(len(self.positions))

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from BrainImageNetADLib import grid
 from BrainImageNetADLib.bundle import RISK_TEMPLATE_NAME, write_risk_template
 from BrainImageNetADLib.ensemble import Ensemble
 from BrainImageNetADLib.errors import InputError
@@ -51,7 +52,7 @@ def make_risk_template(
     store = MapStore(scans, ensemble.card.channels, cache=False)
     means = {}
     for d, indices in groups.items():
-        total = np.zeros((len(ensemble.card.channels), 96, 120, 86))
+        total = np.zeros((len(ensemble.card.channels), *grid.MODEL_SHAPE))
         for n, i in enumerate(indices):
             check_cancel(should_cancel, "risk template")
             total += store.one(i)
