@@ -1,6 +1,7 @@
 """Checks of an image file's header before its voxels are read: the size it claims must fit a
 memory budget and, for uncompressed data, the file's own length, so that a small hostile or broken file
-cannot make a reader allocate gigabytes.
+cannot make a reader allocate gigabytes; and the one NIfTI reader, which reads a file only after
+that check.
 
 Reads headers only: NIfTI through nibabel (lazily), NRRD, MHA and the others through SimpleITK's
 ``ReadImageInformation``, a DICOM series from its first file's size times its number of files.
@@ -49,6 +50,22 @@ def check_nifti_header(path: Path) -> None:
             f"{path.name}: cannot read it as an image: the header claims {needed:,} bytes but the file holds "
             f"{data_file.stat().st_size:,}; it is truncated"
         )
+
+
+def read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI file after ``check_nifti_header``: (voxels as float32 (I, J, K[, T]) in the
+    file's voxel order, voxel-to-RAS affine in mm). nibabel reads every byte, so a truncated
+    compressed file fails, and keeps NaNs for the caller to judge. Raises InputError naming the
+    file."""
+    import nibabel as nib
+
+    check_nifti_header(path)
+    try:
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises many types for broken files
+        raise InputError(f"{path.name}: cannot read it as an image (NIfTI: {type(exc).__name__}: {exc})") from None
+    return data, image.affine
 
 
 def check_image_header(path: str | Path) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from . import grid
 from .errors import InputError
-from .imageheader import check_nifti_header
+from .imageheader import read_nifti
 
 #: Largest plausible GMV value: native GM volume pushed into one MNI voxel, per MNI voxel volume
 #: (GMD <= 1 times the volume scale of the normalisation).
@@ -24,17 +23,12 @@ def load_nifti(path: str | Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise InputError(f"{name}: file not found: {path}")
     try:
-        check_nifti_header(path)
+        data, affine = read_nifti(path)
     except InputError as error:
         raise InputError(f"{name}: {error}") from None
-    try:
-        image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj, dtype=np.float32)
-    except Exception as exc:  # nibabel raises many types for broken files
-        raise InputError(f"{name}: cannot read {path.name} as a NIfTI image ({type(exc).__name__}: {exc})") from None
     if data.ndim == 4 and data.shape[3] > 1:
         raise InputError(f"{name}: {path.name} is 4D with {data.shape[3]} volumes; save the one to use as a 3D file")
-    return data, image.affine
+    return data, affine
 
 
 def check_map(data: np.ndarray, kind: str, name: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .imageheader import check_image_header
+from .imageheader import check_image_header, read_nifti
 from .sequence import metadata_kind, read_sequence_info
 
 #: Voxel sizes outside this range (mm) are refused: no brain MRI is acquired like that.
@@ -66,26 +66,21 @@ def _read_sitk(path: Path):
 
 
 def _read_nifti(path: Path):
-    """NIfTI through nibabel, which reads every byte (truncated files fail) and keeps NaNs, as a
-    SimpleITK image in LPS physical space."""
-    import nibabel as nib
+    """NIfTI through ``imageheader.read_nifti`` (every byte read, NaNs kept), as a SimpleITK image
+    in LPS physical space."""
     import SimpleITK as sitk
 
-    try:
-        image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj, dtype=np.float32)
-    except Exception as exc:  # nibabel raises many types for broken files
-        raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
+    data, affine = read_nifti(path)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise _dimension_error(path.name, list(data.shape))
-    lps = np.diag([-1.0, -1.0, 1.0]) @ image.affine[:3, :3]
+    lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :3]
     spacing = np.linalg.norm(lps, axis=0)
     out = sitk.GetImageFromArray(np.ascontiguousarray(data.T))
     out.SetSpacing(spacing.tolist())
     out.SetDirection((lps / np.where(spacing > 0, spacing, 1)).ravel().tolist())
-    out.SetOrigin((np.diag([-1.0, -1.0, 1.0]) @ image.affine[:3, 3]).tolist())
+    out.SetOrigin((np.diag([-1.0, -1.0, 1.0]) @ affine[:3, 3]).tolist())
     return out
 
 
