@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from BrainImageNetADLib import grid
-from BrainImageNetADLib.atlas import hippocampal_labels
+from BrainImageNetADLib.atlas import hippocampal_labels, load_atlas, region_names
 from BrainImageNetADLib.maps import load_model_input
 from BrainImageNetTrainingLib.manifest import read_manifest
-from BrainImageNetTrainingLib.synth import CohortGenerator, Site, write_cohort
+from BrainImageNetTrainingLib.synth import SUBTYPE_REGIONS, SUBTYPES, CohortGenerator, Site, write_cohort
 from conftest import HANG_GUARD_S
 
 pytestmark = pytest.mark.slow
@@ -41,6 +41,36 @@ def test_ad_atrophy_is_medial_temporal(generator: CohortGenerator) -> None:
     hippocampal_loss, occipital_loss = 1 - ad_hippo / nc_hippo, 1 - ad_occ / nc_occ
     assert hippocampal_loss > 0.3  # planted: strongest at the medial temporal core
     assert 0 < occipital_loss < 0.15 and hippocampal_loss > 3 * occipital_loss  # elsewhere: the mild global loss
+
+
+def test_planted_subtypes_lose_grey_matter_where_named() -> None:
+    generator = CohortGenerator(seed=8)
+    labels = grid.crop_to_model_grid(load_atlas())
+    names = region_names()
+    regions = {"medial-temporal": np.isin(labels, [37, 38])}
+    for subtype, focus in SUBTYPE_REGIONS.items():
+        regions[subtype] = np.isin(labels, [k for k, v in names.items() if v.rsplit("_", 1)[0] in focus])
+    nc = np.mean([generator.subject("NC", "F", 72.0, QUIET_SITE)[0] for _ in range(3)], axis=0)
+    loss = {}
+    for subtype in SUBTYPES:
+        ad = np.mean([generator.subject("AD", "F", 72.0, QUIET_SITE, subtype)[0] for _ in range(3)], axis=0)
+        loss[subtype] = {name: 1 - ad[inside].mean() / nc[inside].mean() for name, inside in regions.items()}
+    for subtype in SUBTYPES:  # each subtype loses most in its own focus, at least twice as much as elsewhere
+        others = [loss[subtype][region] for region in SUBTYPES if region != subtype]
+        assert loss[subtype][subtype] > 2 * max(others) > 0, (subtype, loss[subtype])
+
+
+def test_subtypes_are_planted_among_ad_and_progressive_mci_only(tmp_path: Path) -> None:
+    import csv
+
+    manifest = write_cohort(tmp_path, 12, n_sites=2, n_datasets=1, seed=3, diagnoses={"AD": 0.4, "pMCI": 0.2, "sMCI": 0.2, "NC": 0.2})
+    with manifest.open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["diagnosis"] for r in rows} == {"AD", "pMCI", "sMCI", "NC"}
+    for row in rows:
+        assert (row["subtype"] in SUBTYPES) if row["diagnosis"] in ("AD", "pMCI") else row["subtype"] == ""
+    with pytest.raises(ValueError, match="must sum to 1"):
+        write_cohort(tmp_path / "bad", 2, diagnoses={"AD": 0.5})
 
 
 def test_left_hippocampus_loses_more(generator: CohortGenerator) -> None:

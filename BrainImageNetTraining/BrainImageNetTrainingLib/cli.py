@@ -60,6 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     template.add_argument("--model", type=Path, required=True, help="AD bundle folder (the template is written into it)")
     template.add_argument("--manifest", type=Path, required=True, help="the manifest the bundle was trained on")
     template.add_argument("--progress", action="store_true")
+    subtypes = sub.add_parser(
+        "subtypes",
+        help="AD subtypes: k-means of the AD scans' risk maps, elbow over k = 1..10; MCI scans assigned to the closest centre",
+    )
+    subtypes.add_argument("--model", type=Path, required=True, help="AD bundle folder with a risk template")
+    subtypes.add_argument("--manifest", type=Path, required=True, help="manifest with AD scans (and MCI scans to assign)")
+    subtypes.add_argument("--out", type=Path, required=True, help="output folder; an interrupted run resumes from its risk maps")
+    subtypes.add_argument("--k", type=int, help="number of subtypes (default: the elbow of the sum of squares over k = 1..10)")
+    subtypes.add_argument(
+        "--margin",
+        type=float,
+        default=0.05,
+        help="an MCI scan whose best centre correlates less than this above the second stays unassigned",
+    )
+    subtypes.add_argument("--cube", type=int, default=12, help="risk-map cube edge in 1.5 mm voxels (authors: 12, i.e. 18 mm)")
+    subtypes.add_argument("--step", type=int, default=8, help="risk-map cube step in 1.5 mm voxels (authors: 8, i.e. 12 mm)")
+    subtypes.add_argument("--fold", type=int, help="risk maps of one fold model instead of the ensemble (5x faster)")
+    subtypes.add_argument("--seed", type=int, default=0, help="k-means random state")
+    subtypes.add_argument("--threads", type=int, help="CPU threads for torch")
+    subtypes.add_argument("--progress", action="store_true")
     demo = sub.add_parser("demo", help="make the demonstration ensemble from synthetic cohorts (pretrain, transfer, evaluate); resumable")
     demo.add_argument("--out", type=Path, required=True, help="demo folder (cohorts, run folders, evaluation, demo.json)")
     demo.add_argument("--subjects", type=int, default=300, help="training cohort size")
@@ -164,6 +184,33 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subtypes(args: argparse.Namespace) -> int:
+    import torch
+
+    from BrainImageNetADLib.riskmap import RiskSettings
+
+    from .subtypes import SubtypeSettings, run_subtypes
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cube < 1 or args.step < 1:
+        print("error: --cube and --step must be at least 1 voxel", file=sys.stderr)
+        return 2
+    settings = SubtypeSettings(
+        k=args.k, margin=args.margin, seed=args.seed, risk=RiskSettings(cube=args.cube, stride=args.step), fold=args.fold
+    )
+    summary = run_subtypes(args.model, args.manifest, args.out, settings, progress_for(args.progress))
+    chosen = "given" if args.k else "elbow"
+    print(
+        f"{summary['k']} subtypes ({chosen}) among {summary['ad_scans']} AD scans; {summary['mci_unassigned']} of {summary['mci_scans']} MCI scans unassigned"
+    )
+    for subtype in summary["subtypes"]:
+        regions = ", ".join(r["name"] for r in subtype["highest_regions"][:3])
+        print(f"subtype {subtype['subtype']}: {subtype['ad_scans']} AD, {subtype['mci']['assigned']} MCI; highest in {regions}")
+    print(args.out / "subtypes.json")
+    return 0
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -213,6 +260,8 @@ def _run(args: argparse.Namespace) -> int:
         entry = make_risk_template(args.model, args.manifest, progress=progress_for(args.progress))
         print(f"risk template scored {entry['score']:.4f} (blend weight of the AD mean {entry['blend_weight']:.4f})")
         print(args.model / entry["file"])
+    if args.command == "subtypes":
+        return _subtypes(args)
     if args.command == "evaluate":
         from .evaluation import evaluate, format_table
 

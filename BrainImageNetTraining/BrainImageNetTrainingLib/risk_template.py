@@ -1,7 +1,12 @@
 """The risk template of a bundle: the whole-brain input every risk map starts from
 (``BrainImageNetADLib.riskmap``). As in Lu et al. 2024 it blends the mean maps of the AD and the
 normal-control scans the bundle was trained on, ``w * mean_AD + (1 - w) * mean_NC``, with the
-weight ``w`` in [0, 1] found by bisection so that the ensemble scores the template at 0.5.
+weight ``w`` found by bisection so that the ensemble scores the template at 0.5. ``w`` lies in
+[0, 1] when the ensemble scores the mean NC map below 0.5 and the mean AD map above; a mean map
+is smoother than any scan (it averages over individual anatomy), and a network that reads a
+cortex-wide loss of contrast as atrophy can score both means above 0.5 (or both below). Then the
+line through the two means is followed beyond them, up to ``EXTRAPOLATION`` times their
+distance (``w`` in [-1, 0] or [1, 2]), the maps kept non-negative and GMD at most 1.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from .manifest import read_manifest
 
 #: The template's score is 0.5 within this (probability units).
 SCORE_TOLERANCE = 0.01
+#: How far beyond the mean NC or mean AD map the blend may go, in units of their distance.
+EXTRAPOLATION = 1.0
 
 
 def make_risk_template(
@@ -60,17 +67,27 @@ def make_risk_template(
                 progress(f"risk template: mean {d} maps", (n + 1) / len(indices))
         means[d] = total / len(indices)
 
+    upper = np.array([1.0 if c == "GMD" else np.inf for c in ensemble.card.channels])[:, None, None, None]
+
     def blend(w: float) -> np.ndarray:
-        return (w * means["AD"] + (1 - w) * means["NC"]).astype(np.float16).astype(np.float32)  # as stored
+        mixed = np.clip(w * means["AD"] + (1 - w) * means["NC"], 0.0, upper)
+        return mixed.astype(np.float16).astype(np.float32)  # as stored
 
     def score(w: float) -> float:
         return float(ensemble.predict_proba(blend(w)[None])[0][0])
 
-    low, high = 0.0, 1.0
+    at_nc, at_ad = score(0.0), score(1.0)
+    if at_nc >= 0.5 and at_ad > at_nc:
+        low, high = -EXTRAPOLATION, 0.0
+    elif at_ad <= 0.5 and at_ad > at_nc:
+        low, high = 1.0, 1.0 + EXTRAPOLATION
+    else:
+        low, high = 0.0, 1.0
     at_low, at_high = score(low), score(high)
     if not at_low < 0.5 < at_high:
         raise InputError(
-            f"no blend of the mean NC and AD maps scores 0.5: the mean NC map scores {at_low:.3f}, the mean AD map {at_high:.3f}"
+            f"no blend of the mean NC and AD maps scores 0.5 (w from {-EXTRAPOLATION:g} to {1 + EXTRAPOLATION:g}): the mean NC map "
+            f"scores {at_nc:.3f}, the mean AD map {at_ad:.3f}, w = {low:g} {at_low:.3f} and w = {high:g} {at_high:.3f}"
         )
     w, at_w = (low, at_low) if abs(at_low - 0.5) < abs(at_high - 0.5) else (high, at_high)
     for _ in range(40):

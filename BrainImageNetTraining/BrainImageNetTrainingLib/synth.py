@@ -2,13 +2,19 @@
 procedure when no labelled AD data is at hand.
 
 Each subject's maps are built on the MNI grid from the MNI152 2009 tissue probabilities:
-- anatomy: a smooth random deformation (individual shape) and a head-size factor;
+- anatomy: a smooth random deformation (the individual shape left after normalisation, SD about
+  1 mm) and a head-size factor;
 - age: global grey-matter loss and periventricular loss with age;
 - sex: larger head size in males and a regional difference (cerebellum, hypothalamus);
-- disease: AD-like atrophy strongest in hippocampus and parahippocampal gyrus (left 20 %
-  stronger), weaker over the medial and lateral temporal lobe, and a mild loss everywhere (an AD
-  subject loses about 45 % of hippocampal and 5-10 % of occipital grey matter); MCI subjects
-  have partial atrophy (progressive MCI more than stable MCI); MMSE tracks atrophy with noise;
+- disease: AD-like atrophy in one of three planted subtypes (``SUBTYPES``), drawn for each AD and
+  progressive MCI subject: medial-temporal (strongest in hippocampus and parahippocampal gyrus,
+  left 20 % stronger, weaker over the temporal lobe: an AD subject loses about 45 % of
+  hippocampal grey matter), parietal (lateral parietal cortex and precuneus, as in posterior
+  cortical atrophy) and frontal (dorsolateral prefrontal cortex, as in the dysexecutive variant),
+  the medial temporal lobe relatively spared in the last two; every subtype adds a mild loss
+  everywhere (5-10 % of occipital grey matter). Stable MCI subjects have mild medial-temporal
+  atrophy; MCI subjects have partial atrophy (progressive more than stable); MMSE tracks atrophy
+  with noise;
 - site/scanner: contrast scaling, noise, smoothness and a smooth bias, with a field strength.
 GMD is the resulting grey-matter probability; GMV = GMD x Jacobian (head size, individual
 deformation, local atrophy), as preprocessing computes it. Maps are written on the 96x120x86
@@ -26,7 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from BrainImageNetADLib import grid, templates
-from BrainImageNetADLib.atlas import REGIONS, hippocampal_labels
+from BrainImageNetADLib.atlas import REGIONS, load_atlas, region_names
 from BrainImageNetADLib.atomic import write_bytes_atomic, write_nifti_atomic
 
 DIAGNOSIS_SHARES = {"NC": 0.4, "AD": 0.3, "sMCI": 0.15, "pMCI": 0.15}
@@ -35,6 +41,18 @@ DIAGNOSIS_SHARES = {"NC": 0.4, "AD": 0.3, "sMCI": 0.15, "pMCI": 0.15}
 ATROPHY = {"NC": 0.0, "sMCI": 0.06, "pMCI": 0.14, "AD": 0.25}
 #: Share of the core atrophy lost everywhere (AD brains have about 5 % less grey matter overall).
 GLOBAL_ATROPHY = 0.2
+#: SD of the individual anatomy left after normalisation to MNI space (voxels of 1.5 mm), as a
+#: smooth displacement. DARTEL aligns grey matter to about a millimetre, so a cohort's mean map
+#: stays nearly as sharp as one scan's; larger residuals blur the mean, which a network then
+#: reads as cortex-wide grey-matter loss.
+RESIDUAL_SHAPE = 0.6
+#: Planted atrophy subtypes of AD and progressive MCI subjects and their shares.
+SUBTYPES = {"medial-temporal": 0.4, "parietal": 0.3, "frontal": 0.3}
+#: AAL regions (both sides) of the focus of the cortical subtypes.
+SUBTYPE_REGIONS = {
+    "parietal": ("Parietal_Sup", "Parietal_Inf", "SupraMarginal", "Angular", "Precuneus"),
+    "frontal": ("Frontal_Mid", "Frontal_Inf_Oper", "Frontal_Inf_Tri"),
+}
 MANIFEST_COLUMNS = (
     "subject",
     "session",
@@ -47,6 +65,7 @@ MANIFEST_COLUMNS = (
     "diagnosis",
     "mmse",
     "atrophy",
+    "subtype",
     "gmd",
     "gmv",
 )
@@ -112,17 +131,23 @@ class CohortGenerator:
         tm = templates.mni_templates_on_grid()
         self.gm = grid.crop_to_model_grid(tm["GM"]).astype(np.float32)
         self.csf = grid.crop_to_model_grid(tm["CSF"]).astype(np.float32)
-        labels = grid.crop_to_model_grid(hippocampal_labels())
+        labels = grid.crop_to_model_grid(load_atlas())
         left = np.isin(labels, [k for k, v in REGIONS.items() if v.endswith("_L")])
         right = np.isin(labels, [k for k, v in REGIONS.items() if v.endswith("_R")])
-        # Atrophy pattern (fraction of the subject's severity lost per voxel): hippocampus and
-        # parahippocampal core (left 20 % stronger), a halo standing for the medial temporal lobe,
-        # a broad temporal one, and a mild loss everywhere, as AD brains show.
+        # Atrophy patterns (fraction of the subject's severity lost per voxel). Medial-temporal:
+        # hippocampus and parahippocampal core (left 20 % stronger), a halo standing for the medial
+        # temporal lobe, a broad temporal one, and a mild loss everywhere, as AD brains show.
         core = 1.2 * left + 1.0 * right
-        self.atrophy_pattern = np.clip(ndimage.gaussian_filter(core.astype(np.float32), 1.5) * 1.5, 0, 1.2)
-        self.atrophy_pattern += 0.3 * ndimage.gaussian_filter((left | right).astype(np.float32), 5.0)
+        medial = np.clip(ndimage.gaussian_filter(core.astype(np.float32), 1.5) * 1.5, 0, 1.2)
+        medial += 0.3 * ndimage.gaussian_filter((left | right).astype(np.float32), 5.0)
         broad = ndimage.gaussian_filter((left | right).astype(np.float32), 12.0)
-        self.atrophy_pattern += 0.5 * broad / broad.max() + GLOBAL_ATROPHY
+        medial += 0.5 * broad / broad.max()
+        names = region_names()
+        self.atrophy_patterns = {"medial-temporal": medial + GLOBAL_ATROPHY}
+        for subtype, regions in SUBTYPE_REGIONS.items():
+            focus = np.isin(labels, [k for k, v in names.items() if v.rsplit("_", 1)[0] in regions])
+            focal = np.clip(ndimage.gaussian_filter(focus.astype(np.float32), 2.0) * 1.5, 0, 1.2)
+            self.atrophy_patterns[subtype] = focal + 0.1 * medial + GLOBAL_ATROPHY
         shape = grid.MODEL_SHAPE
         z = np.arange(shape[2])[None, None, :]
         y = np.arange(shape[1])[None, :, None]
@@ -134,16 +159,19 @@ class CohortGenerator:
         self.sex_pattern = ndimage.gaussian_filter(self.sex_pattern, 3.0) * (self.gm > 0.1)
         self.periventricular = ndimage.gaussian_filter((self.csf > 0.6).astype(np.float32) * (z > 20) * (y > 30), 2.0)
 
-    def subject(self, diagnosis: str, sex: str, age: float, site: Site) -> tuple[np.ndarray, np.ndarray, float]:
-        """GMD, GMV (model grid) and the subject's atrophy severity (fraction lost at the core)."""
+    def subject(
+        self, diagnosis: str, sex: str, age: float, site: Site, subtype: str = "medial-temporal"
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """GMD, GMV (model grid) and the subject's atrophy severity (fraction lost where the
+        ``subtype``'s pattern is strongest; 0 for NC)."""
         rng = self.rng
         severity = max(0.0, ATROPHY[diagnosis] * float(rng.normal(1.0, 0.25)))
-        loss = severity * self.atrophy_pattern
+        loss = np.minimum(severity * self.atrophy_patterns[subtype], 0.9)
         ageing = 0.003 * max(age - 60.0, 0.0)
         sex_effect = (0.04 if sex == "M" else -0.04) * self.sex_pattern
         gmd = self.gm * (1.0 - loss) * (1.0 - ageing) * (1.0 + sex_effect) * (1.0 - 0.5 * ageing * self.periventricular)
-        # Individual shape: smooth deformation of about 1.5 voxels.
-        displacement = [_smooth_field(rng, grid.MODEL_SHAPE, 6.0, 1.5) for _ in range(3)]
+        # Individual shape left after normalisation: a smooth deformation of SD ``RESIDUAL_SHAPE``.
+        displacement = [_smooth_field(rng, grid.MODEL_SHAPE, 6.0, RESIDUAL_SHAPE) for _ in range(3)]
         coordinates = np.indices(grid.MODEL_SHAPE, dtype=np.float32) + np.stack(displacement)
         gmd = ndimage.map_coordinates(gmd, coordinates, order=1, mode="nearest")
         local = _jacobian_determinant(displacement)
@@ -161,21 +189,34 @@ class CohortGenerator:
         return gmd, gmv, severity
 
 
-def write_cohort(out_dir: str | Path, n_subjects: int, n_sites: int = 6, n_datasets: int = 3, seed: int = 0) -> Path:
+def write_cohort(
+    out_dir: str | Path,
+    n_subjects: int,
+    n_sites: int = 6,
+    n_datasets: int = 3,
+    seed: int = 0,
+    diagnoses: dict[str, float] | None = None,
+) -> Path:
     """Write ``n_subjects`` synthetic subjects (GMD/GMV NIfTI on the model grid) across sites and
-    datasets, and ``manifest.csv`` (written last). Returns the manifest path."""
+    datasets, and ``manifest.csv`` (written last; ``subtype`` is the planted atrophy subtype of AD
+    and pMCI subjects, empty for the others). ``diagnoses`` gives the share of each diagnosis
+    (default ``DIAGNOSIS_SHARES``). Returns the manifest path."""
     out_dir = Path(out_dir)
     generator = CohortGenerator(seed)
     rng = generator.rng
     sites = make_sites(n_sites, n_datasets, rng)
     rows = []
-    diagnoses = list(DIAGNOSIS_SHARES)
+    shares = diagnoses or DIAGNOSIS_SHARES
+    unknown = set(shares) - set(ATROPHY)
+    if unknown or not np.isclose(sum(shares.values()), 1.0):
+        raise ValueError(f"diagnosis shares must sum to 1 over {sorted(ATROPHY)}, got {shares}")
     for index in range(n_subjects):
         site = sites[index % n_sites]
-        diagnosis = str(rng.choice(diagnoses, p=list(DIAGNOSIS_SHARES.values())))
+        diagnosis = str(rng.choice(list(shares), p=list(shares.values())))
         sex = str(rng.choice(["F", "M"]))
         age = float(np.clip(rng.normal(74.0 if diagnosis != "NC" else 71.0, 7.0), 55, 95))
-        gmd, gmv, severity = generator.subject(diagnosis, sex, age, site)
+        subtype = str(rng.choice(list(SUBTYPES), p=list(SUBTYPES.values()))) if diagnosis in ("AD", "pMCI") else ""
+        gmd, gmv, severity = generator.subject(diagnosis, sex, age, site, subtype or "medial-temporal")
         subject = f"sub-c{seed}n{index:04d}"
         paths = {}
         for kind, data in (("gmd", gmd), ("gmv", gmv)):
@@ -196,6 +237,7 @@ def write_cohort(out_dir: str | Path, n_subjects: int, n_sites: int = 6, n_datas
                 "diagnosis": diagnosis,
                 "mmse": mmse,
                 "atrophy": round(severity, 4),
+                "subtype": subtype,
                 **paths,
             }
         )
