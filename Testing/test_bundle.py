@@ -116,8 +116,10 @@ def test_shipped_demo_ensemble_says_what_it_is_and_meets_its_figures() -> None:
     training = card.data["training"]
     assert training["base_task"] == "sex" and training["config"]["split_key"] == "site"
     assert training["config"]["freeze_stem"] is True and training["config"]["folds"] == 5
-    # Leave-sites-out figures measured when it was made, and its ROC for the threshold slider.
-    assert card.data["metrics"]["auc"] >= 0.9 and len(card.operating_points) > 10
+    # Leave-sites-out figures measured when it was made, and its ROC for the threshold slider. Two
+    # of the cohort's three planted subtypes are cortical, which the tiny network hardly sees
+    # (docs/training.md): its leave-sites-out AUC is below its independent one.
+    assert card.data["metrics"]["auc"] >= 0.85 and len(card.operating_points) > 10
     assert set(card.threshold_presets) == {"balanced", "screening"}
     assert sum(f.stat().st_size for f in bundle.iterdir()) < 5_000_000  # small enough for the repository
 

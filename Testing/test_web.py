@@ -24,8 +24,9 @@ import pytest
 from browser import Browser, chromium_path
 from PIL import Image
 
+from BrainImageNetADLib.bundle import read_card
 from BrainImageNetADLib.errors import BrainImageNetError
-from BrainImageNetADLib.resources import sample_t1
+from BrainImageNetADLib.resources import default_bundle, sample_t1
 from BrainImageNetADLib.web import safe_upload_name
 from conftest import HANG_GUARD_S
 
@@ -190,7 +191,8 @@ def test_page_runs_the_sample_and_shows_the_heat_map(page_server: tuple[str, Pat
             assert await browser.js("document.querySelector('#sensitivity').innerText") != sensitivity or label == "AD"
             assert float(await browser.js("document.querySelector('#probability').innerText")) == probability
             await browser.click("#preset-screening")
-            await browser.wait_for("document.querySelector('#threshold input').value === '0.425'", 30)
+            screening = read_card(default_bundle()).threshold_presets["screening"]
+            await browser.wait_for(f"Number(document.querySelector('#threshold input').value) === {screening!r}", 30)
             # Opacity 0 hides the heat map without a re-run.
             opacity = await browser.rect("#opacity .v-slider-track")
             await browser.click_at(opacity["x"] + 1, opacity["y"] + opacity["height"] / 2)
