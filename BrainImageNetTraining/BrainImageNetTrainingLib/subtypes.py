@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from BrainImageNetADLib import grid, templates
@@ -32,6 +31,7 @@ from BrainImageNetADLib.atomic import write_bytes_atomic, write_json_atomic, wri
 from BrainImageNetADLib.bundle import load_risk_template
 from BrainImageNetADLib.ensemble import Ensemble
 from BrainImageNetADLib.errors import InputError
+from BrainImageNetADLib.imageheader import read_nifti
 from BrainImageNetADLib.occlusion import region_summary
 from BrainImageNetADLib.progress import CancelCallback, ProgressCallback, check_cancel
 from BrainImageNetADLib.riskmap import RISK_METHODS, RiskSettings, risk_map
@@ -169,7 +169,7 @@ def subject_risk_maps(
         check_cancel(should_cancel, "subtypes")
         path = folder / name
         if path.exists():
-            maps[i] = grid.crop_to_model_grid(np.asanyarray(nib.load(str(path)).dataobj, dtype=np.float32))
+            maps[i] = grid.crop_to_model_grid(read_nifti(path)[0])
             continue
 
         def step(stage: str, fraction: float, i: int = i) -> None:
