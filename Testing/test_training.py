@@ -37,7 +37,8 @@ def run_train_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_cohort(tmp_path_factory.mktemp("cohort"), 16, n_sites=4, n_datasets=2, seed=21)
+    shares = {"AD": 0.35, "NC": 0.45, "sMCI": 0.1, "pMCI": 0.1}  # both classes in every AD fold's training sites
+    return write_cohort(tmp_path_factory.mktemp("cohort"), 16, n_sites=4, n_datasets=2, seed=21, diagnoses=shares)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +138,7 @@ def test_evaluate_refuses_training_subjects_and_scores_independent_ones(ad_run: 
     with pytest.raises(LeakageError, match="were used to train"):
         evaluate([ad_run / "bundle"], cohort, tmp_path / "leak")
     assert not (tmp_path / "leak" / "evaluation.json").exists()
-    independent = write_cohort(tmp_path / "independent", 6, n_sites=2, n_datasets=2, seed=22)
+    independent = write_cohort(tmp_path / "independent", 6, n_sites=2, n_datasets=2, seed=22, diagnoses={"AD": 0.5, "NC": 0.5})
     result = evaluate([ad_run / "bundle", ad_run / "bundle"], independent, tmp_path / "eval", permutations=200)
     assert [r["dataset"] for r in result["table"]] == ["DS1", "DS2", "all"] * 2
     assert result["table"][-1]["samples"] == sum(s.diagnosis in ("AD", "NC") for s in read_manifest(independent))
