@@ -74,7 +74,8 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = BrainImageNetADLogic()
-        from BrainImageNetADLib.job import DEVICES, HEAT_MAPS
+        from BrainImageNetADLib.job import DEVICES
+        from BrainImageNetADLib.pipeline import HEAT_MAPS
 
         for name, (label, _kind, _method, _fold) in HEAT_MAPS.items():
             self.ui.heatMapComboBox.addItem(label, name)
@@ -185,7 +186,7 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.performanceLabel.text = _("sensitivity {sensitivity}, specificity {specificity} (model card)").format(
             sensitivity=percent(prediction.sensitivity), specificity=percent(prediction.specificity)
         )
-        qc = controller.state.result.get("qc") or {}
+        qc = controller.state.result.qc or {}
         volumes = ", ".join(f"{k} {v}" for k, v in (qc.get("volumes_ml") or {}).items())
         self.ui.qcLabel.text = f"{qc.get('verdict', '-')}. {'; '.join(qc.get('warnings') or [])} {volumes}"
 
@@ -211,9 +212,9 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self.installDependencies():
                 self.initializeParameterNode()  # installed: now choose an input and press Run
             return
-        from BrainImageNetADLib.job import RunOptions
+        from BrainImageNetADLib.pipeline import CaseOptions
 
-        options = RunOptions.for_heat_map(
+        options = CaseOptions.for_heat_map(
             self.ui.heatMapComboBox.currentData, self.ui.forceCheckBox.checked, self.ui.deviceComboBox.currentData
         )
         with slicer.util.tryWithErrorDisplay(_("Could not start the prediction."), waitCursor=True):
@@ -383,7 +384,7 @@ class BrainImageNetADTest(ScriptedLoadableModuleTest):
         import tempfile
         import time
 
-        from BrainImageNetADLib.job import RunOptions
+        from BrainImageNetADLib.pipeline import CaseOptions
 
         logic = BrainImageNetADLogic()
         if logic.dependencyPlan():
@@ -393,7 +394,7 @@ class BrainImageNetADTest(ScriptedLoadableModuleTest):
         controller.load_sample()
         controller.set_threshold(0.37)
         self.delayDisplay("Running preprocessing, ensemble and occlusion (one fold)")
-        controller.start(RunOptions(occlusion_fold=0), python=logic.python())
+        controller.start(CaseOptions(fold=0), python=logic.python())
         end = time.monotonic() + 3600
         while controller.poll().state == "running":
             self.assertLess(time.monotonic(), end)

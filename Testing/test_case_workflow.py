@@ -24,8 +24,9 @@ from BrainImageNetADLib import scene as mrml_scene  # noqa: E402
 from BrainImageNetADLib.atlas import REGIONS  # noqa: E402
 from BrainImageNetADLib.controller import DEMO_BANNER, CaseController  # noqa: E402
 from BrainImageNetADLib.errors import InputError  # noqa: E402
-from BrainImageNetADLib.job import STAGE_GROUPS, RunOptions  # noqa: E402
 from BrainImageNetADLib.mrml import volume_node_array  # noqa: E402
+from BrainImageNetADLib.pipeline import OCCLUSION_LEGEND, CaseOptions, CaseResult  # noqa: E402
+from BrainImageNetADLib.progress import STAGE_GROUPS  # noqa: E402
 from BrainImageNetADLib.report import standalone_html  # noqa: E402
 from BrainImageNetADLib.resources import default_bundle, sample_t1  # noqa: E402
 from conftest import HANG_GUARD_S  # noqa: E402
@@ -87,7 +88,7 @@ def ran(viewer: Viewer, tmp_path_factory: pytest.TempPathFactory) -> CaseControl
     """The sample case run end to end (one fold's occlusion map, to keep it short)."""
     controller = viewer.controller(tmp_path_factory.mktemp("case"))
     controller.load_sample()
-    controller.start(RunOptions(occlusion_fold=0))
+    controller.start(CaseOptions(fold=0))
     seen = []
     end = time.monotonic() + 600
     while (status := controller.poll()).state == "running":
@@ -105,7 +106,9 @@ def test_run_reports_each_stage_and_loads_the_results(ran: CaseController) -> No
     assert any(s["Preprocessing"] == 1 and 0 < s["Heat map"] < 1 for s in ran.stages_seen)
     assert set(ran.job.status.stages) == set(STAGE_GROUPS) and all(v == 1.0 for v in ran.job.status.stages.values())
     result = ran.state.result
-    assert 0 < result["probability"] < 1 and result["demo"] is True
+    assert 0 < result.probability < 1 and result.demo is True
+    assert result == CaseResult.read(ran.job.out_dir / "result.json")  # what the child wrote, read back whole
+    assert result.heat_map.kind == "occlusion" and result.heat_map.fold == 0 and result.regions_native == "regions_native.nii.gz"
     for role in mrml_scene.ROLES:
         assert ran.node(role) is not None, role
 
@@ -136,7 +139,7 @@ def test_regions_are_a_segmentation_of_the_atlas_labels(ran: CaseController) -> 
     for index, value in enumerate(sorted(REGIONS), start=1):
         assert ((labels == index) == (written == value)).mean() > 0.9999, REGIONS[value]
     table = ran.node("RegionTable")
-    regions = ran.state.result["occlusion"]["regions"]["top_regions"]
+    regions = ran.state.result.heat_map.regions["top_regions"]
     assert table.GetNumberOfRows() == len(regions)
     assert [table.GetCellText(r, 1) for r in range(table.GetNumberOfRows())] == [r["name"] for r in regions]
 
@@ -181,7 +184,7 @@ def test_views_show_the_heat_map_inside_the_brain_and_follow_the_controls(ran: C
 
 def test_threshold_moves_label_sensitivity_and_specificity_from_the_card(ran: CaseController) -> None:
     card = ran.card()
-    probability = ran.state.result["probability"]
+    probability = ran.state.result.probability
     below = ran.set_threshold(max(0.0, probability - 0.001))
     above = ran.set_threshold(min(1.0, probability + 0.001))
     assert below.label == "AD" and above.label == "NC"
@@ -231,7 +234,7 @@ def test_report_has_result_intended_use_and_slices_without_identifiers(ran: Case
 
     html = ran.write_report(tmp_path).read_text()
     content = json.loads((tmp_path / "report.json").read_text())
-    assert content["probability"] == ran.state.result["probability"] and content["label"] == ran.prediction().label
+    assert content["probability"] == ran.state.result.probability and content["label"] == ran.prediction().label
     assert "DEMONSTRATION MODEL" in html and DEMO_BANNER in html and content["qc"]["verdict"] in ("pass", "warn")
     assert content["heat_map"]["hippocampal"][0]["name"].startswith(("Hippocampus", "ParaHippocampal"))
     for text in (html, json.dumps(content)):
@@ -248,7 +251,7 @@ def test_cancel_stops_the_run_and_a_bad_input_fails_with_its_message(viewer: Vie
     slicer.mrmlScene = viewer.app.scene
     controller = viewer.controller(tmp_path / "cancel")
     controller.load_t1(sample_t1())
-    job = controller.start(RunOptions(occlusion="none"))
+    job = controller.start(CaseOptions(method="none"))
     end = time.monotonic() + 120
     while controller.poll().stages["Preprocessing"] == 0:
         assert time.monotonic() < end
@@ -324,11 +327,12 @@ def test_spm_maps_run_without_preprocessing_with_the_map_and_legend_on_the_mni_g
     gmd = controller.load_maps(maps["GMD"], maps["GMV"])
     assert controller.node("InputVolume") is gmd and controller.input_maps() == maps
     controller.set_threshold(0.42)  # chosen before the run: it must survive it
-    job = controller.start(RunOptions(occlusion="gradient"))
-    assert "--gmd" in job.command and "--threshold" in job.command
+    job = controller.start(CaseOptions(method="gradient"))
+    run = json.loads(job.command[-1])  # the child's spec: the maps, and the threshold chosen in the scene
+    assert run["source"] == {k: str(v) for k, v in maps.items()} and run["options"]["threshold"] == 0.42
     wait(controller)
     assert controller.poll().state == "done", controller.poll().message
-    assert controller.prediction().threshold == 0.42 and controller.state.result["threshold"] == 0.42
+    assert controller.prediction().threshold == 0.42 and controller.state.result.threshold == 0.42
     heat_data, heat_affine = volume_node_array(controller.node("HeatMap"))
     written = nib.load(str(job.out_dir / "occlusion.nii.gz"))
     assert heat_data.shape == grid.MNI_SHAPE and np.abs(heat_data).max() > 0
@@ -344,7 +348,10 @@ def test_spm_maps_run_without_preprocessing_with_the_map_and_legend_on_the_mni_g
     heat = controller.node("HeatMap")
     legends = [heat.GetNthDisplayNode(i) for i in range(heat.GetNumberOfDisplayNodes())]
     legend = next(d for d in legends if d.IsA("vtkMRMLColorLegendDisplayNode"))
-    assert legend.GetTitleText() == mrml_scene.LEGEND_TITLE and legend.GetPrimaryDisplayNode() is heat.GetDisplayNode()
+    assert (
+        legend.GetTitleText() == controller.state.result.heat_map.legend == OCCLUSION_LEGEND
+        and legend.GetPrimaryDisplayNode() is heat.GetDisplayNode()
+    )
     # Choosing a T1 again leaves the maps.
     controller.set_input(controller.node("InputVolume"))
     assert controller.input_maps() is None
@@ -381,7 +388,7 @@ def test_closing_the_scene_stops_the_run_its_processes_and_removes_its_files(vie
     other = Viewer()
     controller = other.controller()  # its own temporary work folder
     controller.load_sample()
-    job = controller.start(RunOptions(occlusion="none"))
+    job = controller.start(CaseOptions(method="none"))
     end = time.monotonic() + HANG_GUARD_S
     while controller.poll().stages["Preprocessing"] == 0:  # the preprocessing worker is running
         assert time.monotonic() < end

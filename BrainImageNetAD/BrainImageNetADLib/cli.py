@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .atomic import remove_leftovers, write_json_atomic, write_nifti_atomic
 from .errors import BrainImageNetError, InputError, SubjectsFailed
-from .job import HEAT_MAP_KEYS, HEAT_MAPS, OCCLUSION_METHODS
+from .pipeline import HEAT_MAP_KEYS, HEAT_MAPS, OCCLUSION_METHODS, CaseOptions
 from .progress import ProgressCallback, progress_for
 from .resources import default_bundle, sample_t1
 
@@ -272,164 +270,62 @@ def run_preprocess(args: argparse.Namespace) -> Path:
     return args.out / "summary.tsv"
 
 
+def case_options(args: argparse.Namespace) -> CaseOptions:
+    """The ``CaseOptions`` of a ``predict`` command line."""
+    return CaseOptions(
+        preset=args.preset,
+        heat_map=args.heat_map,
+        method=args.occlusion or "incremental",
+        fold=args.occlusion_fold,
+        cube=args.cube,
+        step=args.step,
+        batch_size=args.occlusion_batch,
+        force=args.force,
+        threshold=args.threshold,
+        device=args.device,
+        threads=args.threads,
+        engine=args.engine,
+        precision=args.precision,
+    )
+
+
 def run_predict(args: argparse.Namespace) -> Path:
     """Run the ``predict`` command; return the path of the written ``result.json`` (one case) or
     ``predictions.tsv`` (a cohort)."""
-    from .cohort import collect_cases, prediction_result
-    from .ensemble import Ensemble
-    from .errors import InputError
-    from .maps import load_model_input
+    from .cohort import collect_cases
+    from .pipeline import run_case
 
-    qc_report = None
     if sum([args.sample, bool(args.inputs), bool(args.gmd or args.gmv)]) != 1:
         raise InputError("give one kind of input: T1 images, folders or lists (see --help), --gmd/--gmv, or --sample")
-    start = time.perf_counter()
-    bundle = args.model or default_bundle()
-    ensemble = Ensemble.from_bundle(bundle, args.device, args.threads, args.engine, args.precision)  # fail fast on a bad bundle
-    threshold = ensemble.card.threshold_presets.get("balanced", 0.5) if args.threshold is None else args.threshold
-    t1 = sample_t1() if args.sample else None
+    bundle = Path(args.model or default_bundle())
+    options = case_options(args)
     progress = progress_for(args.progress)
+    source: Path | dict[str, Path] = sample_t1() if args.sample else {"GMD": args.gmd, "GMV": args.gmv}
     if args.inputs:
         cases = collect_cases(args.inputs)
         if not cases:
             raise InputError("no T1 images or map pairs found in the inputs")
         single = len(args.inputs) == 1 and len(cases) == 1 and cases[0].t1 == args.inputs[0] and args.shard is None
         if not single:
-            return run_cohort(args, cases, ensemble, bundle, threshold, progress)
-        t1 = cases[0].t1
-    remove_leftovers(args.out)  # one case: what an interrupted run left in its folder
-    if t1 is not None:
-        from .preprocess import preprocess_t1
-        from .worker import run_isolated
-
-        preprocessing = Path(args.out) / "preprocessing"
-        qc_report = run_isolated(preprocess_t1, t1, preprocessing, args.preset, progress=progress)
-        if qc_report["verdict"] == "fail" and not args.force:
-            raise InputError(
-                f"preprocessing QC failed: {'; '.join(qc_report['failures'])} (see {preprocessing / 'qc_gmd.png'}; --force predicts anyway)"
-            )
-        paths = {"GMD": preprocessing / "gmd.nii.gz", "GMV": preprocessing / "gmv.nii.gz"}
-    else:
-        paths = {"GMD": args.gmd, "GMV": args.gmv}
-    x, checks = load_model_input(paths, ensemble.card.channels)
-    prediction = ensemble.predict(x, threshold)
-    if progress is not None:
-        progress("ensemble", 1.0)
-    result = prediction_result(ensemble, prediction, checks, qc_report, Path(bundle))
-    native = Path(args.out) / "preprocessing" if t1 is not None else None
-    if native is not None:
-        from .atlas import write_native_regions
-
-        result["regions_native"] = write_native_regions(native, Path(args.out) / "regions_native.nii.gz").name
-    else:
-        from .atlas import write_mni_regions
-
-        result["regions_mni"] = write_mni_regions(Path(args.out) / "regions_mni.nii.gz").name
-    method = args.occlusion or "incremental"
-    if method != "none":
-        result[HEAT_MAP_KEYS[args.heat_map]] = run_heat_map(
-            ensemble, ensemble.prepare(x[None])[0], args, Path(bundle), native, method, progress
-        )
-    result["seconds"] = round(time.perf_counter() - start, 3)
-    previous = _listed_outputs(Path(args.out) / "result.json")
-    path = write_json_atomic(Path(args.out) / "result.json", result)
-    for name in previous - _listed_outputs(path):  # a rerun into a used folder: no stale heat map beside the new result
-        (Path(args.out) / name).unlink(missing_ok=True)
-    return path
+            return run_cohort(args, cases, bundle, options, progress)
+        source = cases[0].t1
+    run_case(source, args.out, bundle, options, progress)
+    return Path(args.out) / "result.json"
 
 
-def _listed_outputs(result_path: Path) -> set[str]:
-    """The files (names in the result's folder) that a ``result.json`` lists; none when it is
-    absent or unreadable."""
-    import json
-
-    from .job import heat_map_section
-
-    try:
-        result = json.loads(result_path.read_text())
-        files = set(heat_map_section(result).get("files", {}).values())
-        return {str(name) for name in files | {result.get("regions_native"), result.get("regions_mni")} if name and "/" not in str(name)}
-    except (OSError, ValueError, AttributeError):
-        return set()
-
-
-def run_cohort(args: argparse.Namespace, cases: list, ensemble, bundle: Path, threshold: float, progress: ProgressCallback | None) -> Path:  # noqa: ANN001
+def run_cohort(args: argparse.Namespace, cases: list, bundle: Path, options: CaseOptions, progress: ProgressCallback | None) -> Path:
     """``predict`` over many inputs: ``predictions.tsv`` and one folder per subject (``cohort``)."""
     from .batch import shard
     from .cohort import predict_cohort
-    from .errors import InputError
+    from .ensemble import Ensemble
 
     if args.occlusion not in (None, "none"):
         raise InputError("heat maps are made one case at a time (predict T1 --out DIR); for a cohort use brainimagenet-train occlusion")
+    ensemble = Ensemble.from_bundle(bundle, options.device, options.threads, options.engine, options.precision)
     cases = shard(cases, args.shard)
     if not cases:
         raise InputError(f"shard {args.shard} holds no subjects")
-    return predict_cohort(cases, args.out, ensemble, Path(bundle), threshold, args.preset, args.jobs, args.overwrite, args.force, progress)
-
-
-def run_heat_map(
-    ensemble,  # noqa: ANN001
-    x,
-    args: argparse.Namespace,
-    bundle: Path,
-    preprocessing: Path | None,
-    method: str,
-    progress: ProgressCallback | None,
-) -> dict:
-    """The heat map of ``predict`` (``args.heat_map``: occlusion or risk) from maps ``x``
-    (C, 96, 120, 86) with the bundle's input conventions applied (``Ensemble.prepare``):
-    ``occlusion.nii.gz`` or ``risk_map.nii.gz`` on the MNI grid, ``*_native.nii.gz`` on the T1's
-    grid (with a T1), and the summary for ``result.json``: method, units, ``centre`` (the value
-    meaning "no effect": 0 for occlusion, the template's score for risk), regions and files."""
-    from . import grid
-    from .errors import InputError
-    from .occlusion import OcclusionSettings, occlusion_map, region_summary
-    from .transforms import write_native
-
-    models = ensemble.models
-    if args.occlusion_fold is not None:
-        if not 0 <= args.occlusion_fold < len(models):
-            raise InputError(f"--occlusion-fold must lie in 0..{len(models) - 1}")
-        models = [models[args.occlusion_fold]]
-    batch = max(1, args.occlusion_batch)
-    if args.cube < 1 or (args.step is not None and args.step < 1):
-        raise InputError("--cube and --step must be at least 1 voxel")
-    if args.heat_map == "risk":
-        from .bundle import load_risk_template
-        from .riskmap import RISK_METHODS, RiskSettings, risk_map
-
-        if method not in RISK_METHODS:
-            raise InputError(f"a risk map is computed {', '.join(RISK_METHODS)}, not {method}")
-        template = ensemble.prepare(load_risk_template(bundle, ensemble.card)[None])[0]
-        settings = RiskSettings(cube=args.cube, stride=args.step or RiskSettings.stride, batch_size=batch)
-        risk = risk_map(models, x, template, settings, method, progress=progress)
-        values, centre, seconds, stats, name = risk.risk, risk.template_score, risk.seconds, risk.stats, "risk_map"
-        units = "AD probability of the risk template with the cube taken from the subject, mean over covering cubes"
-        legend = f"AD probability, subject's cube in the template (template: {centre:.2f})"
-    else:
-        settings = OcclusionSettings(cube=args.cube, stride=args.step or OcclusionSettings.stride, batch_size=batch)
-        occlusion = occlusion_map(models, x, settings, method, progress=progress)
-        values, centre, seconds, stats, name = occlusion.importance, 0.0, occlusion.seconds, occlusion.stats, "occlusion"
-        units = "drop in AD probability when the cube is masked (gradient: gradient x input)"
-        legend = "Drop in AD probability when masked"
-    out = Path(args.out)
-    files = {
-        "mni": write_nifti_atomic(out / f"{name}.nii.gz", grid.uncrop_to_mni_grid(values, fill=centre), grid.MNI_AFFINE, f"AD {name}").name
-    }
-    if preprocessing is not None:
-        files["native"] = write_native(values, preprocessing, out / f"{name}_native.nii.gz", fill=centre).name
-    return {
-        "kind": args.heat_map,
-        "method": method,
-        "fold": args.occlusion_fold,
-        "units": units,
-        "legend": legend,
-        "centre": centre,
-        "seconds": round(seconds, 2),
-        "stats": stats,
-        "regions": region_summary(values, centre=centre),
-        "files": files,
-    }
+    return predict_cohort(cases, args.out, ensemble, bundle, options, args.jobs, args.overwrite, progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

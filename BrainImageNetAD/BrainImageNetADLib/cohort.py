@@ -16,15 +16,15 @@ import re
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .atomic import remove_leftovers, write_bytes_atomic, write_json_atomic
 from .batch import check_identifier, check_unique, collect_jobs, is_list, listed_path, read_list, subject_folder
-from .ensemble import Ensemble, mean_logit
+from .ensemble import Ensemble
 from .errors import BrainImageNetError, InputError, SubjectsFailed
-from .maps import load_model_input
+from .pipeline import MAP_FILES, CaseOptions, CaseResult, score_case
 from .progress import ProgressCallback
 
 #: Columns of ``predictions.tsv``.
@@ -96,23 +96,6 @@ def collect_cases(inputs: list[Path]) -> list[Case]:
     return sorted(cases, key=lambda c: c.subject)
 
 
-def prediction_result(ensemble: Ensemble, prediction: Any, checks: dict, qc_report: dict | None, bundle: Path) -> dict[str, Any]:
-    """The ``result.json`` content of one case (without heat map and timing)."""
-    from . import __version__
-
-    return {
-        "version": __version__,
-        **prediction.to_dict(),
-        "model_bundle": str(Path(bundle).resolve()),
-        "engine": ensemble.engine,
-        "precision": ensemble.precision,
-        "channels": ensemble.card.channels,
-        "threshold_presets": ensemble.card.threshold_presets,
-        "input_checks": checks,
-        "qc": None if qc_report is None else {k: qc_report[k] for k in ("verdict", "failures", "warnings", "measures", "volumes_ml")},
-    }
-
-
 def _preprocess(case: Case, out_dir: Path, preset: str, overwrite: bool) -> dict:
     """Preprocess a case's T1 in its own child process (or read the finished report)."""
     from .preprocess import is_done, preprocess_t1
@@ -123,21 +106,21 @@ def _preprocess(case: Case, out_dir: Path, preset: str, overwrite: bool) -> dict
     return run_isolated(preprocess_t1, case.t1, out_dir, preset)
 
 
-def _row(case: Case, status: str, message: str = "", result: dict | None = None, seconds: float = 0.0) -> dict[str, str]:
+def _row(case: Case, status: str, message: str = "", result: CaseResult | None = None, seconds: float = 0.0) -> dict[str, str]:
     row = dict.fromkeys(PREDICTION_COLUMNS, "")
     row.update(subject=case.subject, status=status, message=message.replace("\t", " ").replace("\n", " "), seconds=f"{seconds:.1f}")
     if result is not None:
         row.update(
-            probability=f"{result['probability']:.6f}",
-            logit=f"{mean_logit(result['fold_probabilities']):.6f}",
-            fold_probabilities=",".join(f"{p:.6f}" for p in result["fold_probabilities"]),
-            label=str(result["label"]),
-            threshold=f"{result['threshold']:g}",
-            model=str(result["model_name"]),
-            demo=str(bool(result["demo"])).lower(),
+            probability=f"{result.probability:.6f}",
+            logit=f"{result.logit:.6f}",
+            fold_probabilities=",".join(f"{p:.6f}" for p in result.fold_probabilities),
+            label=result.label,
+            threshold=f"{result.threshold:g}",
+            model=result.model_name,
+            demo=str(bool(result.demo)).lower(),
         )
-        if result.get("qc"):
-            row["qc_verdict"] = str(result["qc"]["verdict"])
+        if result.qc:
+            row["qc_verdict"] = str(result.qc["verdict"])
     return row
 
 
@@ -187,16 +170,14 @@ def _check_settings(out_root: Path, settings: dict[str, Any], overwrite: bool) -
             write_json_atomic(path, settings)
 
 
-def _finished_result(path: Path) -> dict | None:
+def _finished_result(path: Path) -> CaseResult | None:
     """A subject's ``result.json`` when it is complete, None when absent; a partial or corrupt one
     (an earlier run killed while writing) is reported and removed, so the subject is redone."""
     if not path.is_file():
         return None
     try:
-        result = json.loads(path.read_text())
-        if isinstance(result, dict) and {"probability", "fold_probabilities", "label", "threshold", "model_name", "demo"} <= set(result):
-            return result
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return CaseResult.read(path)
+    except InputError:
         pass
     print(f"{path}: incomplete or corrupt; the subject is done again", file=sys.stderr, flush=True)
     path.unlink(missing_ok=True)
@@ -208,17 +189,17 @@ def predict_cohort(
     out_root: str | Path,
     ensemble: Ensemble,
     bundle: Path,
-    threshold: float,
-    preset: str = "fast",
+    options: CaseOptions,
     jobs: int = 1,
     overwrite: bool = False,
-    force: bool = False,
     progress: ProgressCallback | None = None,
 ) -> Path:
-    """Score ``cases`` with ``ensemble`` into ``out_root``; return the path of ``predictions.tsv``.
+    """Score ``cases`` with ``ensemble`` (of the bundle folder ``bundle``) into ``out_root``;
+    return the path of ``predictions.tsv``. ``options``: preprocessing preset, threshold (None:
+    the card's "balanced" preset), force (predict even when preprocessing QC fails; the verdict
+    is in the table); no heat maps are made.
 
-    ``jobs``: T1s preprocessed at the same time (each in its own child process); ``force``:
-    predict even when preprocessing QC fails (the verdict is in the table); ``overwrite``: redo
+    ``jobs``: T1s preprocessed at the same time (each in its own child process); ``overwrite``: redo
     finished subjects and accept settings other than the folder's. One line per subject goes to
     stderr. Subject identifiers must be plain names (``batch.IDENTIFIER``); a folder made with
     another model, threshold or preset is refused (``cohort.json``); runs into one folder at once
@@ -227,9 +208,11 @@ def predict_cohort(
     """
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
+    threshold = ensemble.card.threshold_presets.get("balanced", 0.5) if options.threshold is None else options.threshold
+    options = replace(options, threshold=threshold, method="none")
     _check_settings(
         out_root,
-        {"model": ensemble.card.name, "model_bundle": str(Path(bundle).resolve()), "threshold": threshold, "preset": preset},
+        {"model": ensemble.card.name, "model_bundle": str(Path(bundle).resolve()), "threshold": threshold, "preset": options.preset},
         overwrite,
     )
     rows: dict[str, dict[str, str]] = {}
@@ -247,7 +230,7 @@ def predict_cohort(
         pending: list[tuple[Case, Future | None]] = [
             (
                 case,
-                threads.submit(_preprocess, case, subject_folder(out_root, case.subject) / "preprocessing", preset, overwrite)
+                threads.submit(_preprocess, case, subject_folder(out_root, case.subject) / "preprocessing", options.preset, overwrite)
                 if case.t1
                 else None,
             )
@@ -262,7 +245,7 @@ def predict_cohort(
                 time.sleep(0.2)
                 continue
             case, future = pending.pop(index)
-            row = _score(case, future, subject_folder(out_root, case.subject), ensemble, bundle, threshold, force)
+            row = _score(case, future, subject_folder(out_root, case.subject), ensemble, bundle, options)
             rows[case.subject] = row
             _write_table(out_root, rows)
             done += 1
@@ -281,9 +264,7 @@ def predict_cohort(
     return table
 
 
-def _score(
-    case: Case, future: Future | None, out_dir: Path, ensemble: Ensemble, bundle: Path, threshold: float, force: bool
-) -> dict[str, str]:
+def _score(case: Case, future: Future | None, out_dir: Path, ensemble: Ensemble, bundle: Path, options: CaseOptions) -> dict[str, str]:
     """Predict one case whose preprocessing (if any) has ended; its table row, with the seconds
     its preprocessing and its prediction took."""
     start = time.perf_counter()
@@ -293,14 +274,12 @@ def _score(
         if future is not None:
             qc_report = future.result()
             elapsed = float(qc_report.get("seconds", {}).get("total", 0.0))
-            if qc_report["verdict"] == "fail" and not force:
+            if qc_report["verdict"] == "fail" and not options.force:
                 return _row(case, "qc fail", "; ".join(qc_report["failures"]), seconds=elapsed) | {"qc_verdict": "fail"}
-            paths = {"GMD": out_dir / "preprocessing" / "gmd.nii.gz", "GMV": out_dir / "preprocessing" / "gmv.nii.gz"}
+            paths = {channel: out_dir / "preprocessing" / name for channel, name in MAP_FILES.items()}
         else:
             paths = {"GMD": case.gmd, "GMV": case.gmv}
-        x, checks = load_model_input(paths, ensemble.card.channels)
-        result = prediction_result(ensemble, ensemble.predict(x, threshold), checks, qc_report, bundle)
-        write_json_atomic(out_dir / "result.json", result)
+        result = score_case(paths, out_dir, ensemble, bundle, options, qc_report, outlines=False)
     except (BrainImageNetError, OSError) as exc:
         return _row(case, "error", str(exc), seconds=elapsed + time.perf_counter() - start)
     warnings = "; ".join(qc_report["warnings"]) if qc_report else ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,8 @@ from . import scene as mrml_scene
 from .bundle import ModelCard, read_card
 from .ensemble import Prediction, classify
 from .errors import InputError
-from .job import JobStatus, PredictionJob, RunOptions, heat_map_section
+from .job import JobStatus, PredictionJob
+from .pipeline import CaseOptions, CaseResult
 from .resources import default_bundle, sample_t1
 
 #: Text of the banner shown above every result of a demonstration model.
@@ -58,7 +59,7 @@ class CaseController:
         return mrml_scene.load_state(self.parameter_node)
 
     def _update(self, **changes: Any) -> mrml_scene.SceneState:
-        state = mrml_scene.SceneState(**{**asdict(self.state), **changes})
+        state = replace(self.state, **changes)
         mrml_scene.save_state(self.parameter_node, state)
         return state
 
@@ -143,7 +144,7 @@ class CaseController:
         return {"name": card.name, "intended_use": card.intended_use, "banner": banner}
 
     # -- run -----------------------------------------------------------------------------------
-    def start(self, options: RunOptions | None = None, python: str | None = None) -> PredictionJob:
+    def start(self, options: CaseOptions | None = None, python: str | None = None) -> PredictionJob:
         """Start preprocessing, ensemble and occlusion on the input T1 in a child process.
 
         The input node is written to the run folder first (so volumes loaded from DICOM or edited
@@ -165,7 +166,7 @@ class CaseController:
             storage.SetFileName(str(t1_path))
             if not storage.WriteData(volume):
                 raise InputError(f"could not write {volume.GetName()} for the run")
-        options = replace(options or RunOptions(), threshold=self._chosen_threshold())
+        options = replace(options or CaseOptions(), threshold=self._chosen_threshold())
         self.warnings = []
         self.job = PredictionJob(maps or t1_path, run_dir / "output", self.bundle_path(), options, python)
         return self.job
@@ -183,7 +184,7 @@ class CaseController:
                 status.state, status.message = "failed", str(error)
         if status.state != "running":
             result = self.state.result if status.state == "done" else None
-            qc_warnings = ((result or {}).get("qc") or {}).get("warnings") or []
+            qc_warnings = (result.qc or {}).get("warnings") or [] if result is not None else []
             self.warnings = self.job.warnings() + [f"QC: {w}" for w in qc_warnings]
         return status
 
@@ -192,26 +193,25 @@ class CaseController:
         if self.job is not None:
             self.job.cancel()
 
-    def load_results(self, out_dir: str | Path) -> dict[str, Any]:
+    def load_results(self, out_dir: str | Path) -> CaseResult:
         """Load a finished run's folder (``result.json``, native heat map, native regions) into the
         scene, replacing earlier results; set up the views; return the result."""
         out_dir = Path(out_dir)
         if self.node("InputVolume") is None:
             raise InputError("the input volume is no longer in the scene (was the scene closed?): the results were not loaded")
-        result = json.loads((out_dir / "result.json").read_text())
+        result = CaseResult.read(out_dir / "result.json")
         for role in ("HeatMap", "Regions", "RegionTable"):
             old = self.node(role)
             if old is not None:
                 self.scene.RemoveNode(old)
         heat = regions = table = centre = None
-        section = heat_map_section(result)
-        files = section.get("files", {})
-        heat_file = files.get("native") or files.get("mni")  # T1 input: the T1's grid; SPM maps: MNI
-        if heat_file:
+        section = result.heat_map
+        if section is not None:
+            heat_file = section.files.get("native") or section.files["mni"]  # T1 input: the T1's grid; SPM maps: MNI
             heat = mrml_scene.read_volume(self.scene, out_dir / heat_file, mrml_scene.HEAT_MAP_NAME)
-            mrml_scene.show_heat_map(heat, self.state.cutoff, section.get("centre", 0.0), section.get("legend", mrml_scene.LEGEND_TITLE))
-            table = mrml_scene.region_table(self.scene, section["regions"]["top_regions"])
-        regions_file = result.get("regions_native") or result.get("regions_mni")
+            mrml_scene.show_heat_map(heat, section.legend, self.state.cutoff, section.centre)
+            table = mrml_scene.region_table(self.scene, section.regions["top_regions"])
+        regions_file = result.regions_native or result.regions_mni
         if regions_file:
             from .atlas import REGIONS
 
@@ -223,7 +223,7 @@ class CaseController:
         self._set_node("Regions", regions)
         self._set_node("RegionTable", table)
         chosen = self._chosen_threshold()
-        self._update(result=result, threshold=result["threshold"] if chosen is None else chosen)
+        self._update(result=result, threshold=result.threshold if chosen is None else chosen)
         mrml_scene.set_up_views(self.app_logic, self.node("InputVolume"), heat, self.state.opacity, centre)
         return result
 
@@ -233,7 +233,7 @@ class CaseController:
         state = self.state
         if state.result is None:
             return None
-        return classify(state.result["probability"], state.result["fold_probabilities"], self.card(), state.threshold)
+        return classify(state.result.probability, state.result.fold_probabilities, self.card(), state.threshold)
 
     def set_threshold(self, threshold: float) -> Prediction | None:
         """Move the decision threshold in [0, 1]: label, sensitivity and specificity come from the

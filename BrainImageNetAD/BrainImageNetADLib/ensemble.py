@@ -150,6 +150,14 @@ class Ensemble:
         card, models = load_fold_models(bundle_dir)
         return cls(card, models, device, load_input_mask(bundle_dir, card), engine, threads, precision)
 
+    def fold_models(self, fold: int | None = None) -> list[torch.nn.Module]:
+        """The fold networks, or only fold ``fold`` (InputError when the bundle has no such fold)."""
+        if fold is None:
+            return self.models
+        if not 0 <= fold < len(self.models):
+            raise InputError(f"fold must lie in 0..{len(self.models) - 1}")
+        return [self.models[fold]]
+
     @property
     def n_channels(self) -> int:
         return len(self.card.channels)

@@ -1,8 +1,8 @@
 """One prediction run (preprocessing, ensemble, occlusion map) in a child process, polled by a GUI.
 
 The Slicer widget polls with a Qt timer and the web page with an asyncio task: neither freezes,
-and a crash in a native library or a cancel never takes the GUI down. The child is the command
-line (``brainimagenet-ad predict --progress``); its results are the files it writes.
+and a crash in a native library or a cancel never takes the GUI down. The child is
+``case_process`` (``pipeline.run_case``); its results are the files it writes.
 """
 
 from __future__ import annotations
@@ -16,36 +16,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .case_process import spec
+from .pipeline import CaseOptions
 from .progress import STAGE_GROUPS, stage_group
 from .worker import PYTHON_ENV, child_environment, hidden_console
-
-#: The heat-map methods of one case (``occlusion.occlusion_map``): exact occlusion by incremental
-#: inference, coarse to fine, naive full passes (the reference), gradient x input.
-OCCLUSION_METHODS = ("incremental", "approximate", "naive", "gradient")
-#: Heat-map kinds of one case and the key of ``result.json`` that holds each: the occlusion map
-#: (drop in AD probability when a cube is masked) and the risk map (``riskmap``: AD probability of
-#: the model's template with one cube taken from the subject).
-HEAT_MAP_KEYS = {"occlusion": "occlusion", "risk": "risk_map"}
-#: Heat-map choices of both skins: name -> (label, kind, method, fold model or None for all).
-HEAT_MAPS = {
-    "ensemble": ("Occlusion, whole ensemble (exact)", "occlusion", "incremental", None),
-    "approximate": ("Occlusion, whole ensemble (approximate, about 4x faster)", "occlusion", "approximate", None),
-    "fold": ("Occlusion, first fold model (about 5x faster)", "occlusion", "incremental", 0),
-    "gradient": ("Gradient x input (seconds, a preview)", "occlusion", "gradient", None),
-    "risk": ("Risk map, whole ensemble (exact)", "risk", "incremental", None),
-    "risk-approximate": ("Risk map, whole ensemble (approximate preview)", "risk", "approximate", None),
-    "none": ("No heat map", "occlusion", "none", None),
-}
-
-
-def heat_map_section(result: dict) -> dict:
-    """The heat-map section of a ``result.json`` (one per run: its risk map or its occlusion
-    map), or {} when the run made none."""
-    for key in HEAT_MAP_KEYS.values():
-        if result.get(key):
-            return result[key]
-    return {}
-
 
 #: Device choices of both skins: torch device name -> label ("auto": a GPU where torch sees one).
 DEVICES = {
@@ -54,34 +28,6 @@ DEVICES = {
     "cuda": "NVIDIA GPU (CUDA)",
     "mps": "Apple GPU (Metal)",
 }
-
-
-@dataclass
-class RunOptions:
-    """What a run computes.
-
-    preset: preprocessing preset ("fast" or "accurate"); heat_map: a kind of ``HEAT_MAP_KEYS``;
-    occlusion: the heat map's method, "incremental" (exact),
-    "approximate" (coarse to fine), "gradient" (seconds, a preview) or "none"; occlusion_fold: map one fold model instead of the
-    whole ensemble (about 5x faster); force: predict even when preprocessing QC fails; threshold: the decision threshold on the
-    AD probability (None: the model card's "balanced" preset); device: torch device ("cpu", "cuda", "cuda:1", "mps").
-    """
-
-    preset: str = "fast"
-    heat_map: str = "occlusion"
-    occlusion: str = "incremental"
-    occlusion_fold: int | None = None
-    force: bool = False
-    threads: int | None = None
-    threshold: float | None = None
-    device: str = "cpu"
-
-    @classmethod
-    def for_heat_map(cls, name: str, force: bool = False, device: str = "cpu") -> RunOptions:
-        """Options of a ``HEAT_MAPS`` choice (``force``: predict even when QC fails; ``device``: a
-        ``DEVICES`` name)."""
-        _, kind, method, fold = HEAT_MAPS[name]
-        return cls(heat_map=kind, occlusion=method, occlusion_fold=fold, force=force, device=device)
 
 
 @dataclass
@@ -95,27 +41,10 @@ class JobStatus:
     message: str = ""
 
 
-def predict_command(
-    source: Path | dict[str, Path], out_dir: Path, bundle: Path, options: RunOptions, python: str | None = None
-) -> list[str]:
-    """The command line of a run: ``python -m BrainImageNetADLib.cli predict T1 --out DIR ...``
+def case_command(source: Path | dict[str, Path], out_dir: Path, bundle: Path, options: CaseOptions, python: str | None = None) -> list[str]:
+    """The command line of a run: ``python -m BrainImageNetADLib.case_process SPEC``
     (``source``: a T1 file, or SPM maps ``{"GMD": wc1, "GMV": mwc1}``)."""
-    inputs = ["--gmd", str(source["GMD"]), "--gmv", str(source["GMV"])] if isinstance(source, dict) else [str(source)]
-    command = [python or sys.executable, "-m", "BrainImageNetADLib.cli", "predict", *inputs, "--out", str(out_dir)]
-    command += ["--model", str(bundle), "--preset", options.preset, "--occlusion", options.occlusion, "--progress"]
-    if options.heat_map != "occlusion":
-        command += ["--heat-map", options.heat_map]
-    if options.occlusion_fold is not None:
-        command += ["--occlusion-fold", str(options.occlusion_fold)]
-    if options.threads:
-        command += ["--threads", str(options.threads)]
-    if options.threshold is not None:
-        command += ["--threshold", repr(float(options.threshold))]
-    if options.device != "cpu":
-        command += ["--device", options.device]
-    if options.force:
-        command.append("--force")
-    return command
+    return [python or sys.executable, "-m", "BrainImageNetADLib.case_process", spec(source, out_dir, bundle, options)]
 
 
 def _new_process_group() -> dict:
@@ -152,12 +81,12 @@ class PredictionJob:
         source: Path | dict[str, Path],
         out_dir: Path,
         bundle: Path,
-        options: RunOptions | None = None,
+        options: CaseOptions | None = None,
         python: str | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.command = predict_command(source, self.out_dir, Path(bundle), options or RunOptions(), python)
+        self.command = case_command(source, self.out_dir, Path(bundle), options or CaseOptions(), python)
         env = child_environment()
         env[PYTHON_ENV] = self.command[0]  # the run's own workers start the same way
         self._process = subprocess.Popen(

@@ -34,7 +34,7 @@ import torch
 
 from . import grid
 from .incremental import IncrementalNetwork, Patch
-from .job import OCCLUSION_METHODS
+from .pipeline import OCCLUSION_METHODS
 from .progress import CancelCallback, ProgressCallback, check_cancel
 
 

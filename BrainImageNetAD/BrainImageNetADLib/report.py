@@ -17,18 +17,19 @@ import numpy as np
 from . import __version__
 from .atomic import write_bytes_atomic, write_json_atomic
 from .ensemble import Prediction, fold_text, percent
-from .job import heat_map_section
 from .mrml import volume_node_array
+from .pipeline import CaseResult
 
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
 SLICES_PNG = "report_slices.png"
 
 
-def report_content(result: dict[str, Any], prediction: Prediction, notice: dict[str, Any]) -> dict[str, Any]:
+def report_content(result: CaseResult, prediction: Prediction, notice: dict[str, Any]) -> dict[str, Any]:
     """The report's facts as a JSON-ready dict (no identifiers of the patient or of the input)."""
-    heat_map = heat_map_section(result)
-    qc = result.get("qc") or {}
+    heat_map = result.heat_map
+    regions = heat_map.regions if heat_map else {}
+    qc = result.qc or {}
     return {
         "product": f"BrainImageNet-AD {__version__}",
         "analysis_date": datetime.date.today().isoformat(),
@@ -44,12 +45,12 @@ def report_content(result: dict[str, Any], prediction: Prediction, notice: dict[
         "specificity": prediction.specificity,
         "qc": {k: qc.get(k) for k in ("verdict", "failures", "warnings", "volumes_ml")},
         "heat_map": {
-            "kind": heat_map.get("kind", "occlusion"),
-            "method": heat_map.get("method"),
-            "units": heat_map.get("units"),
-            "centre": heat_map.get("centre", 0.0),
-            "hippocampal": (heat_map.get("regions") or {}).get("hippocampal", []),
-            "top_regions": (heat_map.get("regions") or {}).get("top_regions", []),
+            "kind": heat_map.kind if heat_map else "occlusion",
+            "method": heat_map.method if heat_map else None,
+            "units": heat_map.units if heat_map else None,
+            "centre": heat_map.centre if heat_map else 0.0,
+            "hippocampal": regions.get("hippocampal", []),
+            "top_regions": regions.get("top_regions", []),
         },
     }
 
@@ -159,7 +160,7 @@ specificity {percent(content["specificity"])} (from the model card's validation)
 
 def write_report(
     folder: str | Path,
-    result: dict[str, Any],
+    result: CaseResult,
     prediction: Prediction,
     notice: dict[str, Any],
     t1: Any,

@@ -17,6 +17,7 @@ import numpy as np
 
 from .atomic import replacing
 from .errors import InputError
+from .pipeline import CaseResult
 
 #: Name of the module; its parameter node is the scene's singleton of that tag.
 MODULE_NAME = "BrainImageNetAD"
@@ -76,11 +77,11 @@ def occlusion_color_node(scene: Any, cutoff: float) -> Any:
     return node
 
 
-def show_heat_map(node: Any, cutoff: float = 0.2, centre: float = 0.0, title: str | None = None) -> None:
+def show_heat_map(node: Any, title: str, cutoff: float = 0.2, centre: float = 0.0) -> None:
     """Display a heat-map volume with the occlusion colour table, symmetric around ``centre``
     (the value of no effect: 0 for an occlusion map, the template's score for a risk map), hiding
     values whose distance from it is below ``cutoff`` times the largest; the legend is titled
-    ``title`` (default ``LEGEND_TITLE``)."""
+    ``title`` (``HeatMap.legend``)."""
     from slicer.util import arrayFromVolume
 
     scene = node.GetScene()
@@ -90,7 +91,7 @@ def show_heat_map(node: Any, cutoff: float = 0.2, centre: float = 0.0, title: st
     display.SetAutoWindowLevel(False)
     display.SetWindowLevelMinMax(centre - peak, centre + peak)
     display.SetInterpolate(True)
-    add_color_legend(node, title or LEGEND_TITLE)
+    add_color_legend(node, title)
 
 
 def register_node_classes(scene: Any) -> None:
@@ -100,10 +101,6 @@ def register_node_classes(scene: Any) -> None:
 
     if not scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):
         scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
-
-
-#: Title of the heat map's colour legend in the slice views.
-LEGEND_TITLE = "Drop in AD probability when masked"
 
 
 def add_color_legend(node: Any, title: str) -> Any:
@@ -233,7 +230,7 @@ def _nodes(scene: Any, class_name: str) -> list[Any]:
 class SceneState:
     """The workflow's state as the parameter node stores it (a saved scene restores it).
 
-    ``result`` is the content of the run's ``result.json`` (None before a run); ``cutoff`` is a
+    ``result`` is the run's result (``result.json``; None before a run); ``cutoff`` is a
     fraction of the heat map's largest |value|; ``opacity`` is the heat map layer's opacity.
     """
 
@@ -241,7 +238,7 @@ class SceneState:
     threshold: float = 0.5
     opacity: float = 0.6
     cutoff: float = 0.2
-    result: dict[str, Any] | None = None
+    result: CaseResult | None = None
 
 
 def save_state(node: Any, state: SceneState) -> None:
@@ -252,7 +249,7 @@ def save_state(node: Any, state: SceneState) -> None:
     node.SetParameter("Threshold", repr(float(state.threshold)))
     node.SetParameter("Opacity", repr(float(state.opacity)))
     node.SetParameter("Cutoff", repr(float(state.cutoff)))
-    node.SetParameter("Result", "" if state.result is None else json.dumps(state.result))
+    node.SetParameter("Result", "" if state.result is None else json.dumps(state.result.to_json()))
     node.EndModify(was_modifying)
 
 
@@ -264,13 +261,17 @@ def load_state(node: Any) -> SceneState:
         text = node.GetParameter(name)
         return float(text) if text else fallback
 
-    result = node.GetParameter("Result")
+    text = node.GetParameter("Result")
+    try:
+        result = CaseResult.from_json(json.loads(text)) if text else None
+    except (InputError, ValueError):  # a result this version cannot read: the case is run again
+        result = None
     return SceneState(
         model_path=node.GetParameter("ModelPath") or default.model_path,
         threshold=number("Threshold", default.threshold),
         opacity=number("Opacity", default.opacity),
         cutoff=number("Cutoff", default.cutoff),
-        result=json.loads(result) if result else None,
+        result=result,
     )
 
 

@@ -22,7 +22,8 @@ from .controller import CaseController
 from .ensemble import fold_text, percent
 from .errors import BrainImageNetError
 from .imageheader import read_in_child
-from .job import HEAT_MAPS, STAGE_GROUPS, RunOptions, heat_map_section
+from .pipeline import HEAT_MAPS, CaseOptions
+from .progress import STAGE_GROUPS
 from .resources import resources_dir
 
 #: File name endings accepted for upload.
@@ -126,7 +127,8 @@ class WebApp:
             state.has_result = False
             return
         result = self.controller.state.result
-        heat_map = heat_map_section(result)
+        qc = result.qc or {}
+        regions = result.heat_map.regions["top_regions"] if result.heat_map else []
         state.update(
             {
                 "has_result": True,
@@ -136,11 +138,10 @@ class WebApp:
                 "label": prediction.label,
                 "sensitivity": percent(prediction.sensitivity),
                 "specificity": percent(prediction.specificity),
-                "qc_verdict": (result.get("qc") or {}).get("verdict", "not run"),
-                "qc_volumes": (result.get("qc") or {}).get("volumes_ml") or {},
+                "qc_verdict": qc.get("verdict", "not run"),
+                "qc_volumes": qc.get("volumes_ml") or {},
                 "regions": [
-                    {"rank": r["rank"], "name": r["name"], "mean": f"{r['mean']:+.4f}", "peak": f"{r['peak']:+.4f}"}
-                    for r in (heat_map.get("regions") or {}).get("top_regions", [])
+                    {"rank": r["rank"], "name": r["name"], "mean": f"{r['mean']:+.4f}", "peak": f"{r['peak']:+.4f}"} for r in regions
                 ],
             }
         )
@@ -187,7 +188,7 @@ class WebApp:
         """Start a prediction on the input and poll it until it ends."""
         state = self.server.state
         try:
-            self.controller.start(RunOptions.for_heat_map(state.heat_map, bool(state.force)))
+            self.controller.start(CaseOptions.for_heat_map(state.heat_map, bool(state.force)))
         except BrainImageNetError as exc:
             self._report(exc)
             return

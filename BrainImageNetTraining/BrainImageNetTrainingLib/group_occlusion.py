@@ -45,11 +45,7 @@ def group_occlusion(
     ensemble = Ensemble.from_bundle(bundle)
     scans = read_manifest(manifest)
     check_independent(ensemble.card, scans)
-    models = ensemble.models
-    if fold is not None:
-        if not 0 <= fold < len(models):
-            raise InputError(f"fold must lie in 0..{len(models) - 1}")
-        models = [models[fold]]
+    models = ensemble.fold_models(fold)
     chosen = _alternate([i for i, s in enumerate(scans) if target(s, "ad") is not None], scans, max_scans)
     if not chosen:
         raise InputError(f"{manifest}: no AD or NC scans to occlude")

@@ -137,11 +137,7 @@ def subject_risk_maps(
     ``folder/settings.json``; other settings are refused)."""
     if settings.method not in RISK_METHODS:
         raise InputError(f"a risk map is computed {', '.join(RISK_METHODS)}, not {settings.method}")
-    models = ensemble.models
-    if settings.fold is not None:
-        if not 0 <= settings.fold < len(models):
-            raise InputError(f"fold must lie in 0..{len(models) - 1}")
-        models = [models[settings.fold]]
+    models = ensemble.fold_models(settings.fold)
     raw = load_risk_template(bundle, ensemble.card)
     mean, per_fold = ensemble.predict_proba(raw[None])
     score = float(mean[0] if settings.fold is None else per_fold[0, settings.fold])

@@ -38,13 +38,13 @@ def slicer_application():
 
 def main(out_dir: Path) -> dict:
     from BrainImageNetADLib.controller import CaseController
-    from BrainImageNetADLib.job import RunOptions
+    from BrainImageNetADLib.pipeline import CaseOptions
 
     scene, app_logic = slicer_application()
     controller = CaseController(scene, app_logic, out_dir / "work")
     controller.load_sample()
     controller.set_threshold(THRESHOLD)
-    controller.start(RunOptions(occlusion_fold=0))
+    controller.start(CaseOptions(fold=0))
     end = time.monotonic() + HANG_GUARD_S
     while controller.poll().state == "running":
         if time.monotonic() > end:
