@@ -108,8 +108,8 @@ def real_scan_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
     from contrast_model import CONTRASTS, write_remapped
 
     from BrainImageNetADLib.preprocess import preprocess_t1
-    from BrainImageNetADLib.realscans import real_scans
     from BrainImageNetADLib.worker import run_isolated
+    from BrainImageNetBench.realscans import real_scans
 
     root = tmp_path_factory.mktemp("contrast")
     t1s = {s.name: s.path for s in real_scans(REALDATA) if s.expect == "accept"}

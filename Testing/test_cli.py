@@ -143,23 +143,6 @@ def test_bad_options_get_exit_2_and_one_line(tmp_path: Path, sample: dict[str, P
     assert_input_error(run_cli("predict", "--gmd", sample["GMD"], "--gmv", sample["GMV"], "--out", taken), "is a file; give a folder")
 
 
-def test_bench_predict_prints_a_row_per_preset() -> None:
-    result = run_cli("bench", "predict", "--presets", "tiny", "--batch", "2")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith("peak measured now (fp32): matmul") and "openvino_convolution" in lines[0]
-    assert lines[1].startswith("tiny: 1.3 GMAC per sample per fold")
-    header, rows, footer = lines[2], [line.split() for line in lines[3:-1]], lines[-1]
-    assert "s_per_subject" in header and "pct_of_peak" in header and "other_jobs_cpu" in header
-    engines = {" ".join(row[1:3]): row for row in rows[:4]}
-    assert list(engines) == ["torch f32", "openvino f32", "torch bf16", "openvino bf16"]
-    assert float(engines["openvino f32"][7]) < 1e-5  # max abs difference from PyTorch fp32
-    assert float(engines["torch f32"][5]) == pytest.approx(3600 / float(engines["torch f32"][4]), rel=1e-3)  # subjects per hour
-    assert all(float(row[4]) > 0 for row in rows[:4])
-    assert rows[4][1:5] == ["openvino", "f32", "batch", "2"]
-    assert footer.startswith("torch threads")
-
-
 def test_terminal_shows_progress_bars_and_a_pipe_gets_none(tiny_bundle: Path, sample: dict[str, Path], tmp_path: Path) -> None:
     """At a terminal (a pseudo-terminal made by util-linux's ``script``), long work shows one bar
     per stage group with the time left; with the output in a pipe, nothing but the result path."""

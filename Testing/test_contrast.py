@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from BrainImageNetADLib import grid, qc, templates
-from BrainImageNetADLib.realscans import real_scans
+from BrainImageNetBench.realscans import real_scans
 from conftest import MODEL_BASE, REALDATA, needs_realdata
 
 

@@ -9,7 +9,7 @@ import pytest
 from scipy.io import savemat
 
 from BrainImageNetADLib.errors import InputError
-from BrainImageNetADLib.fidelity import (
+from BrainImageNetBench.fidelity import (
     ReferenceScan,
     _on_mni_grid,
     dice,
@@ -133,8 +133,8 @@ def test_spms_mapping_read_from_its_parameters_reproduces_its_warped_map() -> No
     and the displacement ``Twarp``) is SPM's own ``wc1``: the reading of SPM's mapping is right."""
     import nibabel as nib
 
-    from BrainImageNetADLib.fidelity import spm_positions
     from BrainImageNetADLib.normalise import warped_maps
+    from BrainImageNetBench.fidelity import spm_positions
 
     scan = _reference("Subj3")
     c1 = nib.load(str(scan.c1))
@@ -156,7 +156,7 @@ def test_on_an_elderly_scan_our_native_grey_matter_through_spms_mapping_is_spms_
 
 
 def test_the_time_line_puts_ours_beside_spms() -> None:
-    from BrainImageNetADLib.fidelity import timing_line
+    from BrainImageNetBench.fidelity import timing_line
 
     line = timing_line([{"seconds": 61.2}, {"seconds": 74.9}, {"seconds": None}])
     assert line == "time per scan: ours 61-75 s (all scans, this run); SPM12's Segment 85-120 s per 2 mm scan on one thread"

@@ -14,7 +14,6 @@ from test_cli import run_cli
 
 from BrainImageNetADLib import grid
 from BrainImageNetADLib.atlas import load_atlas
-from BrainImageNetADLib.bench import signal_preserving_init
 from BrainImageNetADLib.bundle import load_fold_models
 from BrainImageNetADLib.errors import Cancelled
 from BrainImageNetADLib.networks import build_network
@@ -27,6 +26,7 @@ from BrainImageNetADLib.occlusion import (
     region_summary,
 )
 from BrainImageNetADLib.resources import default_bundle
+from BrainImageNetBench.speed import signal_preserving_init
 
 
 def spread(positions: np.ndarray, n: int) -> np.ndarray:

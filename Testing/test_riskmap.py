@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from BrainImageNetADLib import grid
-from BrainImageNetADLib.bench import signal_preserving_init
 from BrainImageNetADLib.bundle import load_risk_template, read_card
 from BrainImageNetADLib.ensemble import Ensemble
 from BrainImageNetADLib.errors import BundleError, Cancelled
@@ -20,6 +19,7 @@ from BrainImageNetADLib.networks import build_network
 from BrainImageNetADLib.occlusion import cube_positions
 from BrainImageNetADLib.resources import default_bundle
 from BrainImageNetADLib.riskmap import RiskSettings, risk_map
+from BrainImageNetBench.speed import signal_preserving_init
 
 
 def spread(positions: np.ndarray, n: int) -> np.ndarray:
@@ -165,7 +165,7 @@ def test_approximate_risk_map_computes_a_fraction_and_follows_the_exact_one(samp
 
 
 def test_bench_risk_times_naive_exact_and_approximate_side_by_side() -> None:
-    from BrainImageNetADLib.bench import bench_risk
+    from BrainImageNetBench.speed import bench_risk
 
     rows, last = bench_risk(["tiny"], positions=3, batch=8, folds=2)
     row = rows[0]

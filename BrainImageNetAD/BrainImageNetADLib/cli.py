@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=["f32", "bf16"],
         default="f32",
-        help="f32 (default, exact) or bf16 (2-5x faster on CPUs with bf16 units; probabilities move by up to 2e-3, see bench predict)",
+        help="f32 (default, exact) or bf16 (2-5x faster on CPUs with bf16 units; probabilities move by up to 2e-3, see docs/performance.md)",
     )
     predict.add_argument(
         "--heat-map",
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=[*OCCLUSION_METHODS, "none"],
         help="how the heat map is computed (default incremental): incremental (exact), approximate (coarse to fine, "
-        "about 4x faster, see bench occlusion), naive (full passes, the reference), gradient x input (a quick preview; "
+        "about 4x faster, see docs/occlusion.md), naive (full passes, the reference), gradient x input (a quick preview; "
         "occlusion only), or none; a cohort gets none",
     )
     predict.add_argument("--occlusion-fold", type=int, default=None, help="map one fold model instead of the ensemble")
@@ -136,114 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--max-upload-mb", type=float, default=200.0, help="largest T1 file accepted for upload, in MB")
     web.add_argument("--heat-map", default="ensemble", choices=list(HEAT_MAPS), help="default heat map of a run")
     web.add_argument("--models", type=Path, default=None, help="folder of more model bundles for the chooser (e.g. made by import-keras)")
-    bench = sub.add_parser("bench", help="benchmarks (speed, memory) printed as a table")
-    bench.add_argument(
-        "target", choices=["predict", "preprocess", "occlusion", "risk", "train", "fidelity", "realscans"], help="what to measure"
-    )
-    bench.add_argument(
-        "--reference",
-        type=Path,
-        default=None,
-        help="fidelity: folder of SPM12 reference maps, one sub-folder per scan, with SPM's *_seg8.mat where available to check its fit (default: ../shared/reference/spm12 beside the source tree)",
-    )
-    bench.add_argument(
-        "--presets",
-        nargs="+",
-        default=None,
-        help="network presets (predict: tiny small paper; occlusion, risk: small paper; train: paper) or preprocessing presets (preprocess: fast accurate)",
-    )
-    bench.add_argument("--t1", type=Path, default=None, help="T1 for 'preprocess' (default: the sample T1, Colin27)")
-    bench.add_argument(
-        "--batch",
-        type=int,
-        default=4,
-        help="batch size (predict: compared with batch size 1; occlusion, risk: cubes per pass; train: per step)",
-    )
-    bench.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help="realscans: folder of real scans laid out like shared/realdata (default: ../shared/realdata beside the source tree)",
-    )
-    bench.add_argument(
-        "--out",
-        type=Path,
-        default=Path("realscans"),
-        help="realscans (and fidelity with --keep): where preprocessing outputs are kept (resumable)",
-    )
-    bench.add_argument("--jobs", type=int, default=1, help="realscans: scans preprocessed at a time, each in its own worker process")
-    bench.add_argument("--keep", action="store_true", help="fidelity: keep each scan's preprocessing under --out/fidelity and reuse it")
-    bench.add_argument(
-        "--markdown",
-        type=Path,
-        default=None,
-        help="realscans, fidelity: also write the table and its summary as Markdown to this file (docs/results/)",
-    )
-    bench.add_argument("--folds", type=int, default=5, help="occlusion, risk: fold networks in the whole-map runs (default 5)")
-    bench.add_argument(
-        "--repeats", type=int, default=None, help="timed repeats (predict: interleaved rounds, default 3; train: steps, default 1)"
-    )
-    bench.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    bench.add_argument("--device", default="cpu")
     return parser
-
-
-def run_bench(args: argparse.Namespace) -> None:
-    """Run the ``bench`` command and print its table."""
-    import torch
-
-    from .bench import bench_occlusion, bench_predict, bench_preprocess, bench_risk, bench_train, print_rows, write_markdown
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    shared = Path(__file__).resolve().parents[3] / "shared"
-    if args.target == "realscans":
-        from concurrent.futures import ThreadPoolExecutor
-
-        from .realscans import RealScan, measure_scan, real_scans, summary
-
-        scans = real_scans(args.data or shared / "realdata")
-
-        def measured(scan: RealScan) -> dict:
-            row = measure_scan(scan, args.out / scan.group / scan.name)
-            print(f"{scan.name}: {row['verdict']}", file=sys.stderr, flush=True)
-            return row
-
-        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            rows = list(pool.map(measured, scans))
-        columns = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "reason"]
-        table = [{k: r.get(k) for k in columns} for r in rows]
-        lines = [f"{r['scan']}: {r['reason']}" for r in rows if r["reason"]] + summary(rows, scans)
-        print_rows(table)
-        print("\n".join(lines))
-        if args.markdown:
-            write_markdown(args.markdown, "Real scans: QC, volumes and contrast", "brainimagenet-ad bench realscans", table, lines)
-    elif args.target == "fidelity":
-        from .fidelity import reference_scans, scan_fidelity, summary_line, timing_line
-
-        reference = args.reference or shared / "reference" / "spm12"
-        rows = []
-        for scan in reference_scans(reference):
-            rows.append(scan_fidelity(scan, (args.presets or ["fast"])[0], args.out / "fidelity" / scan.name if args.keep else None))
-            print(f"{scan.name}: done", file=sys.stderr, flush=True)
-        lines = [summary_line(rows), timing_line(rows)]
-        print_rows(rows)
-        print("\n".join(lines))
-        if args.markdown:
-            write_markdown(args.markdown, "Fidelity to SPM12", "brainimagenet-ad bench fidelity", rows, lines)
-    elif args.target == "preprocess":
-        print_rows(bench_preprocess(str(args.t1 or sample_t1()), args.presets or ["fast", "accurate"]))
-    elif args.target == "train":
-        print_rows(bench_train(args.presets or ["paper"], batch=args.batch, steps=args.repeats or 1, device=args.device))
-    elif args.target in ("occlusion", "risk"):
-        bench = bench_occlusion if args.target == "occlusion" else bench_risk
-        rows, last = bench(args.presets or ["small", "paper"], batch=args.batch, folds=args.folds)
-        print_rows(rows)
-        print(last)
-    else:
-        print_rows(
-            bench_predict(args.presets or ["tiny", "small", "paper"], batch=args.batch, repeats=args.repeats or 3, device=args.device)
-        )
 
 
 def run_preprocess(args: argparse.Namespace) -> Path:
@@ -348,8 +241,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .web import serve
 
             serve(args.host, args.port, args.max_upload_mb, args.heat_map, args.models)
-        elif args.command == "bench":
-            run_bench(args)
         return 0
     except SubjectsFailed as exc:
         print(f"error: {exc}", file=sys.stderr)

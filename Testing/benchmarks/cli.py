@@ -1,0 +1,140 @@
+"""``brainimagenet-bench``: the developers' benchmarks (speed, memory, fidelity to SPM12, real
+scans), printed as tables and, with ``--markdown``, written under ``docs/results/``. Not part of
+the Slicer extension. Exit codes as ``brainimagenet-ad``'s: 0 success, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from BrainImageNetADLib.cli import OneLineErrorParser
+from BrainImageNetADLib.errors import BrainImageNetError
+from BrainImageNetADLib.resources import sample_t1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog="brainimagenet-bench", description="Benchmarks of BrainImageNet-AD, printed as tables.")
+    parser.add_argument(
+        "target", choices=["predict", "preprocess", "occlusion", "risk", "train", "fidelity", "realscans"], help="what to measure"
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="fidelity: folder of SPM12 reference maps, one sub-folder per scan, with SPM's *_seg8.mat where available to check its fit (default: ../shared/reference/spm12 beside the source tree)",
+    )
+    parser.add_argument(
+        "--presets",
+        nargs="+",
+        default=None,
+        help="network presets (predict: tiny small paper; occlusion, risk: small paper; train: paper) or preprocessing presets (preprocess: fast accurate)",
+    )
+    parser.add_argument("--t1", type=Path, default=None, help="T1 for 'preprocess' (default: the sample T1, Colin27)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=4,
+        help="batch size (predict: compared with batch size 1; occlusion, risk: cubes per pass; train: per step)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="realscans: folder of real scans laid out like shared/realdata (default: ../shared/realdata beside the source tree)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("realscans"),
+        help="realscans (and fidelity with --keep): where preprocessing outputs are kept (resumable)",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="realscans: scans preprocessed at a time, each in its own worker process")
+    parser.add_argument("--keep", action="store_true", help="fidelity: keep each scan's preprocessing under --out/fidelity and reuse it")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        help="realscans, fidelity: also write the table and its summary as Markdown to this file (docs/results/)",
+    )
+    parser.add_argument("--folds", type=int, default=5, help="occlusion, risk: fold networks in the whole-map runs (default 5)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed repeats (predict: interleaved rounds, default 3; train: steps, default 1)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the benchmark ``args.target`` and print its table."""
+    import torch
+
+    from .speed import bench_occlusion, bench_predict, bench_preprocess, bench_risk, bench_train, print_rows, write_markdown
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shared = Path(__file__).resolve().parents[3] / "shared"
+    if args.target == "realscans":
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .realscans import RealScan, measure_scan, real_scans, summary
+
+        scans = real_scans(args.data or shared / "realdata")
+
+        def measured(scan: RealScan) -> dict:
+            row = measure_scan(scan, args.out / scan.group / scan.name)
+            print(f"{scan.name}: {row['verdict']}", file=sys.stderr, flush=True)
+            return row
+
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            rows = list(pool.map(measured, scans))
+        columns = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "reason"]
+        table = [{k: r.get(k) for k in columns} for r in rows]
+        lines = [f"{r['scan']}: {r['reason']}" for r in rows if r["reason"]] + summary(rows, scans)
+        print_rows(table)
+        print("\n".join(lines))
+        if args.markdown:
+            write_markdown(args.markdown, "Real scans: QC, volumes and contrast", "brainimagenet-bench realscans", table, lines)
+    elif args.target == "fidelity":
+        from .fidelity import reference_scans, scan_fidelity, summary_line, timing_line
+
+        reference = args.reference or shared / "reference" / "spm12"
+        rows = []
+        for scan in reference_scans(reference):
+            rows.append(scan_fidelity(scan, (args.presets or ["fast"])[0], args.out / "fidelity" / scan.name if args.keep else None))
+            print(f"{scan.name}: done", file=sys.stderr, flush=True)
+        lines = [summary_line(rows), timing_line(rows)]
+        print_rows(rows)
+        print("\n".join(lines))
+        if args.markdown:
+            write_markdown(args.markdown, "Fidelity to SPM12", "brainimagenet-bench fidelity", rows, lines)
+    elif args.target == "preprocess":
+        print_rows(bench_preprocess(str(args.t1 or sample_t1()), args.presets or ["fast", "accurate"]))
+    elif args.target == "train":
+        print_rows(bench_train(args.presets or ["paper"], batch=args.batch, steps=args.repeats or 1, device=args.device))
+    elif args.target in ("occlusion", "risk"):
+        bench = bench_occlusion if args.target == "occlusion" else bench_risk
+        rows, last = bench(args.presets or ["small", "paper"], batch=args.batch, folds=args.folds)
+        print_rows(rows)
+        print(last)
+    else:
+        print_rows(
+            bench_predict(args.presets or ["tiny", "small", "paper"], batch=args.batch, repeats=args.repeats or 3, device=args.device)
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``brainimagenet-bench``; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+        return 0
+    except (BrainImageNetError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

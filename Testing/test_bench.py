@@ -1,0 +1,38 @@
+"""``brainimagenet-bench``, the developers' benchmarks, run as a command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import HANG_GUARD_S
+
+
+def run_bench(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "BrainImageNetBench.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
+
+
+def test_bench_predict_prints_a_row_per_preset() -> None:
+    result = run_bench("predict", "--presets", "tiny", "--batch", "2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("peak measured now (fp32): matmul") and "openvino_convolution" in lines[0]
+    assert lines[1].startswith("tiny: 1.3 GMAC per sample per fold")
+    header, rows, footer = lines[2], [line.split() for line in lines[3:-1]], lines[-1]
+    assert "s_per_subject" in header and "pct_of_peak" in header and "other_jobs_cpu" in header
+    engines = {" ".join(row[1:3]): row for row in rows[:4]}
+    assert list(engines) == ["torch f32", "openvino f32", "torch bf16", "openvino bf16"]
+    assert float(engines["openvino f32"][7]) < 1e-5  # max abs difference from PyTorch fp32
+    assert float(engines["torch f32"][5]) == pytest.approx(3600 / float(engines["torch f32"][4]), rel=1e-3)  # subjects per hour
+    assert all(float(row[4]) > 0 for row in rows[:4])
+    assert rows[4][1:5] == ["openvino", "f32", "batch", "2"]
+    assert footer.startswith("torch threads")
+
+
+def test_a_missing_reference_folder_is_one_line() -> None:
+    result = run_bench("fidelity", "--reference", "/nonexistent/spm12")
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
