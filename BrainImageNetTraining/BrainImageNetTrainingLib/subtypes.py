@@ -123,7 +123,7 @@ def _grey_matter_mask(ensemble: Ensemble) -> np.ndarray:
 
 
 def subject_risk_maps(
-    bundle: Path,
+    raw_template: np.ndarray,
     ensemble: Ensemble,
     scans: list[Scan],
     folder: Path,
@@ -131,17 +131,17 @@ def subject_risk_maps(
     progress: ProgressCallback | None = None,
     should_cancel: CancelCallback | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Risk maps (S, 96, 120, 86) of ``scans`` on the model grid, for the ensemble of ``bundle``
-    (or its fold ``settings.fold``), and the template's score (AD probability). Each map is kept
+    """Risk maps (S, 96, 120, 86) of ``scans`` on the model grid, for ``ensemble`` (or its fold
+    ``settings.fold``) and its risk template ``raw_template`` (C, 96, 120, 86, as
+    ``bundle.load_risk_template`` reads it), and the template's score (AD probability). Each map is kept
     in ``folder`` and read back on a later run with the same settings (recorded in
     ``folder/settings.json``; other settings are refused)."""
     if settings.method not in RISK_METHODS:
         raise InputError(f"a risk map is computed {', '.join(RISK_METHODS)}, not {settings.method}")
     models = ensemble.fold_models(settings.fold)
-    raw = load_risk_template(bundle, ensemble.card)
-    mean, per_fold = ensemble.predict_proba(raw[None])
+    mean, per_fold = ensemble.predict_proba(raw_template[None])
     score = float(mean[0] if settings.fold is None else per_fold[0, settings.fold])
-    template = ensemble.prepare(raw[None])[0]
+    template = ensemble.prepare(raw_template[None])[0]
     recorded = {
         "model": ensemble.card.name,
         "weights": [f.get("sha256") for f in ensemble.card.data.get("folds", [])],
@@ -258,7 +258,7 @@ def run_subtypes(
     in ``out`` made with other settings."""
     bundle, out = Path(bundle), Path(out)
     ensemble = Ensemble.from_bundle(bundle)
-    load_risk_template(bundle, ensemble.card)  # a clear error before any work
+    raw_template = load_risk_template(bundle, ensemble.card)  # a clear error before any work
     scans = read_manifest(manifest)
     ad = [s for s in scans if s.diagnosis == "AD"]
     mci = [s for s in scans if s.diagnosis in MCI_DIAGNOSES]
@@ -268,7 +268,7 @@ def run_subtypes(
         raise InputError(f"k = {settings.k} subtypes needs 1 <= k <= {len(ad)} (the AD scans)")
     if not 0 <= settings.margin < 2:
         raise InputError(f"the assignment margin is a difference of correlations, 0 to 2; got {settings.margin}")
-    maps, score = subject_risk_maps(bundle, ensemble, ad + mci, out / "risk_maps", settings, progress, should_cancel)
+    maps, score = subject_risk_maps(raw_template, ensemble, ad + mci, out / "risk_maps", settings, progress, should_cancel)
     mask = _grey_matter_mask(ensemble)
     check_cancel(should_cancel, "subtypes")
     labels, inertia, k = cluster(maps[: len(ad), mask], settings)
@@ -308,7 +308,7 @@ def run_subtypes(
     writer.writerows(rows)
     write_bytes_atomic(out / "assignments.tsv", buffer.getvalue().encode())
     sizes = [int((labels == j).sum()) for j in range(k)]
-    background = ensemble.prepare(load_risk_template(bundle, ensemble.card)[None])[0][0]
+    background = ensemble.prepare(raw_template[None])[0][0]
     subtype_figure(centres, background, score, out / "subtype_centres.png", sizes)
     summary = {
         "model": ensemble.card.name,
