@@ -16,8 +16,8 @@ def run_bench(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
-def test_bench_predict_prints_a_row_per_preset() -> None:
-    result = run_bench("predict", "--presets", "tiny", "--batch", "2")
+def test_bench_predict_prints_a_row_per_preset_and_writes_them_as_markdown(tmp_path: Path) -> None:
+    result = run_bench("predict", "--presets", "tiny", "--batch", "2", "--markdown", tmp_path / "predict.md")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("peak measured now (fp32): matmul") and "openvino_convolution" in lines[0]
@@ -31,6 +31,11 @@ def test_bench_predict_prints_a_row_per_preset() -> None:
     assert all(float(row[4]) > 0 for row in rows[:4])
     assert rows[4][1:5] == ["openvino", "f32", "batch", "2"]
     assert footer.startswith("torch threads")
+    markdown = (tmp_path / "predict.md").read_text().splitlines()
+    assert markdown[0] == "# Prediction speed" and "`brainimagenet-bench predict`" in markdown[2]
+    table = [line.split("|")[1:-1] for line in markdown if line.startswith("|")]
+    assert [c.strip() for c in table[0]] == header.split() and len(table) == 2 + len(rows)
+    assert markdown[-1].startswith("- ") and "CPUs, torch threads" in markdown[-1]
 
 
 def test_a_missing_reference_folder_is_one_line() -> None:

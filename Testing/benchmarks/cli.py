@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--markdown",
         type=Path,
         default=None,
-        help="realscans, fidelity: also write the table and its summary as Markdown to this file (docs/results/)",
+        help="also write the table and its summary as Markdown to this file (docs/results/)",
     )
     parser.add_argument("--folds", type=int, default=5, help="occlusion, risk: fold networks in the whole-map runs (default 5)")
     parser.add_argument(
@@ -67,14 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> None:
-    """Run the benchmark ``args.target`` and print its table."""
-    import torch
+#: Heading of each benchmark's table in its Markdown file (``--markdown``).
+TITLES = {
+    "predict": "Prediction speed",
+    "preprocess": "Preprocessing time and memory",
+    "occlusion": "Occlusion map speed",
+    "risk": "Risk map speed",
+    "train": "Training step speed",
+    "fidelity": "Fidelity to SPM12",
+    "realscans": "Real scans: QC, volumes and contrast",
+}
 
-    from .speed import bench_occlusion, bench_predict, bench_preprocess, bench_risk, bench_train, print_rows, write_markdown
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def measure(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+    """Run the benchmark ``args.target``; return its table rows and the summary lines below it."""
+    from .speed import bench_occlusion, bench_predict, bench_preprocess, bench_risk, bench_train
+
     shared = Path(__file__).resolve().parents[3] / "shared"
     if args.target == "realscans":
         from concurrent.futures import ThreadPoolExecutor
@@ -91,13 +99,9 @@ def run(args: argparse.Namespace) -> None:
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             rows = list(pool.map(measured, scans))
         columns = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "reason"]
-        table = [{k: r.get(k) for k in columns} for r in rows]
         lines = [f"{r['scan']}: {r['reason']}" for r in rows if r["reason"]] + summary(rows, scans)
-        print_rows(table)
-        print("\n".join(lines))
-        if args.markdown:
-            write_markdown(args.markdown, "Real scans: QC, volumes and contrast", "brainimagenet-bench realscans", table, lines)
-    elif args.target == "fidelity":
+        return [{k: r.get(k) for k in columns} for r in rows], lines
+    if args.target == "fidelity":
         from .fidelity import reference_scans, scan_fidelity, summary_line, timing_line
 
         reference = args.reference or shared / "reference" / "spm12"
@@ -105,24 +109,37 @@ def run(args: argparse.Namespace) -> None:
         for scan in reference_scans(reference):
             rows.append(scan_fidelity(scan, (args.presets or ["fast"])[0], args.out / "fidelity" / scan.name if args.keep else None))
             print(f"{scan.name}: done", file=sys.stderr, flush=True)
-        lines = [summary_line(rows), timing_line(rows)]
-        print_rows(rows)
-        print("\n".join(lines))
-        if args.markdown:
-            write_markdown(args.markdown, "Fidelity to SPM12", "brainimagenet-bench fidelity", rows, lines)
-    elif args.target == "preprocess":
-        print_rows(bench_preprocess(str(args.t1 or sample_t1()), args.presets or ["fast", "accurate"]))
-    elif args.target == "train":
-        print_rows(bench_train(args.presets or ["paper"], batch=args.batch, steps=args.repeats or 1, device=args.device))
-    elif args.target in ("occlusion", "risk"):
+        return rows, [summary_line(rows), timing_line(rows)]
+    if args.target == "preprocess":
+        return bench_preprocess(str(args.t1 or sample_t1()), args.presets or ["fast", "accurate"]), []
+    if args.target == "train":
+        return bench_train(args.presets or ["paper"], batch=args.batch, steps=args.repeats or 1, device=args.device), []
+    if args.target in ("occlusion", "risk"):
         bench = bench_occlusion if args.target == "occlusion" else bench_risk
         rows, last = bench(args.presets or ["small", "paper"], batch=args.batch, folds=args.folds)
-        print_rows(rows)
-        print(last)
-    else:
-        print_rows(
-            bench_predict(args.presets or ["tiny", "small", "paper"], batch=args.batch, repeats=args.repeats or 3, device=args.device)
-        )
+        return rows, [last]
+    presets = args.presets or ["tiny", "small", "paper"]
+    return bench_predict(presets, batch=args.batch, repeats=args.repeats or 3, device=args.device), []
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the benchmark ``args.target``, print its table and summary, and with ``--markdown``
+    write them to that file (with the CPU count, torch's threads and the peak memory)."""
+    import os
+
+    import torch
+
+    from .speed import peak_memory_mb, print_rows, write_markdown
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows, lines = measure(args)
+    print_rows(rows)
+    if lines:
+        print("\n".join(lines))
+    if args.markdown:
+        machine = f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, peak memory {peak_memory_mb():.0f} MB"
+        write_markdown(args.markdown, TITLES[args.target], f"brainimagenet-bench {args.target}", rows, [*lines, machine])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
