@@ -14,11 +14,16 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .atomic import remove_leftovers, write_json_atomic, write_nifti_atomic
 from .errors import InputError
 from .progress import CancelCallback, ProgressCallback, check_cancel
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .ensemble import Ensemble
 
 #: How a heat map is computed (``occlusion.occlusion_map``, ``riskmap.risk_map``): exact by
 #: incremental inference, coarse to fine, naive full passes (the reference), gradient x input.
@@ -194,7 +199,7 @@ def preprocess_case(t1: Path, out_dir: Path, preset: str, progress: ProgressCall
 def score_case(
     paths: dict[str, Path],
     out_dir: Path,
-    ensemble: Any,
+    ensemble: Ensemble,
     bundle: Path,
     options: CaseOptions,
     qc_report: dict[str, Any] | None = None,
@@ -256,9 +261,9 @@ def score_case(
 
 
 def heat_map(
-    ensemble: Any,
+    ensemble: Ensemble,
     bundle: Path,
-    x: Any,
+    x: np.ndarray,
     out_dir: Path,
     options: CaseOptions,
     preprocessing: Path | None = None,
