@@ -117,6 +117,11 @@ class ModelCard:
     def threshold_presets(self) -> dict[str, float]:
         return {str(k): float(v) for k, v in self.data.get("threshold_presets", {"balanced": 0.5}).items()}
 
+    def threshold(self, chosen: float | None = None) -> float:
+        """The decision threshold on the AD probability: ``chosen``, or the card's "balanced"
+        preset when None (0.5 when the card has none)."""
+        return self.threshold_presets.get("balanced", 0.5) if chosen is None else chosen
+
 
 def operating_point_at(card: ModelCard, threshold: float) -> OperatingPoint | None:
     """Sensitivity and specificity at ``threshold`` (probability in [0, 1]), linearly interpolated

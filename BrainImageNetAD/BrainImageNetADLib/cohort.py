@@ -208,7 +208,7 @@ def predict_cohort(
     """
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
-    threshold = ensemble.card.threshold_presets.get("balanced", 0.5) if options.threshold is None else options.threshold
+    threshold = ensemble.card.threshold(options.threshold)
     options = replace(options, threshold=threshold, method="none")
     _check_settings(
         out_root,

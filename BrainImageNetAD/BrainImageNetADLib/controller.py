@@ -127,7 +127,7 @@ class CaseController:
     def set_model(self, path: str | Path | None) -> ModelCard:
         """Choose a model bundle folder (None: the shipped default); its card is read and checked."""
         card = read_card(path or default_bundle())
-        self._update(model_path=str(path or ""), threshold=card.threshold_presets.get("balanced", 0.5), result=None)
+        self._update(model_path=str(path or ""), threshold=card.threshold(), result=None)
         return card
 
     def card(self) -> ModelCard:

@@ -221,7 +221,7 @@ def score_case(
 
     start = time.perf_counter() if start is None else start
     out_dir.mkdir(parents=True, exist_ok=True)
-    threshold = ensemble.card.threshold_presets.get("balanced", 0.5) if options.threshold is None else options.threshold
+    threshold = ensemble.card.threshold(options.threshold)
     x, checks = load_model_input(paths, ensemble.card.channels)
     prediction = ensemble.predict(x, threshold)
     if progress is not None:
