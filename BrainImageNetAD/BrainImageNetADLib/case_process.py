@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import BrainImageNetError
+from .errors import run_command
 from .pipeline import CaseOptions, run_case
 from .progress import progress_for
 
@@ -31,15 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     content = json.loads((sys.argv[1:] if argv is None else argv)[0])
     source = content["source"]
     source = {k: Path(v) for k, v in source.items()} if isinstance(source, dict) else Path(source)
-    try:
-        run_case(source, content["out_dir"], content["bundle"], CaseOptions.from_json(content["options"]), progress_for(True))
-        return 0
-    except (BrainImageNetError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    options = CaseOptions.from_json(content["options"])
+
+    def work() -> None:
+        run_case(source, content["out_dir"], content["bundle"], options, progress_for(True))
+
+    return run_command(work)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .errors import BrainImageNetError, InputError, SubjectsFailed
+from .errors import InputError, run_command
 from .pipeline import HEAT_MAP_KEYS, HEAT_MAPS, OCCLUSION_METHODS, CaseOptions
 from .progress import ProgressCallback, progress_for
 from .resources import default_bundle, sample_t1
@@ -224,33 +224,26 @@ def run_cohort(args: argparse.Namespace, cases: list, bundle: Path, options: Cas
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``brainimagenet-ad``; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    try:
-        out = getattr(args, "out", None)
-        if isinstance(out, Path) and out.exists() and not out.is_dir():
-            raise InputError(f"--out {out} is a file; give a folder")
-        if args.command == "predict":
-            path = run_predict(args)
-            print(path)
-        elif args.command == "preprocess":
-            print(run_preprocess(args))
-        elif args.command == "import-keras":
-            from .keras_import import import_keras_bundle
+    return run_command(lambda: _run(args))
 
-            print(import_keras_bundle(args.ad, args.out, args.base, args.mask, args.name, args.overwrite, args.risk_template))
-        elif args.command == "web":
-            from .web import serve
 
-            serve(args.host, args.port, args.max_upload_mb, args.heat_map, args.models)
-        return 0
-    except SubjectsFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except (BrainImageNetError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+def _run(args: argparse.Namespace) -> None:
+    """Run the command ``args.command``, printing its output path."""
+    out = getattr(args, "out", None)
+    if isinstance(out, Path) and out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder")
+    if args.command == "predict":
+        print(run_predict(args))
+    elif args.command == "preprocess":
+        print(run_preprocess(args))
+    elif args.command == "import-keras":
+        from .keras_import import import_keras_bundle
+
+        print(import_keras_bundle(args.ad, args.out, args.base, args.mask, args.name, args.overwrite, args.risk_template))
+    elif args.command == "web":
+        from .web import serve
+
+        serve(args.host, args.port, args.max_upload_mb, args.heat_map, args.models)
 
 
 if __name__ == "__main__":

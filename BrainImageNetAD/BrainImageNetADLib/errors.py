@@ -1,4 +1,10 @@
-"""Exceptions that the command line and the GUIs turn into clear messages."""
+"""Exceptions that the command line and the GUIs turn into clear messages, and the exit codes of
+the commands (``run_command``)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 
 class BrainImageNetError(Exception):
@@ -23,3 +29,22 @@ class Cancelled(BrainImageNetError):
 class SubjectsFailed(BrainImageNetError):
     """A cohort run finished, but some subjects failed (their rows in the table say why). The
     command line maps it to exit code 3."""
+
+
+def run_command(work: Callable[[], int | None], interrupted: str = "interrupted") -> int:
+    """Run the work of a command and return the process exit code: the work's own (0 when it
+    returns None); 3 for SubjectsFailed, 2 for any other BrainImageNetError or a missing file,
+    130 for an interrupt, each after one line ``error: ...`` on stderr (``interrupted`` is that
+    line's text for an interrupt)."""
+    try:
+        code = work()
+    except SubjectsFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (BrainImageNetError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"error: {interrupted}", file=sys.stderr)
+        return 130
+    return 0 if code is None else code

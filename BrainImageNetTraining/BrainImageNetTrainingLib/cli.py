@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from BrainImageNetADLib.cli import OneLineErrorParser
-from BrainImageNetADLib.errors import BrainImageNetError
+from BrainImageNetADLib.errors import run_command
 from BrainImageNetADLib.progress import progress_for
 
 from . import __version__
@@ -218,14 +218,7 @@ def _log(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``brainimagenet-train``; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except (BrainImageNetError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    return run_command(lambda: _run(args), "interrupted; run the same command again to resume")
 
 
 def _run(args: argparse.Namespace) -> int:

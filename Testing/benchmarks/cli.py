@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from BrainImageNetADLib.cli import OneLineErrorParser
-from BrainImageNetADLib.errors import BrainImageNetError
+from BrainImageNetADLib.errors import run_command
 from BrainImageNetADLib.resources import sample_t1
 
 
@@ -145,12 +145,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``brainimagenet-bench``; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-        return 0
-    except (BrainImageNetError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: run(args))
 
 
 if __name__ == "__main__":
