@@ -3,7 +3,7 @@
 The widget is a thin Qt layer; everything it does is in ``BrainImageNetADLib`` (plain Python,
 tested without Slicer). Research use only: not a medical device.
 
-This file and ``BrainImageNetADLib.dependencies`` parse on Python 3.9, so that Slicer 5.8 and
+This file and ``BrainImageNetADLib.core.dependencies`` parse on Python 3.9, so that Slicer 5.8 and
 older load the module and show which Slicer release it needs instead of failing.
 """
 
@@ -25,7 +25,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from BrainImageNetADLib.dependencies import python_problem
+from BrainImageNetADLib.core.dependencies import python_problem
 
 
 class BrainImageNetAD(ScriptedLoadableModule):
@@ -49,7 +49,7 @@ class BrainImageNetAD(ScriptedLoadableModule):
 
 
 class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: every action is a call to ``BrainImageNetADLib.controller.CaseController``; the
+    """The panel: every action is a call to ``BrainImageNetADLib.viewer.controller.CaseController``; the
     panel shows the module's parameter node and follows it (ModifiedEvent), so changes made from
     the Python console or by loading a scene appear too."""
 
@@ -74,8 +74,8 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = BrainImageNetADLogic()
-        from BrainImageNetADLib.job import DEVICES
         from BrainImageNetADLib.pipeline import HEAT_MAPS
+        from BrainImageNetADLib.viewer.job import DEVICES
 
         for name, (label, _kind, _method, _fold) in HEAT_MAPS.items():
             self.ui.heatMapComboBox.addItem(label, name)
@@ -157,7 +157,7 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputSelector.blockSignals(True)
         self.ui.inputSelector.setCurrentNode(controller.node("InputVolume"))
         self.ui.inputSelector.blockSignals(False)
-        from BrainImageNetADLib.errors import BrainImageNetError
+        from BrainImageNetADLib.core.errors import BrainImageNetError
 
         try:
             notice = controller.notice()
@@ -176,7 +176,7 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsCollapsibleButton.enabled = prediction is not None
         if prediction is None:
             return
-        from BrainImageNetADLib.ensemble import fold_text, percent
+        from BrainImageNetADLib.model.prediction import fold_text, percent
 
         self.ui.thresholdSlider.blockSignals(True)
         self.ui.thresholdSlider.value = prediction.threshold
@@ -275,7 +275,7 @@ class BrainImageNetADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Say what is missing and its size, ask, then install it with pip (from the internet, or
         from a folder of wheel files when offline), with pip's progress in the status bar. True
         once nothing is missing."""
-        from BrainImageNetADLib import dependencies
+        from BrainImageNetADLib.core import dependencies
 
         plan = self.logic.dependencyPlan()
         withPyTorchExtension = "torch" in plan.names() and importlib.util.find_spec("PyTorchUtils") is not None
@@ -335,17 +335,17 @@ class BrainImageNetADLogic(ScriptedLoadableModuleLogic):
         self._plan = None
 
     def dependencyPlan(self, refresh: bool = False):
-        """The run-time packages this Python lacks (``BrainImageNetADLib.dependencies.plan``;
+        """The run-time packages this Python lacks (``BrainImageNetADLib.core.dependencies.plan``;
         empty once they are all installed), looked up once unless ``refresh``."""
         if self._plan is None or refresh or self._plan:
-            from BrainImageNetADLib import dependencies
+            from BrainImageNetADLib.core import dependencies
 
             self._plan = dependencies.plan()
         return self._plan
 
     def controller(self):
         """The ``CaseController`` of ``slicer.mrmlScene`` (its state lives in the parameter node)."""
-        from BrainImageNetADLib.controller import CaseController
+        from BrainImageNetADLib.viewer.controller import CaseController
 
         if self._controller is None or self._controller.scene is not slicer.mrmlScene:
             self._controller = CaseController(slicer.mrmlScene, slicer.app.applicationLogic())

@@ -43,7 +43,7 @@ class BrainImageNetTrainingWidget(ScriptedLoadableModuleWidget):
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         self.logic = BrainImageNetTrainingLogic()
-        from BrainImageNetADLib import dependencies
+        from BrainImageNetADLib.core import dependencies
 
         if dependencies.python_problem() or dependencies.plan():
             notice = dependencies.python_problem() or _(
@@ -76,7 +76,7 @@ class BrainImageNetTrainingLogic(ScriptedLoadableModuleLogic):
     def writeResources(self, outputDir, aalSource=None):
         """Write the quick sample maps (``Sample/``) under ``outputDir`` and, given MRIcron's
         ``aal.nii.gz`` as ``aalSource``, the AAL atlas (``Atlas/``); return the paths written."""
-        from BrainImageNetADLib.atlas import build_atlas
+        from BrainImageNetADLib.explain.atlas import build_atlas
         from BrainImageNetTrainingLib.sample import make_colin27_sample
 
         written = list(make_colin27_sample(os.path.join(outputDir, "Sample")).values())
@@ -141,7 +141,7 @@ class BrainImageNetTrainingTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_TrainOnSyntheticCohort(self):
-        from BrainImageNetADLib.bundle import read_card
+        from BrainImageNetADLib.model.bundle import read_card
 
         root = os.path.join(slicer.app.temporaryPath, "BrainImageNetTrainingTest")
         logic = BrainImageNetTrainingLogic()

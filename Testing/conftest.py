@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from BrainImageNetADLib import deformation, grid, templates
-from BrainImageNetADLib.bundle import save_bundle
-from BrainImageNetADLib.networks import build_network
-from BrainImageNetADLib.resources import sample_maps, sample_t1
+from BrainImageNetADLib.core import grid, templates
+from BrainImageNetADLib.core.resources import sample_maps, sample_t1
+from BrainImageNetADLib.model.bundle import save_bundle
+from BrainImageNetADLib.model.networks import build_network
+from BrainImageNetADLib.preprocessing import deformation
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Seconds after which a test gives up on a child process or a run: only a guard against hangs.
@@ -83,8 +84,8 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
 def colin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """Colin27 preprocessed once for the whole session, in a worker process as the command line
     does: (output folder, QC report). Tests read it and never write into it."""
-    from BrainImageNetADLib.preprocess import preprocess_t1
-    from BrainImageNetADLib.worker import run_isolated
+    from BrainImageNetADLib.core.worker import run_isolated
+    from BrainImageNetADLib.preprocessing.preprocess import preprocess_t1
 
     out = tmp_path_factory.mktemp("colin")
     return out, run_isolated(preprocess_t1, COLIN27_T1, out)
@@ -107,8 +108,8 @@ def real_scan_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
 
     from contrast_model import CONTRASTS, write_remapped
 
-    from BrainImageNetADLib.preprocess import preprocess_t1
-    from BrainImageNetADLib.worker import run_isolated
+    from BrainImageNetADLib.core.worker import run_isolated
+    from BrainImageNetADLib.preprocessing.preprocess import preprocess_t1
     from BrainImageNetBench.realscans import real_scans
 
     root = tmp_path_factory.mktemp("contrast")

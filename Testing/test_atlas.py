@@ -7,9 +7,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.atlas import NAMES_FILE, REGIONS, build_atlas, hippocampal_labels, load_atlas, region_names
-from BrainImageNetADLib.resources import resources_dir
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.core.resources import resources_dir
+from BrainImageNetADLib.explain.atlas import NAMES_FILE, REGIONS, build_atlas, hippocampal_labels, load_atlas, region_names
 
 #: MRIcron's AAL atlas as Debian's mricron-data installs it (a test-only system package).
 MRICRON_AAL = Path("/usr/share/mricron/templates/aal.nii.gz")
@@ -39,6 +39,6 @@ def test_regions_have_plausible_volumes_and_sides() -> None:
 
 
 def test_sample_t1_is_the_colin27_scan_unchanged() -> None:
-    from BrainImageNetADLib.resources import sample_t1
+    from BrainImageNetADLib.core.resources import sample_t1
 
     assert sample_t1().read_bytes() == Path("/usr/share/mricron/templates/ch2.nii.gz").read_bytes()

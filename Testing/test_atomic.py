@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.atomic import replacing, write_bytes_atomic, write_nifti_atomic
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.core.atomic import replacing, write_bytes_atomic, write_nifti_atomic
 
 
 def test_a_failed_writer_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -38,7 +38,7 @@ def test_identical_maps_give_identical_files(tmp_path: Path) -> None:
 
 
 def test_a_folder_is_replaced_whole_and_leftovers_are_removed(tmp_path: Path) -> None:
-    from BrainImageNetADLib.atomic import remove_leftovers, replace_dir
+    from BrainImageNetADLib.core.atomic import remove_leftovers, replace_dir
 
     target = tmp_path / "transforms"
     target.mkdir()

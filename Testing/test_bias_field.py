@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tissue_scan import lattice_positions, scan_from_priors
 
-from BrainImageNetADLib import bias_field
+from BrainImageNetADLib.preprocessing import bias_field
 
 
 @pytest.fixture(scope="module")

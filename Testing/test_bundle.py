@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.bundle import load_fold_models, operating_point_at, read_card, save_bundle
-from BrainImageNetADLib.errors import BundleError
-from BrainImageNetADLib.networks import build_network
-from BrainImageNetADLib.resources import default_bundle
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.core.errors import BundleError
+from BrainImageNetADLib.core.resources import default_bundle
+from BrainImageNetADLib.model.bundle import load_fold_models, operating_point_at, read_card, save_bundle
+from BrainImageNetADLib.model.networks import build_network
 from conftest import edit_card, make_card
 
 

@@ -20,15 +20,15 @@ import slicer  # noqa: E402
 from trame_slicer.core import SlicerApp  # noqa: E402
 from trame_slicer.views import DirectViewFactory, ViewLayoutDefinition  # noqa: E402
 
-from BrainImageNetADLib import scene as mrml_scene  # noqa: E402
-from BrainImageNetADLib.atlas import REGIONS  # noqa: E402
-from BrainImageNetADLib.controller import DEMO_BANNER, CaseController  # noqa: E402
-from BrainImageNetADLib.errors import InputError  # noqa: E402
-from BrainImageNetADLib.mrml import volume_node_array  # noqa: E402
+from BrainImageNetADLib.core.errors import InputError  # noqa: E402
+from BrainImageNetADLib.core.progress import STAGE_GROUPS  # noqa: E402
+from BrainImageNetADLib.core.resources import default_bundle, sample_t1  # noqa: E402
+from BrainImageNetADLib.explain.atlas import REGIONS  # noqa: E402
 from BrainImageNetADLib.pipeline import OCCLUSION_LEGEND, CaseOptions, CaseResult  # noqa: E402
-from BrainImageNetADLib.progress import STAGE_GROUPS  # noqa: E402
-from BrainImageNetADLib.report import standalone_html  # noqa: E402
-from BrainImageNetADLib.resources import default_bundle, sample_t1  # noqa: E402
+from BrainImageNetADLib.viewer import scene as mrml_scene  # noqa: E402
+from BrainImageNetADLib.viewer.controller import DEMO_BANNER, CaseController  # noqa: E402
+from BrainImageNetADLib.viewer.mrml import volume_node_array  # noqa: E402
+from BrainImageNetADLib.viewer.report import standalone_html  # noqa: E402
 from conftest import HANG_GUARD_S  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -229,8 +229,8 @@ def test_report_has_result_intended_use_and_slices_without_identifiers(ran: Case
 
     from PIL import Image
 
-    from BrainImageNetADLib.report import slices_png
-    from BrainImageNetADLib.scene import segmentation_labels
+    from BrainImageNetADLib.viewer.report import slices_png
+    from BrainImageNetADLib.viewer.scene import segmentation_labels
 
     html = ran.write_report(tmp_path).read_text()
     content = json.loads((tmp_path / "report.json").read_text())
@@ -318,8 +318,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_spm_maps_run_without_preprocessing_with_the_map_and_legend_on_the_mni_grid(viewer: Viewer, tmp_path: Path) -> None:
-    from BrainImageNetADLib import grid
-    from BrainImageNetADLib.resources import sample_maps
+    from BrainImageNetADLib.core import grid
+    from BrainImageNetADLib.core.resources import sample_maps
 
     own = Viewer()  # a scene of its own: the module-wide case stays as it is
     controller = own.controller(tmp_path / "maps")

@@ -12,9 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.ensemble import Ensemble
-from BrainImageNetADLib.maps import load_model_input
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.model.ensemble import Ensemble
+from BrainImageNetADLib.model.maps import load_model_input
 from conftest import COLIN27_T1, HANG_GUARD_S, assert_input_error
 
 
@@ -162,7 +162,7 @@ def test_terminal_shows_progress_bars_and_a_pipe_gets_none(tiny_bundle: Path, sa
 def test_terminal_progress_travels_to_a_child_process() -> None:
     import pickle
 
-    from BrainImageNetADLib.progress import TerminalProgress, stage_group
+    from BrainImageNetADLib.core.progress import TerminalProgress, stage_group
 
     progress = TerminalProgress()
     progress("read", 0.1)  # a bar is open here

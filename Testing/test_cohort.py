@@ -14,9 +14,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from BrainImageNetADLib.cohort import PREDICTION_COLUMNS, collect_cases
-from BrainImageNetADLib.ensemble import Ensemble
-from BrainImageNetADLib.maps import load_model_input
+from BrainImageNetADLib.cohort.scoring import PREDICTION_COLUMNS, collect_cases
+from BrainImageNetADLib.model.ensemble import Ensemble
+from BrainImageNetADLib.model.maps import load_model_input
 from conftest import COLIN27_T1, HANG_GUARD_S, assert_input_error
 
 

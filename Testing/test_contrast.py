@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from BrainImageNetADLib import grid, qc, templates
+from BrainImageNetADLib.core import grid, templates
+from BrainImageNetADLib.preprocessing import qc
 from BrainImageNetBench.realscans import real_scans
 from conftest import MODEL_BASE, REALDATA, needs_realdata
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tissue_scan import lattice_positions, scan_from_priors
 
-from BrainImageNetADLib import deformation
+from BrainImageNetADLib.preprocessing import deformation
 
 
 def test_likelihood_affine_undoes_a_known_shift_and_scale(sampler) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from BrainImageNetADLib import dependencies
+from BrainImageNetADLib.core import dependencies
 from conftest import HANG_GUARD_S, ROOT
 
 LIBRARY_FOLDERS = ("BrainImageNetAD", "BrainImageNetTraining")
@@ -119,7 +119,7 @@ def test_python_3_9_loads_the_module_and_its_check(tmp_path: Path) -> None:
         [str(PYTHON_39), "-m", "py_compile", str(module)], capture_output=True, text=True, env=env, timeout=HANG_GUARD_S
     )
     assert compiled.returncode == 0, compiled.stderr
-    script = "from BrainImageNetADLib.dependencies import python_problem; print(python_problem())"
+    script = "from BrainImageNetADLib.core.dependencies import python_problem; print(python_problem())"
     result = subprocess.run([str(PYTHON_39), "-c", script], capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr
     assert "needs Python 3.10 or newer, and this Python is 3.9" in result.stdout and "Slicer 5.10" in result.stdout

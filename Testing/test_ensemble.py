@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.bundle import load_fold_models
-from BrainImageNetADLib.ensemble import Ensemble, classify
-from BrainImageNetADLib.errors import InputError
-from BrainImageNetADLib.networks import build_network
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.core.errors import InputError
+from BrainImageNetADLib.model.bundle import load_fold_models
+from BrainImageNetADLib.model.ensemble import Ensemble
+from BrainImageNetADLib.model.networks import build_network
+from BrainImageNetADLib.model.prediction import classify
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_unavailable_devices_are_explained(tiny_bundle: Path) -> None:
 def test_openvino_engine_gives_the_torch_outputs(architecture: str, preset: str, batch: np.ndarray) -> None:
     """The OpenVINO graph written from our modules (batch norm and residual scales folded in, TF
     'same' padding) gives PyTorch's outputs for every architecture, including trained-like batch norms."""
-    from BrainImageNetADLib.bundle import ModelCard
+    from BrainImageNetADLib.model.bundle import ModelCard
     from conftest import make_card, randomise_batch_norm
 
     models = []

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from BrainImageNetADLib.errors import InputError
+from BrainImageNetADLib.core.errors import InputError
 from BrainImageNetBench.fidelity import (
     ReferenceScan,
     _on_mni_grid,
@@ -133,7 +133,7 @@ def test_spms_mapping_read_from_its_parameters_reproduces_its_warped_map() -> No
     and the displacement ``Twarp``) is SPM's own ``wc1``: the reading of SPM's mapping is right."""
     import nibabel as nib
 
-    from BrainImageNetADLib.normalise import warped_maps
+    from BrainImageNetADLib.preprocessing.normalise import warped_maps
     from BrainImageNetBench.fidelity import spm_positions
 
     scan = _reference("Subj3")

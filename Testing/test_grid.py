@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.errors import InputError
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.core.errors import InputError
 
 
 def _random_mni_map(seed: int = 0) -> np.ndarray:

@@ -15,13 +15,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.bundle import read_card, sha256_file
 from BrainImageNetADLib.cli import main
-from BrainImageNetADLib.ensemble import Ensemble
-from BrainImageNetADLib.keras_import import approximate_brain_mask, import_keras_bundle, import_keras_model
-from BrainImageNetADLib.maps import load_model_input
-from BrainImageNetADLib.web import model_choices
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.model.bundle import read_card, sha256_file
+from BrainImageNetADLib.model.ensemble import Ensemble
+from BrainImageNetADLib.model.keras_import import approximate_brain_mask, import_keras_bundle, import_keras_model
+from BrainImageNetADLib.model.maps import load_model_input
+from BrainImageNetADLib.viewer.web import model_choices
 from conftest import HANG_GUARD_S, assert_input_error
 
 TINY = 0.0625
@@ -186,7 +186,7 @@ def test_predict_and_occlusion_run_on_the_imported_bundle(
 
 
 def test_the_authors_risk_template_is_stored_with_its_score(imported: Path, authors_files: dict) -> None:
-    from BrainImageNetADLib.bundle import load_risk_template, read_card
+    from BrainImageNetADLib.model.bundle import load_risk_template, read_card
 
     card = read_card(imported)
     entry = card.risk_template

@@ -10,10 +10,10 @@ import pytest
 import slicer
 import vtk
 
-from BrainImageNetADLib import mrml
-from BrainImageNetADLib.ensemble import Ensemble
-from BrainImageNetADLib.errors import InputError
-from BrainImageNetADLib.maps import load_model_input
+from BrainImageNetADLib.core.errors import InputError
+from BrainImageNetADLib.model.ensemble import Ensemble
+from BrainImageNetADLib.model.maps import load_model_input
+from BrainImageNetADLib.viewer import mrml
 
 
 @pytest.fixture()

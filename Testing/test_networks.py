@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.networks import (
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.model.networks import (
     ADTransferNet,
     ConvBN,
     InceptionResNetV2,

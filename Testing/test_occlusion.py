@@ -12,12 +12,11 @@ import pytest
 import torch
 from test_cli import run_cli
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.atlas import load_atlas
-from BrainImageNetADLib.bundle import load_fold_models
-from BrainImageNetADLib.errors import Cancelled
-from BrainImageNetADLib.networks import build_network
-from BrainImageNetADLib.occlusion import (
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.core.errors import Cancelled
+from BrainImageNetADLib.core.resources import default_bundle
+from BrainImageNetADLib.explain.atlas import load_atlas
+from BrainImageNetADLib.explain.occlusion import (
     OcclusionSettings,
     changed_boxes,
     changing_cubes,
@@ -25,7 +24,8 @@ from BrainImageNetADLib.occlusion import (
     occlusion_map,
     region_summary,
 )
-from BrainImageNetADLib.resources import default_bundle
+from BrainImageNetADLib.model.bundle import load_fold_models
+from BrainImageNetADLib.model.networks import build_network
 from BrainImageNetBench.speed import signal_preserving_init
 
 
@@ -68,7 +68,7 @@ def test_masking_one_channel_only_is_exact_too() -> None:
 
 
 def test_empty_cubes_are_skipped_and_score_zero(sample: dict[str, Path]) -> None:
-    from BrainImageNetADLib.maps import load_model_input
+    from BrainImageNetADLib.model.maps import load_model_input
 
     x, _ = load_model_input(sample, ["GMD", "GMV"])
     positions = cube_positions()
@@ -82,7 +82,7 @@ def test_empty_cubes_are_skipped_and_score_zero(sample: dict[str, Path]) -> None
 
 
 def test_cubes_at_the_edge_of_the_brain_compute_their_changed_box_and_stay_exact(sample: dict[str, Path]) -> None:
-    from BrainImageNetADLib.maps import load_model_input
+    from BrainImageNetADLib.model.maps import load_model_input
 
     x, _ = load_model_input(sample, ["GMD", "GMV"])
     positions = cube_positions()
@@ -99,7 +99,7 @@ def test_cubes_at_the_edge_of_the_brain_compute_their_changed_box_and_stay_exact
 
 
 def test_approximate_map_computes_a_fraction_and_follows_the_exact_one(sample: dict[str, Path]) -> None:
-    from BrainImageNetADLib.maps import load_model_input
+    from BrainImageNetADLib.model.maps import load_model_input
 
     x, _ = load_model_input(sample, ["GMD", "GMV"])
     _, models = load_fold_models(default_bundle())  # the demo ensemble: trained, so its map has structure
@@ -177,7 +177,7 @@ def test_predict_writes_the_map_and_region_table(tmp_path: Path, sample: dict[st
 
 @pytest.mark.slow
 def test_demo_model_occlusion_points_at_the_planted_hippocampal_atrophy(tmp_path: Path) -> None:
-    from BrainImageNetADLib.resources import default_bundle
+    from BrainImageNetADLib.core.resources import default_bundle
     from BrainImageNetTrainingLib.group_occlusion import group_occlusion
     from BrainImageNetTrainingLib.synth import write_cohort
 

@@ -10,7 +10,7 @@ import pytest
 
 from BrainImageNetADLib.case_process import main as case_process_main
 from BrainImageNetADLib.case_process import spec
-from BrainImageNetADLib.errors import Cancelled, InputError
+from BrainImageNetADLib.core.errors import Cancelled, InputError
 from BrainImageNetADLib.pipeline import CaseOptions, CaseResult, run_case
 
 

@@ -12,12 +12,13 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from BrainImageNetADLib import grid, qc, templates, transforms
-from BrainImageNetADLib.ensemble import Ensemble
-from BrainImageNetADLib.maps import load_model_input
-from BrainImageNetADLib.preprocess import OUTPUT_FILES, preprocess_t1
-from BrainImageNetADLib.resources import default_bundle
-from BrainImageNetADLib.worker import run_isolated
+from BrainImageNetADLib.core import grid, templates
+from BrainImageNetADLib.core.resources import default_bundle
+from BrainImageNetADLib.core.worker import run_isolated
+from BrainImageNetADLib.model.ensemble import Ensemble
+from BrainImageNetADLib.model.maps import load_model_input
+from BrainImageNetADLib.preprocessing import qc, transforms
+from BrainImageNetADLib.preprocessing.preprocess import OUTPUT_FILES, preprocess_t1
 from conftest import COLIN27_T1, REALDATA, needs_realdata
 
 #: Tissue intensities of a T1 (``qc.tissue_levels``) for the QC checks that test something else.
@@ -189,7 +190,7 @@ def test_storage_does_not_change_the_maps(
 
 
 def test_atlas_labels_reach_the_native_grid(colin: tuple[Path, dict], tmp_path: Path) -> None:
-    from BrainImageNetADLib.atlas import REGIONS, hippocampal_labels, write_native_regions
+    from BrainImageNetADLib.explain.atlas import REGIONS, hippocampal_labels, write_native_regions
 
     out, _ = colin
     image = nib.load(str(write_native_regions(out, tmp_path / "regions.nii.gz")))
@@ -217,7 +218,7 @@ def test_mni152_t1_gives_the_prior_grey_matter(tmp_path: Path) -> None:
 def test_progress_is_reported_and_cancel_stops_before_any_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
-    from BrainImageNetADLib.errors import Cancelled
+    from BrainImageNetADLib.core.errors import Cancelled
 
     # The system temporary folder of this run: ANTs' transform files must not be left there.
     scratch = tmp_path / "system-tmp"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from BrainImageNetADLib.errors import InputError
+from BrainImageNetADLib.core.errors import InputError
 from BrainImageNetBench.realscans import RealScan, real_scans, summary
 from conftest import REALDATA, needs_realdata
 

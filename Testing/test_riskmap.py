@@ -11,14 +11,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.bundle import load_risk_template, read_card
-from BrainImageNetADLib.ensemble import Ensemble
-from BrainImageNetADLib.errors import BundleError, Cancelled
-from BrainImageNetADLib.networks import build_network
-from BrainImageNetADLib.occlusion import cube_positions
-from BrainImageNetADLib.resources import default_bundle
-from BrainImageNetADLib.riskmap import RiskSettings, risk_map
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.core.errors import BundleError, Cancelled
+from BrainImageNetADLib.core.resources import default_bundle
+from BrainImageNetADLib.explain.occlusion import cube_positions
+from BrainImageNetADLib.explain.riskmap import RiskSettings, risk_map
+from BrainImageNetADLib.model.bundle import load_risk_template, read_card
+from BrainImageNetADLib.model.ensemble import Ensemble
+from BrainImageNetADLib.model.networks import build_network
 from BrainImageNetBench.speed import signal_preserving_init
 
 
@@ -151,7 +151,7 @@ def test_a_risk_map_needs_a_template_and_an_occlusion_method(tmp_path: Path, sam
 
 
 def test_approximate_risk_map_computes_a_fraction_and_follows_the_exact_one(sample: dict[str, Path]) -> None:
-    from BrainImageNetADLib.maps import load_model_input
+    from BrainImageNetADLib.model.maps import load_model_input
 
     ensemble = Ensemble.from_bundle(default_bundle(), engine="torch")  # trained: its risk map has structure
     template = ensemble.prepare(load_risk_template(default_bundle(), ensemble.card)[None])[0]

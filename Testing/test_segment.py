@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from tissue_scan import lattice_positions, scan_from_priors
 
-from BrainImageNetADLib import deformation, grid, normalise, segment, templates
+from BrainImageNetADLib.core import grid, templates
+from BrainImageNetADLib.preprocessing import deformation, normalise, segment
 
 
 def test_spm_priors_come_from_the_installed_package() -> None:

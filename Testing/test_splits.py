@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from BrainImageNetADLib.errors import InputError
+from BrainImageNetADLib.core.errors import InputError
 from BrainImageNetTrainingLib.manifest import Scan, read_manifest
 from BrainImageNetTrainingLib.splits import LeakageError, check_no_leakage, leave_groups_out
 

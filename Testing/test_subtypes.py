@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from test_training import run_train_cli
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.errors import Cancelled
-from BrainImageNetADLib.resources import default_bundle
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.core.errors import Cancelled
+from BrainImageNetADLib.core.resources import default_bundle
 from BrainImageNetTrainingLib.subtypes import SubtypeSettings, correlations, elbow, run_subtypes
 from BrainImageNetTrainingLib.synth import write_cohort
 from conftest import assert_input_error

@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.atlas import hippocampal_labels, load_atlas, region_names
-from BrainImageNetADLib.maps import load_model_input
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.explain.atlas import hippocampal_labels, load_atlas, region_names
+from BrainImageNetADLib.model.maps import load_model_input
 from BrainImageNetTrainingLib.manifest import read_manifest
 from BrainImageNetTrainingLib.synth import SUBTYPE_REGIONS, SUBTYPES, CohortGenerator, Site, write_cohort
 from conftest import HANG_GUARD_S

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from test_cli import run_cli
 
-from BrainImageNetADLib import qc
-from BrainImageNetADLib.batch import Job, collect_jobs, shard
-from BrainImageNetADLib.errors import InputError
-from BrainImageNetADLib.t1io import read_t1
-from BrainImageNetADLib.worker import WorkerCrashed, run_isolated
+from BrainImageNetADLib.cohort.batch import Job, collect_jobs, shard
+from BrainImageNetADLib.core.errors import InputError
+from BrainImageNetADLib.core.worker import WorkerCrashed, run_isolated
+from BrainImageNetADLib.preprocessing import qc
+from BrainImageNetADLib.preprocessing.t1io import read_t1
 from conftest import COLIN27_T1, HANG_GUARD_S, REALDATA, assert_input_error, needs_realdata
 
 AAL = Path("/usr/share/mricron/templates/aal.nii.gz")
@@ -99,7 +99,7 @@ def test_non_t1_contrast_fails_qc_and_stops_prediction(tmp_path: Path) -> None:
 def test_a_very_noisy_scan_fails_qc_on_signal_to_noise(tmp_path: Path) -> None:
     """Noise at 35% of the white-matter intensity: the GM map follows the template priors (its
     template correlation stays high), so the noise measured in the white matter must fail it."""
-    from BrainImageNetADLib.preprocess import preprocess_t1
+    from BrainImageNetADLib.preprocessing.preprocess import preprocess_t1
 
     data, affine = _colin()
     rng = np.random.default_rng(0)
@@ -126,7 +126,7 @@ def test_a_head_ct_is_refused_as_not_a_t1(tmp_path: Path) -> None:
 def test_a_header_with_front_and_back_reversed_fails_on_orientation(tmp_path: Path) -> None:
     """A real scan (IXI012) whose voxels are mirrored front to back under an unchanged header: an
     affine cannot undo a mirror image, and the mirrored scan fits the head template far better."""
-    from BrainImageNetADLib.preprocess import preprocess_t1
+    from BrainImageNetADLib.preprocessing.preprocess import preprocess_t1
 
     image = nib.load(str(REALDATA / "ixi" / "github_CBICA_IXI_IXI012-HH-1211_age38.78_M_T1_2mm.nii.gz"))
     front_back = [axis for axis, code in enumerate(nib.aff2axcodes(image.affine)) if code in "AP"][0]
@@ -139,7 +139,7 @@ def test_a_header_with_front_and_back_reversed_fails_on_orientation(tmp_path: Pa
 
 @needs_realdata
 def test_thick_clinical_slices_fail_qc_with_the_reason() -> None:
-    from BrainImageNetADLib.t1io import read_t1
+    from BrainImageNetADLib.preprocessing.t1io import read_t1
 
     thick = read_t1(REALDATA / "other" / "pypi_pyradiomics_sdist_brain2_T1postcontrast_axial_0p78x0p78x6p5mm.nii.gz")
     assert len(thick.failures) == 1 and thick.failures[0].startswith("slice thickness 6.5 mm")
@@ -256,7 +256,7 @@ def _write_dicom_series(data: np.ndarray, affine: np.ndarray, folder: Path, seri
 
 
 def test_dicom_series_folder_reads_like_the_nifti(tmp_path: Path) -> None:
-    from BrainImageNetADLib.t1io import read_t1
+    from BrainImageNetADLib.preprocessing.t1io import read_t1
 
     data, affine = _colin()
     _write_dicom_series(data, affine, tmp_path / "dicom")
@@ -294,8 +294,8 @@ def test_headers_that_claim_more_than_the_file_or_a_scan_holds_are_refused_befor
     # peak, VmHWM: ru_maxrss would carry the forking test process's peak across exec).
     script = (
         "import sys\n"
-        "from BrainImageNetADLib.errors import InputError\n"
-        "from BrainImageNetADLib.t1io import read_t1\n"
+        "from BrainImageNetADLib.core.errors import InputError\n"
+        "from BrainImageNetADLib.preprocessing.t1io import read_t1\n"
         "try:\n    read_t1(sys.argv[1])\nexcept InputError as error:\n    print(error)\n"
         "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))\n"
     )
@@ -324,7 +324,7 @@ def test_an_image_built_to_exhaust_memory_costs_a_capped_child_not_the_reader(tm
     """A legal header (under the voxel limit) over 640 MiB of zeros that compress to 3 MB:
     read in a child whose memory is capped, it fails there with one line; with room enough it
     reads. The caller's own memory is untouched either way."""
-    from BrainImageNetADLib.imageheader import read_in_child
+    from BrainImageNetADLib.core.imageheader import read_in_child
 
     header = nib.Nifti1Header()
     header.set_data_shape((640, 512, 512))  # 168 M voxels (under the 268 M limit): 640 MiB as float32

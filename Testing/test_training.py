@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from BrainImageNetADLib.bundle import load_fold_models
-from BrainImageNetADLib.ensemble import Ensemble
-from BrainImageNetADLib.errors import BundleError, Cancelled, InputError
+from BrainImageNetADLib.core.errors import BundleError, Cancelled, InputError
+from BrainImageNetADLib.model.bundle import load_fold_models
+from BrainImageNetADLib.model.ensemble import Ensemble
 from BrainImageNetTrainingLib import metrics
 from BrainImageNetTrainingLib.cards import subject_digest
 from BrainImageNetTrainingLib.data import MapStore
@@ -188,7 +188,7 @@ def test_torchrun_two_processes_train_the_same_procedure(cohort: Path, base_run:
 
 
 def test_group_occlusion_averages_per_scan_drops_and_guards_leakage(ad_run: Path, cohort: Path, tmp_path: Path) -> None:
-    from BrainImageNetADLib.occlusion import OcclusionSettings, cube_positions, occlusion_map
+    from BrainImageNetADLib.explain.occlusion import OcclusionSettings, cube_positions, occlusion_map
 
     independent = write_cohort(tmp_path / "independent", 6, n_sites=2, n_datasets=1, seed=22)
     out = tmp_path / "occlusion"
@@ -217,7 +217,7 @@ def test_group_occlusion_averages_per_scan_drops_and_guards_leakage(ad_run: Path
 
 
 def test_demo_makes_a_demonstration_bundle_and_resumes(tmp_path: Path) -> None:
-    from BrainImageNetADLib.bundle import read_card
+    from BrainImageNetADLib.model.bundle import read_card
     from BrainImageNetTrainingLib.demo import DemoSettings, export_bundle, run_demo
 
     settings = DemoSettings(

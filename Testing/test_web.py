@@ -24,10 +24,10 @@ import pytest
 from browser import Browser, chromium_path
 from PIL import Image
 
-from BrainImageNetADLib.bundle import read_card
-from BrainImageNetADLib.errors import BrainImageNetError
-from BrainImageNetADLib.resources import default_bundle, sample_t1
-from BrainImageNetADLib.web import safe_upload_name
+from BrainImageNetADLib.core.errors import BrainImageNetError
+from BrainImageNetADLib.core.resources import default_bundle, sample_t1
+from BrainImageNetADLib.model.bundle import read_card
+from BrainImageNetADLib.viewer.web import safe_upload_name
 from conftest import HANG_GUARD_S
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def imported_models(folder: Path) -> Path:
     (the independent tiny reference model of ``keras_reference``)."""
     import keras_reference as kr
 
-    from BrainImageNetADLib.keras_import import import_keras_bundle
+    from BrainImageNetADLib.model.keras_import import import_keras_bundle
 
     models = folder / "models"
     source = kr.save_legacy_h5(kr.ad_network(0.0625), folder / "fold0.h5")

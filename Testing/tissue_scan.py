@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from BrainImageNetADLib import deformation, segment
+from BrainImageNetADLib.preprocessing import deformation, segment
 
 
 def lattice_positions() -> np.ndarray:

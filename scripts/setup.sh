@@ -33,7 +33,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements/pinned.txt
   # The packages pyproject.toml marks as installed without their dependencies.
-  mapfile -t no_deps < <(PYTHONPATH=BrainImageNetAD .venv/bin/python -m BrainImageNetADLib.dependencies no-deps)
+  mapfile -t no_deps < <(PYTHONPATH=BrainImageNetAD .venv/bin/python -m BrainImageNetADLib.core.dependencies no-deps)
   .venv/bin/python -m pip install -q --no-deps "${no_deps[@]}"
   .venv/bin/python -m pip install -q --no-deps -e .
   echo "$wanted" > "$stamp"

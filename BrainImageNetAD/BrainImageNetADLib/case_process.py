@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import run_command
+from .core.errors import run_command
+from .core.progress import progress_for
 from .pipeline import CaseOptions, run_case
-from .progress import progress_for
 
 
 def spec(source: Path | dict[str, Path], out_dir: Path, bundle: Path, options: CaseOptions) -> str:

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
-from .errors import InputError, run_command
-from .pipeline import HEAT_MAP_KEYS, HEAT_MAPS, OCCLUSION_METHODS, CaseOptions
-from .progress import ProgressCallback, progress_for
-from .resources import default_bundle, sample_t1
+from .core.errors import InputError, run_command
+from .core.progress import ProgressCallback, progress_for
+from .core.resources import default_bundle, sample_t1
+from .explain.methods import OCCLUSION_METHODS
+from .pipeline import HEAT_MAP_KEYS, HEAT_MAPS, CaseOptions
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -141,10 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_preprocess(args: argparse.Namespace) -> Path:
     """Run the ``preprocess`` command; return the output folder."""
-    from .batch import collect_jobs, run_batch, shard
-    from .errors import InputError
-    from .preprocess import preprocess_t1
-    from .worker import run_isolated
+    from .cohort.batch import collect_jobs, run_batch, shard
+    from .core.errors import InputError
+    from .core.worker import run_isolated
+    from .preprocessing.preprocess import preprocess_t1
 
     jobs = shard(collect_jobs(args.inputs), args.shard)
     if not jobs:
@@ -185,7 +186,7 @@ def case_options(args: argparse.Namespace) -> CaseOptions:
 def run_predict(args: argparse.Namespace) -> Path:
     """Run the ``predict`` command; return the path of the written ``result.json`` (one case) or
     ``predictions.tsv`` (a cohort)."""
-    from .cohort import collect_cases
+    from .cohort.scoring import collect_cases
     from .pipeline import run_case
 
     if sum([args.sample, bool(args.inputs), bool(args.gmd or args.gmv)]) != 1:
@@ -208,9 +209,9 @@ def run_predict(args: argparse.Namespace) -> Path:
 
 def run_cohort(args: argparse.Namespace, cases: list, bundle: Path, options: CaseOptions, progress: ProgressCallback | None) -> Path:
     """``predict`` over many inputs: ``predictions.tsv`` and one folder per subject (``cohort``)."""
-    from .batch import shard
-    from .cohort import predict_cohort
-    from .ensemble import Ensemble
+    from .cohort.batch import shard
+    from .cohort.scoring import predict_cohort
+    from .model.ensemble import Ensemble
 
     if args.occlusion not in (None, "none"):
         raise InputError("heat maps are made one case at a time (predict T1 --out DIR); for a cohort use brainimagenet-train occlusion")
@@ -237,11 +238,11 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "preprocess":
         print(run_preprocess(args))
     elif args.command == "import-keras":
-        from .keras_import import import_keras_bundle
+        from .model.keras_import import import_keras_bundle
 
         print(import_keras_bundle(args.ad, args.out, args.base, args.mask, args.name, args.overwrite, args.risk_template))
     elif args.command == "web":
-        from .web import serve
+        from .viewer.web import serve
 
         serve(args.host, args.port, args.max_upload_mb, args.heat_map, args.models)
 

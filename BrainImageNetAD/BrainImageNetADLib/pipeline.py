@@ -16,18 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import remove_leftovers, write_json_atomic, write_nifti_atomic
-from .errors import InputError
-from .progress import CancelCallback, ProgressCallback, check_cancel
+from .core.atomic import remove_leftovers, write_json_atomic, write_nifti_atomic
+from .core.errors import InputError
+from .core.progress import CancelCallback, ProgressCallback, check_cancel
+from .explain.methods import RISK_METHODS
+from .model.prediction import Prediction
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .ensemble import Ensemble
+    from .model.ensemble import Ensemble
 
-#: How a heat map is computed (``occlusion.occlusion_map``, ``riskmap.risk_map``): exact by
-#: incremental inference, coarse to fine, naive full passes (the reference), gradient x input.
-OCCLUSION_METHODS = ("incremental", "approximate", "naive", "gradient")
 #: Heat-map kinds of one case and the key of ``result.json`` that holds each: the occlusion map
 #: (drop in AD probability when a cube is masked) and the risk map (``riskmap``: AD probability of
 #: the model's template with one cube taken from the subject).
@@ -53,7 +52,7 @@ class CaseOptions:
     """What a case run computes.
 
     preset: preprocessing preset ("fast" or "accurate"); heat_map: a kind of ``HEAT_MAP_KEYS``;
-    method: one of ``OCCLUSION_METHODS`` or "none"; fold: map one fold model instead of the
+    method: one of ``explain.methods.OCCLUSION_METHODS`` or "none"; fold: map one fold model instead of the
     whole ensemble (about 5x faster); cube, step: heat-map cube side and step in 1.5 mm voxels
     (step None: the kind's default); batch_size: cube positions computed together; force:
     predict even when preprocessing QC fails; threshold: decision threshold on the AD
@@ -113,37 +112,24 @@ class HeatMap:
 
 
 @dataclass
-class CaseResult:
-    """The result of one case, as ``result.json`` holds it.
-
-    ``probability``: the mean of the fold models' AD probabilities (``fold_probabilities``);
-    ``logit``: the mean of their outputs before the sigmoid; ``label``, ``sensitivity`` and
-    ``specificity`` at ``threshold`` (from the card's ROC); the model (``model_name``,
-    ``model_bundle`` path, ``demo``, ``trained``, ``intended_use``, ``channels``,
-    ``threshold_presets``) and how it ran (``engine``, ``precision``); ``input_checks`` of the
-    maps; ``qc``: the preprocessing verdict, failures, warnings, measures and volumes (None for
-    maps given as input); ``heat_map`` (None when none was made); ``regions_native`` or
-    ``regions_mni``: the file of hippocampal labels in the case's folder; ``seconds`` of the run.
+class CaseResult(Prediction):
+    """The result of one case, as ``result.json`` holds it: the ensemble's ``Prediction``
+    (probability, logit, fold probabilities, label, sensitivity and specificity at the threshold,
+    the model's name and use), and ``version`` of the library, the ``model_bundle`` path,
+    ``channels`` and ``threshold_presets`` of its card, how it ran (``engine``, ``precision``),
+    ``input_checks`` of the maps, ``qc``: the preprocessing verdict, failures, warnings, measures
+    and volumes (None for maps given as input), ``heat_map`` (None when none was made),
+    ``regions_native`` or ``regions_mni``: the file of hippocampal labels in the case's folder,
+    and ``seconds`` of the run.
     """
 
-    version: str
-    probability: float
-    logit: float
-    fold_probabilities: list[float]
-    threshold: float
-    label: str
-    sensitivity: float | None
-    specificity: float | None
-    model_name: str
-    model_bundle: str
-    demo: bool
-    trained: bool
-    intended_use: str
-    engine: str
-    precision: str
-    channels: list[str]
-    threshold_presets: dict[str, float]
-    input_checks: dict[str, Any]
+    version: str = ""
+    model_bundle: str = ""
+    engine: str = ""
+    precision: str = ""
+    channels: list[str] = dataclasses.field(default_factory=list)
+    threshold_presets: dict[str, float] = dataclasses.field(default_factory=dict)
+    input_checks: dict[str, Any] = dataclasses.field(default_factory=dict)
     qc: dict[str, Any] | None = None
     heat_map: HeatMap | None = None
     regions_native: str | None = None
@@ -190,8 +176,8 @@ class CaseResult:
 def preprocess_case(t1: Path, out_dir: Path, preset: str, progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Preprocess ``t1`` into ``out_dir`` in a child process (a crash in ANTs/ITK never takes the
     caller down); return the QC report (``preprocess.preprocess_t1``)."""
-    from .preprocess import preprocess_t1
-    from .worker import run_isolated
+    from .core.worker import run_isolated
+    from .preprocessing.preprocess import preprocess_t1
 
     return run_isolated(preprocess_t1, t1, out_dir, preset, progress=progress)
 
@@ -217,7 +203,7 @@ def score_case(
     and return the result. ``qc_report``: the preprocessing report, None for maps given as input;
     ``start``: ``time.perf_counter()`` when the case began (default: now), for ``seconds``."""
     from . import __version__
-    from .maps import load_model_input
+    from .model.maps import load_model_input
 
     start = time.perf_counter() if start is None else start
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -238,11 +224,11 @@ def score_case(
         qc=None if qc_report is None else {k: qc_report[k] for k in ("verdict", "failures", "warnings", "measures", "volumes_ml")},
     )
     if outlines and preprocessing is not None:
-        from .atlas import write_native_regions
+        from .explain.atlas import write_native_regions
 
         result.regions_native = write_native_regions(preprocessing, out_dir / "regions_native.nii.gz").name
     elif outlines:
-        from .atlas import write_mni_regions
+        from .explain.atlas import write_mni_regions
 
         result.regions_mni = write_mni_regions(out_dir / "regions_mni.nii.gz").name
     if options.method != "none":
@@ -275,17 +261,17 @@ def heat_map(
     86) with the bundle's input conventions applied (``Ensemble.prepare``): ``occlusion.nii.gz``
     or ``risk_map.nii.gz`` on the MNI grid in ``out_dir``, and ``*_native.nii.gz`` on the T1's
     grid when ``preprocessing`` is the folder of the T1's preprocessing."""
-    from . import grid
-    from .occlusion import OcclusionSettings, occlusion_map, region_summary
-    from .transforms import write_native
+    from .core import grid
+    from .explain.occlusion import OcclusionSettings, occlusion_map, region_summary
+    from .preprocessing.transforms import write_native
 
     models = ensemble.fold_models(options.fold)
     batch = max(1, options.batch_size)
     if options.cube < 1 or (options.step is not None and options.step < 1):
         raise InputError("the heat map's cube and step must be at least 1 voxel")
     if options.heat_map == "risk":
-        from .bundle import load_risk_template
-        from .riskmap import RISK_METHODS, RiskSettings, risk_map
+        from .explain.riskmap import RiskSettings, risk_map
+        from .model.bundle import load_risk_template
 
         if options.method not in RISK_METHODS:
             raise InputError(f"a risk map is computed {', '.join(RISK_METHODS)}, not {options.method}")
@@ -338,7 +324,7 @@ def run_case(
     when the bundle or the input is unusable, or when preprocessing QC fails (unless
     ``options.force``); Cancelled when ``should_cancel()`` says so between stages.
     """
-    from .ensemble import Ensemble
+    from .model.ensemble import Ensemble
 
     start = time.perf_counter()
     options = options or CaseOptions()

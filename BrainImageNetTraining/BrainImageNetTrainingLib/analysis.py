@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from BrainImageNetADLib.atomic import write_bytes_atomic
+from BrainImageNetADLib.core.atomic import write_bytes_atomic
 
 from . import metrics
 from .manifest import Scan

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from BrainImageNetADLib import grid
+from BrainImageNetADLib.core import grid
 
 from . import __version__
 
@@ -37,7 +37,7 @@ def model_card(
     training_subjects: Iterable[str] = (),
     **extra: Any,
 ) -> dict[str, Any]:
-    """A model card (see ``BrainImageNetADLib.bundle``): the fields every bundle has, plus
+    """A model card (see ``BrainImageNetADLib.model.bundle``): the fields every bundle has, plus
     ``extra`` (metrics, operating_points, threshold_presets, training settings...)."""
     return {
         "name": name,

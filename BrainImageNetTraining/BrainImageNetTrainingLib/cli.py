@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from BrainImageNetADLib.cli import OneLineErrorParser
-from BrainImageNetADLib.errors import run_command
-from BrainImageNetADLib.progress import progress_for
+from BrainImageNetADLib.core.errors import run_command
+from BrainImageNetADLib.core.progress import progress_for
 
 from . import __version__
 
@@ -125,7 +125,7 @@ def _training_options(parser: argparse.ArgumentParser, folds_help: str) -> None:
 def _train(args: argparse.Namespace, task: str) -> int:
     import torch
 
-    from BrainImageNetADLib.cpu import keep_freed_memory
+    from BrainImageNetADLib.core.cpu import keep_freed_memory
 
     from .training import TrainConfig, train
 
@@ -166,7 +166,7 @@ def _train(args: argparse.Namespace, task: str) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
-    from BrainImageNetADLib.cpu import keep_freed_memory
+    from BrainImageNetADLib.core.cpu import keep_freed_memory
 
     from .demo import DemoSettings, export_bundle, run_demo
 
@@ -187,7 +187,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _subtypes(args: argparse.Namespace) -> int:
     import torch
 
-    from BrainImageNetADLib.riskmap import RiskSettings
+    from BrainImageNetADLib.explain.riskmap import RiskSettings
 
     from .subtypes import SubtypeSettings, run_subtypes
 
@@ -227,7 +227,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return _demo(args)
     if args.command == "occlusion":
-        from BrainImageNetADLib.occlusion import OcclusionSettings
+        from BrainImageNetADLib.explain.occlusion import OcclusionSettings
 
         from .group_occlusion import group_occlusion
 
@@ -269,7 +269,7 @@ def _run(args: argparse.Namespace) -> int:
             return 2
         print(write_cohort(args.out, args.subjects, args.sites, args.datasets, args.seed))
     if args.command == "resources":
-        from BrainImageNetADLib.atlas import build_atlas
+        from BrainImageNetADLib.explain.atlas import build_atlas
 
         from .sample import make_colin27_sample
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from BrainImageNetADLib.errors import InputError
-from BrainImageNetADLib.maps import load_model_input
+from BrainImageNetADLib.core.errors import InputError
+from BrainImageNetADLib.model.maps import load_model_input
 
 from .manifest import Scan
 

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from BrainImageNetADLib.atomic import write_json_atomic
-from BrainImageNetADLib.errors import InputError
-from BrainImageNetADLib.progress import CancelCallback, ProgressCallback
+from BrainImageNetADLib.core.atomic import write_json_atomic
+from BrainImageNetADLib.core.errors import InputError
+from BrainImageNetADLib.core.progress import CancelCallback, ProgressCallback
 
 from .synth import write_cohort
 from .training import TrainConfig, train

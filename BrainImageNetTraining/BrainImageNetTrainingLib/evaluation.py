@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from BrainImageNetADLib.atomic import write_bytes_atomic, write_json_atomic
-from BrainImageNetADLib.bundle import ModelCard
-from BrainImageNetADLib.ensemble import Ensemble
-from BrainImageNetADLib.errors import BundleError
-from BrainImageNetADLib.progress import CancelCallback, ProgressCallback, check_cancel
+from BrainImageNetADLib.core.atomic import write_bytes_atomic, write_json_atomic
+from BrainImageNetADLib.core.errors import BundleError
+from BrainImageNetADLib.core.progress import CancelCallback, ProgressCallback, check_cancel
+from BrainImageNetADLib.model.bundle import ModelCard
+from BrainImageNetADLib.model.ensemble import Ensemble
 
 from . import metrics
 from .analysis import ad_analysis, write_predictions

@@ -8,9 +8,9 @@ from typing import Any, Protocol
 import numpy as np
 from safetensors.torch import load_file
 
-from BrainImageNetADLib.atomic import write_json_atomic
-from BrainImageNetADLib.bundle import save_bundle
-from BrainImageNetADLib.networks import build_network
+from BrainImageNetADLib.core.atomic import write_json_atomic
+from BrainImageNetADLib.model.bundle import save_bundle
+from BrainImageNetADLib.model.networks import build_network
 
 from . import metrics
 from .analysis import ad_analysis, write_predictions

@@ -1,7 +1,7 @@
 """Group-level occlusion maps, as in the paper: over a set of independent AD and NC scans, how
 much the ensemble's accuracy drops when one cube of every scan is masked, cube by cube; and the
 mean drop in AD probability over the AD scans. Each subject's cubes are computed exactly by the
-incremental method of ``BrainImageNetADLib.occlusion``.
+incremental method of ``BrainImageNetADLib.explain.occlusion``.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.atomic import write_bytes_atomic, write_json_atomic, write_nifti_atomic
-from BrainImageNetADLib.ensemble import Ensemble
-from BrainImageNetADLib.errors import InputError
-from BrainImageNetADLib.occlusion import OcclusionSettings, accumulate, cube_positions, occlusion_map, region_summary
-from BrainImageNetADLib.progress import CancelCallback, ProgressCallback
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.core.atomic import write_bytes_atomic, write_json_atomic, write_nifti_atomic
+from BrainImageNetADLib.core.errors import InputError
+from BrainImageNetADLib.core.progress import CancelCallback, ProgressCallback
+from BrainImageNetADLib.explain.occlusion import OcclusionSettings, accumulate, cube_positions, occlusion_map, region_summary
+from BrainImageNetADLib.model.ensemble import Ensemble
 
 from .data import MapStore, target
 from .evaluation import check_independent

@@ -8,7 +8,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from BrainImageNetADLib.errors import InputError
+from BrainImageNetADLib.core.errors import InputError
 
 #: Columns every manifest needs.
 REQUIRED_COLUMNS = ("subject", "dataset", "site", "diagnosis")

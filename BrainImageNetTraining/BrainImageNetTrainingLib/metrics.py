@@ -116,7 +116,7 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Pa
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from BrainImageNetADLib.atomic import write_bytes_atomic
+    from BrainImageNetADLib.core.atomic import write_bytes_atomic
 
     figure, axes = plt.subplots(figsize=(4.5, 4.5), dpi=100)
     for name, (labels, scores) in curves.items():

@@ -1,5 +1,5 @@
 """The risk template of a bundle: the whole-brain input every risk map starts from
-(``BrainImageNetADLib.riskmap``). As in Lu et al. 2024 it blends the mean maps of the AD and the
+(``BrainImageNetADLib.explain.riskmap``). As in Lu et al. 2024 it blends the mean maps of the AD and the
 normal-control scans the bundle was trained on, ``w * mean_AD + (1 - w) * mean_NC``, with the
 weight ``w`` found by bisection so that the ensemble scores the template at 0.5. ``w`` lies in
 [0, 1] when the ensemble scores the mean NC map below 0.5 and the mean AD map above; a mean map
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.bundle import RISK_TEMPLATE_NAME, write_risk_template
-from BrainImageNetADLib.ensemble import Ensemble
-from BrainImageNetADLib.errors import InputError
-from BrainImageNetADLib.progress import CancelCallback, ProgressCallback, check_cancel
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.core.errors import InputError
+from BrainImageNetADLib.core.progress import CancelCallback, ProgressCallback, check_cancel
+from BrainImageNetADLib.model.bundle import RISK_TEMPLATE_NAME, write_risk_template
+from BrainImageNetADLib.model.ensemble import Ensemble
 
 from .cards import subject_digest
 from .data import MapStore

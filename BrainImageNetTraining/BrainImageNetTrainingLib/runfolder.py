@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from BrainImageNetADLib.atomic import write_json_atomic
-from BrainImageNetADLib.bundle import sha256_file
-from BrainImageNetADLib.errors import InputError
+from BrainImageNetADLib.core.atomic import write_json_atomic
+from BrainImageNetADLib.core.errors import InputError
+from BrainImageNetADLib.model.bundle import sha256_file
 
 from .manifest import Scan
 from .splits import Fold

@@ -7,10 +7,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from BrainImageNetADLib.atomic import write_bytes_atomic
-from BrainImageNetADLib.preprocess import is_done, preprocess_t1
-from BrainImageNetADLib.resources import sample_t1
-from BrainImageNetADLib.worker import run_isolated
+from BrainImageNetADLib.core.atomic import write_bytes_atomic
+from BrainImageNetADLib.core.resources import sample_t1
+from BrainImageNetADLib.core.worker import run_isolated
+from BrainImageNetADLib.preprocessing.preprocess import is_done, preprocess_t1
 
 
 def make_colin27_sample(out_dir: str | Path, preprocessing_dir: str | Path | None = None) -> dict[str, Path]:

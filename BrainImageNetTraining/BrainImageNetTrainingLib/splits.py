@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from BrainImageNetADLib.errors import InputError
+from BrainImageNetADLib.core.errors import InputError
 
 from .manifest import Scan
 

@@ -1,5 +1,5 @@
 """AD subtypes from individualized risk maps (Lu et al. 2024): the risk maps of a manifest's AD
-scans (``BrainImageNetADLib.riskmap``) are clustered with k-means (squared Euclidean, inside the
+scans (``BrainImageNetADLib.explain.riskmap``) are clustered with k-means (squared Euclidean, inside the
 grey-matter mask), k chosen at the elbow of the within-cluster sum of squares over k = 1..10
 unless given; MCI scans go to the centre their map correlates with best (Pearson, inside the
 mask), or stay unassigned when the two best correlations differ by less than a margin.
@@ -26,15 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from BrainImageNetADLib import grid, templates
-from BrainImageNetADLib.atomic import write_bytes_atomic, write_json_atomic, write_nifti_atomic
-from BrainImageNetADLib.bundle import load_risk_template
-from BrainImageNetADLib.ensemble import Ensemble
-from BrainImageNetADLib.errors import InputError
-from BrainImageNetADLib.imageheader import read_nifti
-from BrainImageNetADLib.occlusion import region_summary
-from BrainImageNetADLib.progress import CancelCallback, ProgressCallback, check_cancel
-from BrainImageNetADLib.riskmap import RISK_METHODS, RiskSettings, risk_map
+from BrainImageNetADLib.core import grid, templates
+from BrainImageNetADLib.core.atomic import write_bytes_atomic, write_json_atomic, write_nifti_atomic
+from BrainImageNetADLib.core.errors import InputError
+from BrainImageNetADLib.core.imageheader import read_nifti
+from BrainImageNetADLib.core.progress import CancelCallback, ProgressCallback, check_cancel
+from BrainImageNetADLib.explain.methods import RISK_METHODS
+from BrainImageNetADLib.explain.occlusion import region_summary
+from BrainImageNetADLib.explain.riskmap import RiskSettings, risk_map
+from BrainImageNetADLib.model.bundle import load_risk_template
+from BrainImageNetADLib.model.ensemble import Ensemble
 
 from .data import MapStore
 from .manifest import Scan, read_manifest
@@ -51,7 +52,7 @@ class SubtypeSettings:
     """``k``: number of subtypes (None: the elbow over 1..``max_k``); ``margin``: a scan whose best
     centre correlates less than this (Pearson r) above the second best stays unassigned;
     ``restarts``: k-means initialisations (the best is kept); ``seed``: k-means' random state;
-    ``risk``: cube geometry of the risk maps (voxels); ``method``: ``riskmap.RISK_METHODS``;
+    ``risk``: cube geometry of the risk maps (voxels); ``method``: ``explain.methods.RISK_METHODS``;
     ``fold``: one fold network instead of the ensemble (None: all folds)."""
 
     k: int | None = None

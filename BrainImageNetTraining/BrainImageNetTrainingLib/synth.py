@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from BrainImageNetADLib import grid, templates
-from BrainImageNetADLib.atlas import REGIONS, load_atlas, region_names
-from BrainImageNetADLib.atomic import write_bytes_atomic, write_nifti_atomic
+from BrainImageNetADLib.core import grid, templates
+from BrainImageNetADLib.core.atomic import write_bytes_atomic, write_nifti_atomic
+from BrainImageNetADLib.explain.atlas import REGIONS, load_atlas, region_names
 
 DIAGNOSIS_SHARES = {"NC": 0.4, "AD": 0.3, "sMCI": 0.15, "pMCI": 0.15}
 #: Mean severity per diagnosis: the fraction of grey matter the focal component removes at the

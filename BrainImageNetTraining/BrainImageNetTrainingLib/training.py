@@ -25,11 +25,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from BrainImageNetADLib.bundle import CARD_NAME, load_fold_models
-from BrainImageNetADLib.ensemble import resolve_device
-from BrainImageNetADLib.errors import BundleError, InputError
-from BrainImageNetADLib.networks import build_network, get_preset, transfer_stem
-from BrainImageNetADLib.progress import CancelCallback, ProgressCallback, check_cancel
+from BrainImageNetADLib.core.errors import BundleError, InputError
+from BrainImageNetADLib.core.progress import CancelCallback, ProgressCallback, check_cancel
+from BrainImageNetADLib.model.bundle import CARD_NAME, load_fold_models
+from BrainImageNetADLib.model.ensemble import resolve_device
+from BrainImageNetADLib.model.networks import build_network, get_preset, transfer_stem
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint

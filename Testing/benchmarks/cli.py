@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from BrainImageNetADLib.cli import OneLineErrorParser
-from BrainImageNetADLib.errors import run_command
-from BrainImageNetADLib.resources import sample_t1
+from BrainImageNetADLib.core.errors import run_command
+from BrainImageNetADLib.core.resources import sample_t1
 
 
 def build_parser() -> argparse.ArgumentParser:

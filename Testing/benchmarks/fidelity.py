@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.errors import InputError
-from BrainImageNetADLib.maps import load_nifti
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.core.errors import InputError
+from BrainImageNetADLib.model.maps import load_nifti
 
 #: Smoothing applied to both maps for the smoothed correlations (FWHM, mm).
 SMOOTHING_MM = 4.0
@@ -129,8 +129,8 @@ def mapping_agreement(scan: ReferenceScan, preprocessing_dir: str | Path) -> dic
     ``*_seg8.mat`` or our GM does not lie on ``c1``'s grid (scans segmented on the 1 mm grid)."""
     import nibabel as nib
 
-    from BrainImageNetADLib.normalise import warped_maps
-    from BrainImageNetADLib.transforms import native_points_to_mni
+    from BrainImageNetADLib.preprocessing.normalise import warped_maps
+    from BrainImageNetADLib.preprocessing.transforms import native_points_to_mni
 
     if scan.seg8 is None or reference_fit(scan.seg8) != "ok":
         return {}
@@ -205,8 +205,8 @@ def scan_fidelity(scan: ReferenceScan, preset: str = "fast", out_dir: str | Path
     temporary folder when None)."""
     import json
 
-    from BrainImageNetADLib.preprocess import is_done, preprocess_t1
-    from BrainImageNetADLib.worker import run_isolated
+    from BrainImageNetADLib.core.worker import run_isolated
+    from BrainImageNetADLib.preprocessing.preprocess import is_done, preprocess_t1
 
     with tempfile.TemporaryDirectory(prefix="brainimagenet-fidelity-") as scratch:
         out = Path(out_dir) if out_dir is not None else Path(scratch)

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.errors import InputError
-from BrainImageNetADLib.qc import VOXEL_ML
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.core.errors import InputError
+from BrainImageNetADLib.preprocessing.qc import VOXEL_ML
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class RealScan:
 
 
 def _dicom_age_sex(folder: Path) -> tuple[float | None, str | None]:
-    from BrainImageNetADLib.sequence import dicom_tags
+    from BrainImageNetADLib.preprocessing.sequence import dicom_tags
 
     values = dicom_tags(folder, {"age": "0010|1010", "sex": "0010|0040"}) or {}
     age, sex = values.get("age", ""), values.get("sex", "")
@@ -102,7 +102,7 @@ def real_scans(data_dir: str | Path) -> list[RealScan]:
 def hippocampal_gm_ml(gmv: np.ndarray) -> float:
     """GM volume (native mL) of the left and right AAL hippocampi from a GMV map on the
     121x145x121 MNI grid (native GM volume per MNI voxel volume)."""
-    from BrainImageNetADLib.atlas import REGIONS, load_atlas
+    from BrainImageNetADLib.explain.atlas import REGIONS, load_atlas
 
     hippocampi = [label for label, name in REGIONS.items() if name.startswith("Hippocampus")]
     return float(gmv[np.isin(load_atlas(), hippocampi)].sum() * VOXEL_ML)
@@ -113,9 +113,9 @@ def measure_scan(scan: RealScan, out_dir: Path) -> dict[str, Any]:
     return one row: verdict, first reason, volumes (native mL) and the known facts."""
     import json
 
-    from BrainImageNetADLib.maps import load_nifti
-    from BrainImageNetADLib.preprocess import is_done, preprocess_t1
-    from BrainImageNetADLib.worker import run_isolated
+    from BrainImageNetADLib.core.worker import run_isolated
+    from BrainImageNetADLib.model.maps import load_nifti
+    from BrainImageNetADLib.preprocessing.preprocess import is_done, preprocess_t1
 
     row: dict[str, Any] = {"scan": scan.name, "group": scan.group, "age": scan.age, "sex": scan.sex}
     try:
@@ -144,7 +144,7 @@ def measure_scan(scan: RealScan, out_dir: Path) -> dict[str, Any]:
 def _contrast_margins(rows: list[dict[str, Any]], expected: dict[str, str | None]) -> list[str]:
     """One line per contrast measure: its range over the T1s expected to pass and the smallest
     margin above QC's fail level, naming the scan that sets it."""
-    from BrainImageNetADLib.qc import CSF_GAP_FAIL, GREY_WHITE_FAIL
+    from BrainImageNetADLib.preprocessing.qc import CSF_GAP_FAIL, GREY_WHITE_FAIL
 
     t1s = [r for r in rows if expected.get(r["scan"]) == "accept" and r.get("grey_white") is not None]
     lines = []

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from BrainImageNetADLib import grid
-from BrainImageNetADLib.bundle import ModelCard
-from BrainImageNetADLib.ensemble import Ensemble
-from BrainImageNetADLib.networks import build_network
+from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.model.bundle import ModelCard
+from BrainImageNetADLib.model.ensemble import Ensemble
+from BrainImageNetADLib.model.networks import build_network
 
 
 def _seconds(fn, repeats: int) -> float:
@@ -65,7 +65,7 @@ def measured_peak_gflops(seconds: float = 2.0) -> dict[str, float]:
     flops = 2 * float(np.prod(size)) * cout * cin * 27
     with torch.inference_mode():
         rates["convolution"] = _rate(lambda: conv(x), flops, seconds)
-    from BrainImageNetADLib.engines import openvino_available
+    from BrainImageNetADLib.model.engines import openvino_available
 
     if openvino_available():
         import openvino as ov
@@ -133,12 +133,12 @@ def bench_predict(
     that respond to the input as a trained network's do; the cost does not depend on the values). Returns one row per preset and
     engine, then one row of batch-size speed-up per preset for the default engine.
     """
-    from BrainImageNetADLib.engines import default_engine, openvino_available
+    from BrainImageNetADLib.model.engines import default_engine, openvino_available
 
     dev = torch.device(device)
     rows: list[dict[str, float | str]] = []
-    from BrainImageNetADLib.maps import load_model_input
-    from BrainImageNetADLib.resources import sample_maps
+    from BrainImageNetADLib.core.resources import sample_maps
+    from BrainImageNetADLib.model.maps import load_model_input
 
     sample, _ = load_model_input(sample_maps(), ["GMD", "GMV"])
     x = np.repeat(sample[None], batch, axis=0)
@@ -225,7 +225,7 @@ def bench_train(
     cuDNN's autotuner (``torch.backends.cudnn.benchmark``) as training does; PyTorch keeps the
     convolution plans it picked for the life of the process, so the setting is compared between
     processes, not within one. Returns one row per network."""
-    from BrainImageNetADLib.ensemble import resolve_device
+    from BrainImageNetADLib.model.ensemble import resolve_device
 
     dev = resolve_device(device)
     if dev.type == "cuda":
@@ -297,7 +297,7 @@ def print_rows(rows: list[dict[str, float | str]]) -> None:
 def write_markdown(path: Path, title: str, command: str, rows: list[dict[str, Any]], lines: list[str]) -> None:
     """Write benchmark ``rows`` as a Markdown table under a ``title`` heading, with the ``command``
     that made them and the summary ``lines`` below, atomically (the tables of ``docs/results``)."""
-    from BrainImageNetADLib.atomic import write_bytes_atomic
+    from BrainImageNetADLib.core.atomic import write_bytes_atomic
 
     keys = list(dict.fromkeys(k for row in rows for k in row))
     text = [f"# {title}", "", f"Made by `{command}`; do not edit by hand.", ""]
@@ -322,7 +322,7 @@ DEEPMRIPREP_CPU_SECONDS = 100.0
 
 
 def _preprocess_with_peak_memory(t1: str, out_dir: str, preset: str) -> tuple[dict, float]:
-    from BrainImageNetADLib.preprocess import preprocess_t1
+    from BrainImageNetADLib.preprocessing.preprocess import preprocess_t1
 
     report = preprocess_t1(t1, out_dir, preset)
     return report, peak_memory_mb()
@@ -334,7 +334,7 @@ def bench_preprocess(t1: str, presets: list[str]) -> list[dict[str, float | str]
     the process and the GM/template correlation."""
     import tempfile
 
-    from BrainImageNetADLib.worker import run_isolated
+    from BrainImageNetADLib.core.worker import run_isolated
 
     rows: list[dict[str, float | str]] = []
     for preset in presets:
@@ -395,10 +395,10 @@ def bench_occlusion(presets: list[str], positions: int = 24, batch: int = 16, fo
 
     Returns (rows, last line ``exact X min, approximate Y min (r R), max abs diff D``: the
     largest preset's figures)."""
-    from BrainImageNetADLib.incremental import IncrementalNetwork
-    from BrainImageNetADLib.maps import load_model_input
-    from BrainImageNetADLib.occlusion import OcclusionSettings, changed_boxes, cube_positions, occluded_patch, occlusion_map
-    from BrainImageNetADLib.resources import sample_maps
+    from BrainImageNetADLib.core.resources import sample_maps
+    from BrainImageNetADLib.explain.occlusion import OcclusionSettings, changed_boxes, cube_positions, occluded_patch, occlusion_map
+    from BrainImageNetADLib.model.incremental import IncrementalNetwork
+    from BrainImageNetADLib.model.maps import load_model_input
 
     peak = measured_peak_gflops()["convolution"]
     print(f"PyTorch convolution peak measured now (fp32): {peak:.0f} GFLOP/s", flush=True)
@@ -486,10 +486,10 @@ def bench_risk(presets: list[str], positions: int = 12, batch: int = 16, folds: 
 
     Returns (rows, last line ``exact X min, approximate Y min (r R), max abs diff D``: the largest
     preset's figures)."""
-    from BrainImageNetADLib.bundle import load_risk_template, read_card
-    from BrainImageNetADLib.maps import load_model_input
-    from BrainImageNetADLib.resources import default_bundle, sample_maps
-    from BrainImageNetADLib.riskmap import RiskSettings, risk_map
+    from BrainImageNetADLib.core.resources import default_bundle, sample_maps
+    from BrainImageNetADLib.explain.riskmap import RiskSettings, risk_map
+    from BrainImageNetADLib.model.bundle import load_risk_template, read_card
+    from BrainImageNetADLib.model.maps import load_model_input
 
     x, _ = load_model_input(sample_maps(), ["GMD", "GMV"])
     template = load_risk_template(default_bundle(), read_card(default_bundle()))

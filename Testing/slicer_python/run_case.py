@@ -37,8 +37,8 @@ def slicer_application():
 
 
 def main(out_dir: Path) -> dict:
-    from BrainImageNetADLib.controller import CaseController
     from BrainImageNetADLib.pipeline import CaseOptions
+    from BrainImageNetADLib.viewer.controller import CaseController
 
     scene, app_logic = slicer_application()
     controller = CaseController(scene, app_logic, out_dir / "work")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import grid, templates
-from .errors import InputError
+from ..core import grid, templates
+from ..core.errors import InputError
 
 
 def _transforms_dir(preprocessing_dir: str | Path) -> Path:
@@ -116,7 +116,7 @@ def write_native(data: np.ndarray, preprocessing_dir: str | Path, path: str | Pa
     patient's native T1 grid as a NIfTI file, atomically. ``labels``: nearest-label interpolation
     and an unsigned 8-bit label map; otherwise linear interpolation and float32, with ``fill``
     where the map has no value (outside its grid)."""
-    from .atomic import write_nifti_atomic
+    from ..core.atomic import write_nifti_atomic
 
     if labels:
         image = mni_to_native(data, preprocessing_dir, interpolator="genericLabel")

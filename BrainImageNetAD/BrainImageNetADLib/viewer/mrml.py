@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import grid
-from .errors import InputError
+from ..core import grid
+from ..core.errors import InputError
 
 
 def read_volume_node(path: str | Path, scene: object, name: str | None = None, class_name: str = "vtkMRMLScalarVolumeNode") -> object:
@@ -19,7 +19,7 @@ def read_volume_node(path: str | Path, scene: object, name: str | None = None, c
     a scalar or a label map volume) through Slicer's volume archetype storage node, after checking
     its header (``imageheader.check_image_header``); return it."""
 
-    from .imageheader import check_image_header
+    from ..core.imageheader import check_image_header
 
     path = Path(path)
     if not path.exists():
@@ -56,7 +56,7 @@ def volume_node_array(node: object) -> tuple[np.ndarray, np.ndarray]:
 def model_input_from_nodes(nodes: dict[str, object], channels: list[str]) -> np.ndarray:
     """Stack the maps held by volume nodes (keys ``GMD``/``GMV``) into (C, 96, 120, 86) float32,
     checked and reordered onto the model grid as ``maps.load_model_input`` does for files."""
-    from .maps import check_map
+    from ..model.maps import check_map
 
     arrays = []
     for kind in channels:

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.errors import InputError
 from .bundle import save_bundle, sha256_file, write_input_mask, write_risk_template
-from .errors import InputError
 from .networks import PRESETS, ConvBN, build_network
 
 #: Keras' default batch-norm epsilon, used by the authors' networks and by ours.
@@ -371,7 +371,7 @@ def read_authors_mask(path: str | Path) -> np.ndarray:
     """The authors' mask file (Analyze .img/.hdr or NIfTI on the 121x145x121 grid, or the model
     grid) as a (96, 120, 86) float32 array, taken voxel for voxel as their scripts do (they multiply
     arrays, whatever the header says)."""
-    from . import grid
+    from ..core import grid
     from .maps import load_nifti
 
     data, _ = load_nifti(path, "mask")
@@ -386,15 +386,16 @@ def read_authors_mask(path: str | Path) -> np.ndarray:
 def approximate_brain_mask() -> np.ndarray:
     """Our stand-in for the authors' brain mask: MNI152 2009 grey + white matter prior >= 0.5,
     on the model grid (96, 120, 86), 0/1 float32."""
-    from . import grid
-    from .templates import mni_templates_on_grid
+    from ..core import grid
+    from ..core.templates import mni_templates_on_grid
 
     templates = mni_templates_on_grid()
     return grid.crop_to_model_grid(((templates["GM"] + templates["WM"]) >= 0.5).astype(np.float32)).copy()
 
 
 def _card(name: str, architecture: str, preset: str, sources: list[KerasFile], mask_entry: dict[str, Any]) -> dict[str, Any]:
-    from . import __version__, grid
+    from .. import __version__
+    from ..core import grid
 
     ad = architecture == "ad_transfer"
     return {

@@ -15,9 +15,9 @@ def resources_dir() -> Path:
     """The folder holding ``Models/`` and ``Sample/``: ``$BRAINIMAGENET_AD_RESOURCES``, the
     source tree's top-level ``Resources/``, or the copy an installed Slicer extension carries."""
     env = os.environ.get(RESOURCES_ENV)
-    here = Path(__file__).resolve().parent
+    library = Path(__file__).resolve().parents[1]  # the BrainImageNetADLib folder
     candidates = [Path(env)] if env else []
-    candidates += [here.parents[1] / "Resources", here.parent / "Resources" / "Shared"]
+    candidates += [library.parents[1] / "Resources", library.parent / "Resources" / "Shared"]
     for candidate in candidates:
         if (candidate / "Models").is_dir():
             return candidate

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from . import grid
+from ..core import grid
 
 
 def push(values: np.ndarray, coordinates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from . import grid, templates
-from .atomic import write_bytes_atomic
+from ..core import grid, templates
+from ..core.atomic import write_bytes_atomic
 
 #: Below this correlation of GMD with SPM12's GM prior the map is not usable: the verdict is "fail".
 GM_CORRELATION_FAIL = 0.45
@@ -319,7 +319,7 @@ def write_overlay_png(path: str | Path, gmd: np.ndarray, t1_mni: np.ndarray, rep
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .templates import mni_templates_on_grid
+    from ..core.templates import mni_templates_on_grid
 
     tm = mni_templates_on_grid()
     outline = (tm["mask"] > 0).astype(np.float32)

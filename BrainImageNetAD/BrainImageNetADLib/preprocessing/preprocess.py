@@ -37,9 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from . import bias_field, deformation, grid, normalise, qc, segment, templates
-from .atomic import remove_leftovers, replace_dir, write_json_atomic, write_nifti_atomic
-from .progress import PREPROCESSING_STAGES, CancelCallback, ProgressCallback, check_cancel
+from ..core import grid, templates
+from ..core.atomic import remove_leftovers, replace_dir, write_json_atomic, write_nifti_atomic
+from ..core.progress import PREPROCESSING_STAGES, CancelCallback, ProgressCallback, check_cancel
+from . import bias_field, deformation, normalise, qc, segment
 from .t1io import T1Image, read_t1
 from .transforms import affine_matrix
 

@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import write_bytes_atomic
-from .errors import BrainImageNetError, InputError, SubjectsFailed
-from .preprocess import is_done, preprocess_t1
-from .worker import WorkerCrashed, run_isolated
+from ..core.atomic import write_bytes_atomic
+from ..core.errors import BrainImageNetError, InputError, SubjectsFailed
+from ..core.worker import WorkerCrashed, run_isolated
+from ..preprocessing.preprocess import is_done, preprocess_t1
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 

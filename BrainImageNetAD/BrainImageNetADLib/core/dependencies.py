@@ -51,8 +51,8 @@ def python_problem(version_info: Sequence[int] = tuple(sys.version_info)) -> str
 def pyproject_path() -> Path:
     """``pyproject.toml`` of the source tree, or the copy an installed Slicer extension carries in
     the module's ``Resources`` folder."""
-    here = Path(__file__).resolve().parent
-    candidates = [here.parents[1] / "pyproject.toml", here.parent / "Resources" / "pyproject.toml"]
+    library = Path(__file__).resolve().parents[1]  # the BrainImageNetADLib folder
+    candidates = [library.parents[1] / "pyproject.toml", library.parent / "Resources" / "pyproject.toml"]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -240,7 +240,7 @@ def needs_restart(install_plan: InstallPlan) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m BrainImageNetADLib.dependencies {runtime,no-deps,missing}``: print the
+    """``python -m BrainImageNetADLib.core.dependencies {runtime,no-deps,missing}``: print the
     requirements of that kind, one a line (``missing``: what this interpreter lacks)."""
     args = list(sys.argv[1:] if argv is None else argv)
     kind = args[0] if args else "missing"
@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif kind == "missing":
         lines = plan().requirements
     else:
-        print("usage: python -m BrainImageNetADLib.dependencies {runtime,no-deps,missing}", file=sys.stderr)
+        print("usage: python -m BrainImageNetADLib.core.dependencies {runtime,no-deps,missing}", file=sys.stderr)
         return 2
     print("\n".join(lines))
     return 0

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .imageheader import check_image_header, read_nifti
+from ..core.errors import InputError
+from ..core.imageheader import check_image_header, read_nifti
 from .sequence import metadata_kind, read_sequence_info
 
 #: Voxel sizes outside this range (mm) are refused: no brain MRI is acquired like that.

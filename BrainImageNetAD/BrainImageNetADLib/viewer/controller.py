@@ -13,13 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import InputError
+from ..core.resources import default_bundle, sample_t1
+from ..model.bundle import ModelCard, read_card
+from ..model.prediction import Prediction, classify
+from ..pipeline import CaseOptions, CaseResult
 from . import scene as mrml_scene
-from .bundle import ModelCard, read_card
-from .ensemble import Prediction, classify
-from .errors import InputError
 from .job import JobStatus, PredictionJob
-from .pipeline import CaseOptions, CaseResult
-from .resources import default_bundle, sample_t1
 
 #: Text of the banner shown above every result of a demonstration model.
 DEMO_BANNER = "Demonstration model trained on synthetic data: not for diagnosis."
@@ -213,7 +213,7 @@ class CaseController:
             table = mrml_scene.region_table(self.scene, section.regions["top_regions"])
         regions_file = result.regions_native or result.regions_mni
         if regions_file:
-            from .atlas import REGIONS
+            from ..explain.atlas import REGIONS
 
             labels = mrml_scene.read_volume(self.scene, out_dir / regions_file, "regions", labelmap=True)
             centre = mrml_scene.centroid_ras(labels)

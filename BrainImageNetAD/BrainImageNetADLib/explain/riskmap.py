@@ -20,11 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from ..core.progress import CancelCallback, ProgressCallback
+from .methods import RISK_METHODS
 from .occlusion import CubeRunner, accumulate, as_input, boxes_of_change, check_maps, cube_positions
-from .progress import CancelCallback, ProgressCallback
-
-#: Methods of ``risk_map``.
-RISK_METHODS = ("incremental", "approximate", "naive")
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import grid
-from .incremental import IncrementalNetwork, Patch
-from .pipeline import OCCLUSION_METHODS
-from .progress import CancelCallback, ProgressCallback, check_cancel
+from ..core import grid
+from ..core.progress import CancelCallback, ProgressCallback, check_cancel
+from ..model.incremental import IncrementalNetwork, Patch
+from .methods import OCCLUSION_METHODS
 
 
 @dataclass(frozen=True)

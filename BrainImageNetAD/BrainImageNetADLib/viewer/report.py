@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .atomic import write_bytes_atomic, write_json_atomic
-from .ensemble import Prediction, fold_text, percent
+from .. import __version__
+from ..core.atomic import write_bytes_atomic, write_json_atomic
+from ..model.prediction import Prediction, fold_text, percent
+from ..pipeline import CaseResult
 from .mrml import volume_node_array
-from .pipeline import CaseResult
 
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import replacing
-from .errors import InputError
-from .pipeline import CaseResult
+from ..core.atomic import replacing
+from ..core.errors import InputError
+from ..pipeline import CaseResult
 
 #: Name of the module; its parameter node is the scene's singleton of that tag.
 MODULE_NAME = "BrainImageNetAD"

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from . import grid
-from .errors import InputError
-from .imageheader import read_nifti
+from ..core import grid
+from ..core.errors import InputError
+from ..core.imageheader import read_nifti
 
 #: Largest plausible GMV value: native GM volume pushed into one MNI voxel, per MNI voxel volume
 #: (GMD <= 1 times the volume scale of the normalisation).

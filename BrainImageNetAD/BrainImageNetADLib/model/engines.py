@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import InputError
+from ..core.errors import InputError
 from .networks import ADTransferNet, Concat, ConvBN, InceptionResNetBlock, InceptionResNetV2, Stem
 
 #: Engine names for ``--engine``.

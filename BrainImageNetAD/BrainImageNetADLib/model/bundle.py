@@ -17,9 +17,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import grid
-from .atomic import replacing, write_json_atomic
-from .errors import BundleError
+from ..core import grid
+from ..core.atomic import replacing, write_json_atomic
+from ..core.errors import BundleError
 from .networks import ARCHITECTURES, PRESETS, build_network
 
 CARD_NAME = "model_card.json"

@@ -20,12 +20,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .atomic import remove_leftovers, write_bytes_atomic, write_json_atomic
+from ..core.atomic import remove_leftovers, write_bytes_atomic, write_json_atomic
+from ..core.errors import BrainImageNetError, InputError, SubjectsFailed
+from ..core.progress import ProgressCallback
+from ..model.ensemble import Ensemble
+from ..pipeline import MAP_FILES, CaseOptions, CaseResult, score_case
 from .batch import check_identifier, check_unique, collect_jobs, is_list, listed_path, read_list, subject_folder
-from .ensemble import Ensemble
-from .errors import BrainImageNetError, InputError, SubjectsFailed
-from .pipeline import MAP_FILES, CaseOptions, CaseResult, score_case
-from .progress import ProgressCallback
 
 #: Columns of ``predictions.tsv``.
 PREDICTION_COLUMNS = (
@@ -98,8 +98,8 @@ def collect_cases(inputs: list[Path]) -> list[Case]:
 
 def _preprocess(case: Case, out_dir: Path, preset: str, overwrite: bool) -> dict:
     """Preprocess a case's T1 in its own child process (or read the finished report)."""
-    from .preprocess import is_done, preprocess_t1
-    from .worker import run_isolated
+    from ..core.worker import run_isolated
+    from ..preprocessing.preprocess import is_done, preprocess_t1
 
     if is_done(out_dir) and not overwrite:
         return json.loads((out_dir / "qc.json").read_text())

@@ -2,7 +2,7 @@
 clear error instead of killing the caller (the CLI, the web app or Slicer).
 
 The child is a plain interpreter started with ``subprocess`` (``python -m
-BrainImageNetADLib.worker TASK RESULT``), not a ``multiprocessing`` worker: Slicer's launcher
+BrainImageNetADLib.core.worker TASK RESULT``), not a ``multiprocessing`` worker: Slicer's launcher
 (PythonSlicer) does not support ``multiprocessing``'s spawned workers, and one crashed pool
 worker would break every later task. The interpreter is ``$BRAINIMAGENET_AD_PYTHON`` where set (the
 Slicer module sets it to PythonSlicer for its runs), else the running one. Task and result travel
@@ -41,7 +41,7 @@ def child_environment() -> dict[str, str]:
     """This process's environment with the library's folder first on ``PYTHONPATH``, so that a
     child interpreter imports the same library."""
     env = dict(os.environ)
-    library_root = str(Path(__file__).resolve().parents[1])
+    library_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [library_root, env.get("PYTHONPATH")]))
     return env
 
@@ -65,7 +65,7 @@ def run_isolated(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     with tempfile.TemporaryDirectory(prefix="brainimagenet-ad-worker-") as folder:
         task, result = Path(folder) / "task.pickle", Path(folder) / "result.pickle"
         task.write_bytes(pickle.dumps((sys.path, pickle.dumps((function, args, kwargs)))))
-        command = [worker_python(), "-m", "BrainImageNetADLib.worker", str(task), str(result)]
+        command = [worker_python(), "-m", "BrainImageNetADLib.core.worker", str(task), str(result)]
         process = subprocess.Popen(command, env=child_environment(), stdin=subprocess.DEVNULL, **hidden_console())
         try:
             code = process.wait()

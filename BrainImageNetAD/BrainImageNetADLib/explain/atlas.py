@@ -13,9 +13,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from . import grid
-from .atomic import write_bytes_atomic, write_nifti_atomic
-from .resources import resources_dir
+from ..core import grid
+from ..core.atomic import write_bytes_atomic, write_nifti_atomic
+from ..core.resources import resources_dir
 
 #: The hippocampal regions: label value -> name (values as in AAL).
 REGIONS: dict[int, str] = {37: "Hippocampus_L", 38: "Hippocampus_R", 39: "ParaHippocampal_L", 40: "ParaHippocampal_R"}
@@ -71,6 +71,6 @@ def write_mni_regions(path: str | Path) -> Path:
 def write_native_regions(preprocessing_dir: str | Path, path: str | Path) -> Path:
     """Write the hippocampal and parahippocampal labels (``REGIONS``) on the patient's native T1
     grid (through the transforms kept by preprocessing) as a uint8 NIfTI label map, atomically."""
-    from .transforms import write_native
+    from ..preprocessing.transforms import write_native
 
     return write_native(hippocampal_labels(), preprocessing_dir, path, labels=True)

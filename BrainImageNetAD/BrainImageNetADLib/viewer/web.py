@@ -17,14 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .bundle import CARD_NAME
+from ..core.errors import BrainImageNetError
+from ..core.imageheader import read_in_child
+from ..core.progress import STAGE_GROUPS
+from ..core.resources import resources_dir
+from ..model.bundle import CARD_NAME
+from ..model.prediction import fold_text, percent
+from ..pipeline import HEAT_MAPS, CaseOptions
 from .controller import CaseController
-from .ensemble import fold_text, percent
-from .errors import BrainImageNetError
-from .imageheader import read_in_child
-from .pipeline import HEAT_MAPS, CaseOptions
-from .progress import STAGE_GROUPS
-from .resources import resources_dir
 
 #: File name endings accepted for upload.
 UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")

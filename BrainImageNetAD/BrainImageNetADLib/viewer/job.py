@@ -16,10 +16,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .case_process import spec
-from .pipeline import CaseOptions
-from .progress import STAGE_GROUPS, stage_group
-from .worker import PYTHON_ENV, child_environment, hidden_console
+from ..case_process import spec
+from ..core.progress import STAGE_GROUPS, stage_group
+from ..core.worker import PYTHON_ENV, child_environment, hidden_console
+from ..pipeline import CaseOptions
 
 #: Device choices of both skins: torch device name -> label ("auto": a GPU where torch sees one).
 DEVICES = {
