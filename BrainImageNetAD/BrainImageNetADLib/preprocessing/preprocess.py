@@ -19,9 +19,8 @@ with which heat maps and atlas labels go from the model grid to the patient's gr
 the segmentation placed the priors. The other direction (``t1_mni.nii.gz``, for QC and display,
 and ``transforms.native_to_mni``) takes the affine, then the displacement negated
 (``native_warp_inverse.nii.gz``): the first-order inverse, exact up to the displacement's change
-over its own length (it is smooth on a 3 mm lattice). Left out, the T1 in MNI space would sit
-beside the GM maps by the displacement: measured on the seven SPM reference scans (``fast``),
-0.55-1.5 mm root mean square over the lattice, 95th percentile 0.9-2.6 mm, largest 5.8 mm (Colin27).
+over its own length (it is smooth on a 3 mm lattice). The registration's checks and thresholds:
+docs/decisions/registration-checks.md.
 """
 
 from __future__ import annotations
@@ -238,8 +237,8 @@ def _run_stages(
 
 
 #: Accepted range of the brain-to-brain affine's volume change relative to the skull-to-skull one
-#: (determinant ratio). Measured on 21 real scans: 0.84-1.00 where the brain step worked; 1.66-2.01
-#: where it diverged (three atrophied elderly brains, registered too small in MNI space).
+#: (determinant ratio), between where the brain step works and where it diverges on atrophied
+#: brains: docs/decisions/registration-checks.md.
 BRAIN_TO_HEAD_SCALE = (0.7, 1.3)
 
 
@@ -301,9 +300,7 @@ def _affine_to_mni(working, tm: dict[str, np.ndarray], mni_mask, scratch: Path) 
 
 #: The head affine's fit (Mattes mutual information, more negative = better) of the scan as stored,
 #: compared with the same registration of the scan mirrored: a mirrored scan that fits better by
-#: more than this margin means the header has that axis reversed. Measured: real scans fit 0.09-0.24
-#: better as stored; IXI012 mirrored front to back fits 0.14 better mirrored; the MNI152 T1 itself,
-#: whose skull-to-skull fit stops in a poor optimum (-0.45), 0.07 better mirrored.
+#: more than this margin means the header has that axis reversed (docs/decisions/registration-checks.md).
 FLIP_MARGIN = 0.1
 
 
@@ -367,9 +364,7 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
 
     positions = lattice_positions()
     # Fitted on the voxels with signal inside the priors' field of view: beyond it the priors say
-    # nothing, and on 2 mm scans whose box reaches below it (IXI012, IXI014) letting those
-    # voxels pull on the affine lowered GMD r at 4 mm against SPM's from 0.95 and 0.92 to 0.93 and
-    # 0.92 with the priors' edge extended outward, to 0.71 and 0.89 with air beyond it.
+    # nothing (docs/decisions/registration-checks.md).
     in_view = ((positions >= 0) & (positions <= np.array(grid.MNI_SHAPE) - 1)).all(axis=-1)
     valid = (lattice > 0) & in_view
     bias = bias_field.BiasField(box.shape, tuple(float(s) for s in box.spacing), steps)
@@ -487,8 +482,7 @@ def _mni_to_native(box, to_mni: np.ndarray) -> np.ndarray:
 def _full_positions(shape, to_mni: np.ndarray, displacement: np.ndarray, steps) -> np.ndarray:
     """MNI voxel position (X, Y, Z, 3) float32 of every voxel of a box of ``shape``: the affine
     ``to_mni`` plus the lattice ``displacement`` interpolated (lattice every ``steps`` voxels).
-    Trilinear: SPM interpolates its displacement with cubic B-splines, which gave the same maps
-    here (GMD r against SPM's MPRAGE 0.879 both, Colin27 0.801 -> 0.800)."""
+    Trilinear, where SPM uses cubic B-splines (the same maps: docs/decisions/registration-checks.md)."""
     from scipy import ndimage
 
     out = np.empty((*shape, 3), dtype=np.float32)
