@@ -85,7 +85,7 @@ def installed(slicer_python: Path) -> tuple[dict[str, str], str]:
     """The module's first-use installer run in that environment: the packages before, and what it printed."""
     before = pip_list(slicer_python)
     script = (
-        "from BrainImageNetADLib import dependencies\n"
+        "from BrainImageNetADLib.core import dependencies\n"
         "plan = dependencies.plan()\n"
         "print('plan:', plan.describe())\n"
         "dependencies.install(plan)\n"

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "BrainImageNetAD"))
 
-from BrainImageNetADLib import dependencies  # noqa: E402
+from BrainImageNetADLib.core import dependencies  # noqa: E402
 
 #: The readers' platforms: name -> uv's target triple. macOS targets 14 (Sonoma): the oldest
 #: release for which antspyx 0.6 ships Apple-silicon wheels.
