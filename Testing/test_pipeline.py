@@ -39,6 +39,11 @@ def test_a_result_of_another_shape_is_refused(tmp_path: Path) -> None:
     (tmp_path / "result.json").write_text(json.dumps({"probability": 0.4}))
     with pytest.raises(InputError, match="not a result of this version"):
         CaseResult.read(tmp_path / "result.json")
+    prediction_only = {"probability": 0.4, "fold_probabilities": [0.4], "threshold": 0.5, "label": "NC", "sensitivity": None}
+    prediction_only |= {"specificity": None, "model_name": "m", "demo": True, "trained": False, "intended_use": "u", "logit": -0.4}
+    (tmp_path / "result.json").write_text(json.dumps(prediction_only))  # the ensemble's answer without the run's record
+    with pytest.raises(InputError, match="missing 7 required"):
+        CaseResult.read(tmp_path / "result.json")
     (tmp_path / "result.json").write_text('{"probab')
     with pytest.raises(InputError, match="unreadable result"):
         CaseResult.read(tmp_path / "result.json")

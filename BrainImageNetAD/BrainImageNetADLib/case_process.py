@@ -31,10 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     content = json.loads((sys.argv[1:] if argv is None else argv)[0])
     source = content["source"]
     source = {k: Path(v) for k, v in source.items()} if isinstance(source, dict) else Path(source)
-    options = CaseOptions.from_json(content["options"])
 
     def work() -> None:
-        run_case(source, content["out_dir"], content["bundle"], options, progress_for(True))
+        run_case(source, content["out_dir"], content["bundle"], CaseOptions.from_json(content["options"]), progress_for(True))
 
     return run_command(work)
 

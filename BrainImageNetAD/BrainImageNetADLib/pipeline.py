@@ -123,13 +123,13 @@ class CaseResult(Prediction):
     and ``seconds`` of the run.
     """
 
-    version: str = ""
-    model_bundle: str = ""
-    engine: str = ""
-    precision: str = ""
-    channels: list[str] = dataclasses.field(default_factory=list)
-    threshold_presets: dict[str, float] = dataclasses.field(default_factory=dict)
-    input_checks: dict[str, Any] = dataclasses.field(default_factory=dict)
+    version: str
+    model_bundle: str
+    engine: str
+    precision: str
+    channels: list[str]
+    threshold_presets: dict[str, float]
+    input_checks: dict[str, Any]
     qc: dict[str, Any] | None = None
     heat_map: HeatMap | None = None
     regions_native: str | None = None
