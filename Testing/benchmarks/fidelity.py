@@ -103,12 +103,13 @@ def reference_fit(seg8: Path | None) -> str:
     return "ok"
 
 
-def spm_positions(seg8: Path, shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+def spm_positions(seg8: Path, shape: tuple[int, int, int], affine: np.ndarray, displacement: bool = True) -> np.ndarray:
     """Where SPM's fit put each voxel of the scan it segmented (grid ``shape``, voxel-to-world
     ``affine``, RAS mm): MNI world mm (RAS), array (X, Y, Z, 3). SPM maps voxel v to
     ``Affine`` x (voxel-to-world) x (v + Twarp(v)): ``Twarp`` is a displacement in the scan's
     voxels on a lattice of every k-th voxel, interpolated here trilinearly (pushing SPM's ``c1``
-    through these positions gives its ``wc1`` at r 1.000 on the elderly references)."""
+    through these positions gives its ``wc1`` at r 1.000 on the elderly references). Without
+    ``displacement``: ``Affine`` x (voxel-to-world) x v."""
     from scipy.io import loadmat
 
     fitted = loadmat(str(seg8), variable_names=["Twarp", "Affine"])
@@ -116,15 +117,23 @@ def spm_positions(seg8: Path, shape: tuple[int, int, int], affine: np.ndarray) -
     step = np.round(np.array(shape) / np.array(twarp.shape[:3]))
     voxels = np.indices(shape, dtype=np.float64).reshape(3, -1).T
     lattice = (voxels / step).T
-    moved = voxels + np.stack([ndimage.map_coordinates(twarp[..., a], lattice, order=1, mode="nearest") for a in range(3)], axis=1)
+    if displacement:
+        voxels = voxels + np.stack([ndimage.map_coordinates(twarp[..., a], lattice, order=1, mode="nearest") for a in range(3)], axis=1)
     matrix = np.asarray(fitted["Affine"], dtype=np.float64) @ affine
-    return (moved @ matrix[:3, :3].T + matrix[:3, 3]).reshape(*shape, 3)
+    return (voxels @ matrix[:3, :3].T + matrix[:3, 3]).reshape(*shape, 3)
+
+
+def _mean_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean Euclidean distance (mm) between corresponding points (N, 3)."""
+    return float(np.linalg.norm(a - b, axis=1).mean())
 
 
 def mapping_agreement(scan: ReferenceScan, preprocessing_dir: str | Path) -> dict[str, float]:
     """How far our mapping to MNI lies from SPM's, and what our native GM gives through SPM's:
     ``mapping_mm``, the mean distance (mm) between where the two put the voxels of SPM's grey
-    matter (``c1`` > 0.5), and ``gmd_r_spm_mapping``, our GM in the scan's space pushed to MNI
+    matter (``c1`` > 0.5); ``affine_mm``, the same for the two affine parts alone;
+    ``displacement_mm`` and ``spm_displacement_mm``, how far each displacement moves those voxels
+    beyond its affine (mean, mm); ``gmd_r_spm_mapping``, our GM in the scan's space pushed to MNI
     through SPM's mapping against ``wc1`` (unsmoothed r). Empty where the folder has no
     ``*_seg8.mat`` or our GM does not lie on ``c1``'s grid (scans segmented on the 1 mm grid)."""
     import nibabel as nib
@@ -141,12 +150,18 @@ def mapping_agreement(scan: ReferenceScan, preprocessing_dir: str | Path) -> dic
     spm = spm_positions(scan.seg8, c1.shape, c1.affine)
     grey = np.asarray(c1.dataobj, dtype=np.float32) > 0.5
     voxels = np.moveaxis(np.indices(c1.shape), 0, -1)[grey]
-    ours_mni = native_points_to_mni(voxels @ c1.affine[:3, :3].T + c1.affine[:3, 3], preprocessing_dir)
+    world = voxels @ c1.affine[:3, :3].T + c1.affine[:3, 3]
+    ours_mni = native_points_to_mni(world, preprocessing_dir)
+    ours_affine = native_points_to_mni(world, preprocessing_dir, displacement=False)
+    spm_affine = spm_positions(scan.seg8, c1.shape, c1.affine, displacement=False)[grey]
     gm = np.asarray(ours.dataobj, dtype=np.float32)
     pushed, _, _ = warped_maps(gm.reshape(-1, 1), spm.reshape(-1, 3).astype(np.float32), float(abs(np.linalg.det(c1.affine[:3, :3]))))
     wc1 = _on_mni_grid(scan.wc1, "wc1")
     return {
-        "mapping_mm": float(np.linalg.norm(ours_mni - spm[grey], axis=1).mean()),
+        "mapping_mm": _mean_distance(ours_mni, spm[grey]),
+        "affine_mm": _mean_distance(ours_affine, spm_affine),
+        "displacement_mm": _mean_distance(ours_mni, ours_affine),
+        "spm_displacement_mm": _mean_distance(spm[grey], spm_affine),
         "gmd_r_spm_mapping": _correlation(pushed[..., 0], wc1, (pushed[..., 0] > 0.05) | (wc1 > 0.05)),
     }
 

@@ -91,10 +91,11 @@ def affine_matrix(transform_file: str) -> np.ndarray:
     return matrix
 
 
-def native_points_to_mni(points_ras: np.ndarray, preprocessing_dir: str | Path) -> np.ndarray:
+def native_points_to_mni(points_ras: np.ndarray, preprocessing_dir: str | Path, displacement: bool = True) -> np.ndarray:
     """Where the segmentation placed native points: ``points_ras`` (N, 3, native world mm, RAS)
     to MNI world mm (RAS, (N, 3)) through the kept affine and displacement, x -> A^-1 (x + w(x))
-    in ITK's LPS space (the displacement interpolated trilinearly on its lattice)."""
+    in ITK's LPS space (the displacement interpolated trilinearly on its lattice); through the
+    affine alone when ``displacement`` is False."""
     import ants
     from scipy import ndimage
 
@@ -102,7 +103,7 @@ def native_points_to_mni(points_ras: np.ndarray, preprocessing_dir: str | Path) 
     flip = np.array([-1.0, -1.0, 1.0])
     lps = np.asarray(points_ras, dtype=np.float64) * flip
     moved = lps
-    if _kept(folder, "native_warp.nii.gz"):
+    if displacement and _kept(folder, "native_warp.nii.gz"):
         warp = ants.image_read(str(folder / "native_warp.nii.gz"))
         index = (lps - np.asarray(warp.origin)) @ np.linalg.inv(np.asarray(warp.direction) @ np.diag(warp.spacing)).T
         field = warp.numpy()
