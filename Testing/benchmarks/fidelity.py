@@ -103,24 +103,29 @@ def reference_fit(seg8: Path | None) -> str:
     return "ok"
 
 
-def spm_positions(seg8: Path, shape: tuple[int, int, int], affine: np.ndarray, displacement: bool = True) -> np.ndarray:
+def spm_affine(seg8: Path) -> np.ndarray:
+    """SPM's ``Affine`` from its ``*_seg8.mat``: 4x4, the scan's world mm (RAS) to MNI world mm
+    (RAS), the part of its mapping before the displacement ``Twarp``."""
+    from scipy.io import loadmat
+
+    return np.asarray(loadmat(str(seg8), variable_names=["Affine"])["Affine"], dtype=np.float64)
+
+
+def spm_positions(seg8: Path, shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
     """Where SPM's fit put each voxel of the scan it segmented (grid ``shape``, voxel-to-world
     ``affine``, RAS mm): MNI world mm (RAS), array (X, Y, Z, 3). SPM maps voxel v to
     ``Affine`` x (voxel-to-world) x (v + Twarp(v)): ``Twarp`` is a displacement in the scan's
     voxels on a lattice of every k-th voxel, interpolated here trilinearly (pushing SPM's ``c1``
-    through these positions gives its ``wc1`` at r 1.000 on the elderly references). Without
-    ``displacement``: ``Affine`` x (voxel-to-world) x v."""
+    through these positions gives its ``wc1`` at r 1.000 on the elderly references)."""
     from scipy.io import loadmat
 
-    fitted = loadmat(str(seg8), variable_names=["Twarp", "Affine"])
-    twarp = np.asarray(fitted["Twarp"], dtype=np.float64)
+    twarp = np.asarray(loadmat(str(seg8), variable_names=["Twarp"])["Twarp"], dtype=np.float64)
     step = np.round(np.array(shape) / np.array(twarp.shape[:3]))
     voxels = np.indices(shape, dtype=np.float64).reshape(3, -1).T
     lattice = (voxels / step).T
-    if displacement:
-        voxels = voxels + np.stack([ndimage.map_coordinates(twarp[..., a], lattice, order=1, mode="nearest") for a in range(3)], axis=1)
-    matrix = np.asarray(fitted["Affine"], dtype=np.float64) @ affine
-    return (voxels @ matrix[:3, :3].T + matrix[:3, 3]).reshape(*shape, 3)
+    moved = voxels + np.stack([ndimage.map_coordinates(twarp[..., a], lattice, order=1, mode="nearest") for a in range(3)], axis=1)
+    matrix = spm_affine(seg8) @ affine
+    return (moved @ matrix[:3, :3].T + matrix[:3, 3]).reshape(*shape, 3)
 
 
 def _mean_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -153,15 +158,16 @@ def mapping_agreement(scan: ReferenceScan, preprocessing_dir: str | Path) -> dic
     world = voxels @ c1.affine[:3, :3].T + c1.affine[:3, 3]
     ours_mni = native_points_to_mni(world, preprocessing_dir)
     ours_affine = native_points_to_mni(world, preprocessing_dir, displacement=False)
-    spm_affine = spm_positions(scan.seg8, c1.shape, c1.affine, displacement=False)[grey]
+    matrix = spm_affine(scan.seg8)
+    spm_affine_mni = world @ matrix[:3, :3].T + matrix[:3, 3]
     gm = np.asarray(ours.dataobj, dtype=np.float32)
     pushed, _, _ = warped_maps(gm.reshape(-1, 1), spm.reshape(-1, 3).astype(np.float32), float(abs(np.linalg.det(c1.affine[:3, :3]))))
     wc1 = _on_mni_grid(scan.wc1, "wc1")
     return {
         "mapping_mm": _mean_distance(ours_mni, spm[grey]),
-        "affine_mm": _mean_distance(ours_affine, spm_affine),
+        "affine_mm": _mean_distance(ours_affine, spm_affine_mni),
         "displacement_mm": _mean_distance(ours_mni, ours_affine),
-        "spm_displacement_mm": _mean_distance(spm[grey], spm_affine),
+        "spm_displacement_mm": _mean_distance(spm[grey], spm_affine_mni),
         "gmd_r_spm_mapping": _correlation(pushed[..., 0], wc1, (pushed[..., 0] > 0.05) | (wc1 > 0.05)),
     }
 
