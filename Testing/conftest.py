@@ -34,6 +34,20 @@ TEST_OPERATING_POINTS = [
 ]
 
 
+#: Session fixtures that preprocess real scans: every test using one runs in the same worker of a
+#: parallel run (``pytest -n 2 --dist loadgroup``, as ``scripts/test.sh`` runs the suite), so
+#: that each scan is preprocessed once.
+SHARED_PREPROCESSING = ("real_scan_runs", "colin")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group the tests for parallel workers: those sharing a preprocessing fixture together, the
+    others by file (a file's module fixtures are then made once)."""
+    for item in items:
+        shared = [name for name in SHARED_PREPROCESSING if name in getattr(item, "fixturenames", ())]
+        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.path.stem))
+
+
 def make_card(architecture: str = "ad_transfer", preset: str = "tiny", channels: tuple[str, ...] = ("GMD", "GMV")) -> dict:
     return {
         "name": "test bundle",

@@ -6,4 +6,5 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python scripts/check_wheels.py
-.venv/bin/python -m pytest "$@"
+# Two workers; the tests that share a preprocessed scan run in one of them (Testing/conftest.py).
+.venv/bin/python -m pytest -n 2 --dist loadgroup "$@"
