@@ -4,7 +4,9 @@ SPM12's tissue priors."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,18 +36,21 @@ TEST_OPERATING_POINTS = [
 ]
 
 
-#: Session fixtures that preprocess real scans: every test using one runs in the same worker of a
-#: parallel run (``pytest -n 2 --dist loadgroup``, as ``scripts/test.sh`` runs the suite), so
-#: that each scan is preprocessed once.
-SHARED_PREPROCESSING = ("real_scan_runs", "colin")
+def made_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object]) -> object:
+    """``make(folder)`` run once per test run, by whichever worker process asks first; the others
+    wait for it and read what it returned (JSON). With ``pytest -n 2 --dist loadfile`` (as
+    ``scripts/test.sh`` runs the suite) the tests of a file share a worker, and a session fixture
+    used by several files would otherwise be made in each worker that runs one of them."""
+    from filelock import FileLock
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Group the tests for parallel workers: those sharing a preprocessing fixture together, the
-    others by file (a file's module fixtures are then made once)."""
-    for item in items:
-        shared = [name for name in SHARED_PREPROCESSING if name in getattr(item, "fixturenames", ())]
-        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.path.stem))
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, made = root / name, root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not made.is_file():
+            folder.mkdir(exist_ok=True)
+            made.write_text(json.dumps(make(folder)))
+    return json.loads(made.read_text())
 
 
 def make_card(architecture: str = "ad_transfer", preset: str = "tiny", channels: tuple[str, ...] = ("GMD", "GMV")) -> dict:
@@ -96,13 +101,13 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def colin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """Colin27 preprocessed once for the whole session, in a worker process as the command line
+    """Colin27 preprocessed once for the whole test run, in a child process as the command line
     does: (output folder, QC report). Tests read it and never write into it."""
     from BrainImageNetADLib.core.worker import run_isolated
     from BrainImageNetADLib.preprocessing.preprocess import preprocess_t1
 
-    out = tmp_path_factory.mktemp("colin")
-    return out, run_isolated(preprocess_t1, COLIN27_T1, out)
+    folder = made_once(tmp_path_factory, "colin", lambda out: [str(out), run_isolated(preprocess_t1, COLIN27_T1, out)])
+    return Path(folder[0]), folder[1]
 
 
 #: The real elderly T1 that the physical model remakes (NiChart, 2 mm, 71-96 years).
@@ -116,8 +121,14 @@ CH2BETTER = Path("/usr/share/mricron/templates/ch2better.nii.gz")
 def real_scan_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
     """Every real T1 of the shared set, the shared FLAIR, Colin27's ch2better and the physical-model
     scans made from ``MODEL_BASE`` (``contrast_model``), each preprocessed (``fast``) once for the
-    session in its own worker process, two at a time: (folder holding one output folder per
+    test run in its own child process, two at a time: (folder holding one output folder per
     name, QC report per name)."""
+    root, reports = made_once(tmp_path_factory, "contrast", _preprocess_real_scans)
+    return Path(root), reports
+
+
+def _preprocess_real_scans(root: Path) -> list:
+    """The preprocessing of ``real_scan_runs`` into ``root``: [root, QC report per name]."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from contrast_model import CONTRASTS, write_remapped
@@ -126,7 +137,6 @@ def real_scan_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
     from BrainImageNetADLib.preprocessing.preprocess import preprocess_t1
     from BrainImageNetBench.realscans import real_scans
 
-    root = tmp_path_factory.mktemp("contrast")
     t1s = {s.name: s.path for s in real_scans(REALDATA) if s.expect == "accept"}
     inputs = {**t1s, "flair": FLAIR, **({"ch2better": CH2BETTER} if CH2BETTER.is_file() else {})}
     with ThreadPoolExecutor(2) as pool:
@@ -137,7 +147,7 @@ def real_scan_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
         for name, targets in made.items():
             path = write_remapped(t1s[MODEL_BASE], levels, targets, root / f"{name}.nii.gz")
             futures[name] = pool.submit(run_isolated, preprocess_t1, path, root / name)
-        return root, {name: future.result() for name, future in futures.items()}
+        return [str(root), {name: future.result() for name, future in futures.items()}]
 
 
 @pytest.fixture(scope="session")

@@ -6,5 +6,5 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python scripts/check_wheels.py
-# Two workers; the tests that share a preprocessed scan run in one of them (Testing/conftest.py).
-.venv/bin/python -m pytest -n 2 --dist loadgroup "$@"
+# Two workers, each file in one of them; scans that several files read are preprocessed once (Testing/conftest.py).
+.venv/bin/python -m pytest -n 2 --dist loadfile "$@"
