@@ -36,6 +36,21 @@ TEST_OPERATING_POINTS = [
 ]
 
 
+#: Session fixtures that preprocess real scans, the longest first: the files using them are
+#: collected first, so that a parallel run starts them at once and the rest fills in around them.
+SHARED_PREPROCESSING = ("real_scan_runs", "colin")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order the files by the first of ``SHARED_PREPROCESSING`` any of their tests uses (then
+    the others), keeping the order within each file."""
+    rank: dict[Path, int] = {}
+    for item in items:
+        used = [i for i, name in enumerate(SHARED_PREPROCESSING) if name in getattr(item, "fixturenames", ())]
+        rank[item.path] = min([rank.get(item.path, len(SHARED_PREPROCESSING)), *used])
+    items.sort(key=lambda item: rank[item.path])
+
+
 def made_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object]) -> object:
     """``make(folder)`` run once per test run, by whichever worker process asks first; the others
     wait for it and read what it returned (JSON). With ``pytest -n 2 --dist loadfile`` (as
