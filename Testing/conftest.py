@@ -36,8 +36,8 @@ TEST_OPERATING_POINTS = [
 ]
 
 
-#: Session fixtures that preprocess real scans, the longest first: the files using them are
-#: collected first, so that a parallel run starts them at once and the rest fills in around them.
+#: Fixtures that preprocess real scans, the longest first: the files using them are collected
+#: first, so that a parallel run starts them at once and the rest fills in around them.
 SHARED_PREPROCESSING = ("real_scan_runs", "colin")
 
 
@@ -123,46 +123,6 @@ def colin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
     folder = made_once(tmp_path_factory, "colin", lambda out: [str(out), run_isolated(preprocess_t1, COLIN27_T1, out)])
     return Path(folder[0]), folder[1]
-
-
-#: The real elderly T1 that the physical model remakes (NiChart, 2 mm, 71-96 years).
-MODEL_BASE = "Subj1"
-FLAIR = REALDATA / "not_t1" / "github_NiChart_demo_Subj5_FLAIR_not_T1.nii.gz"
-#: Colin27 as Debian's mricron-data ships it bias-corrected: a T1 whose ventricles are black.
-CH2BETTER = Path("/usr/share/mricron/templates/ch2better.nii.gz")
-
-
-@pytest.fixture(scope="session")
-def real_scan_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
-    """Every real T1 of the shared set, the shared FLAIR, Colin27's ch2better and the physical-model
-    scans made from ``MODEL_BASE`` (``contrast_model``), each preprocessed (``fast``) once for the
-    test run in its own child process, two at a time: (folder holding one output folder per
-    name, QC report per name)."""
-    root, reports = made_once(tmp_path_factory, "contrast", _preprocess_real_scans)
-    return Path(root), reports
-
-
-def _preprocess_real_scans(root: Path) -> list:
-    """The preprocessing of ``real_scan_runs`` into ``root``: [root, QC report per name]."""
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    from contrast_model import CONTRASTS, write_remapped
-
-    from BrainImageNetADLib.core.worker import run_isolated
-    from BrainImageNetADLib.preprocessing.preprocess import preprocess_t1
-    from BrainImageNetBench.realscans import real_scans
-
-    t1s = {s.name: s.path for s in real_scans(REALDATA) if s.expect == "accept"}
-    inputs = {**t1s, "flair": FLAIR, **({"ch2better": CH2BETTER} if CH2BETTER.is_file() else {})}
-    with ThreadPoolExecutor(2) as pool:
-        futures: dict[str, Future] = {name: pool.submit(run_isolated, preprocess_t1, path, root / name) for name, path in inputs.items()}
-        base = futures[MODEL_BASE].result()["measures"]["tissue_levels"]
-        levels = (base["CSF"], base["GM"], base["WM"])
-        made = {**CONTRASTS, "csf_black": (0.0, base["GM"] / base["WM"], 1.0)}
-        for name, targets in made.items():
-            path = write_remapped(t1s[MODEL_BASE], levels, targets, root / f"{name}.nii.gz")
-            futures[name] = pool.submit(run_isolated, preprocess_t1, path, root / name)
-        return [str(root), {name: future.result() for name, future in futures.items()}]
 
 
 @pytest.fixture(scope="session")
