@@ -36,18 +36,20 @@ TEST_OPERATING_POINTS = [
 ]
 
 
-#: Fixtures that preprocess real scans, the longest first: the files using them are collected
-#: first, so that a parallel run starts them at once and the rest fills in around them.
+#: Fixtures that preprocess real scans, the longest first.
 SHARED_PREPROCESSING = ("real_scan_runs", "colin")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Order the files by the first of ``SHARED_PREPROCESSING`` any of their tests uses (then
-    the others), keeping the order within each file."""
-    rank: dict[Path, int] = {}
+    """Order the files for parallel workers (``scripts/test.sh`` keeps this order with
+    ``--no-loadscope-reorder``): first those using a fixture of ``SHARED_PREPROCESSING``, in its
+    order, so that the longest preprocessing starts at once; then the files holding a test marked
+    slow; then the rest, which fills in at the end. Tests keep their order within a file."""
+    rank: dict[Path, tuple[int, int]] = {}
     for item in items:
         used = [i for i, name in enumerate(SHARED_PREPROCESSING) if name in getattr(item, "fixturenames", ())]
-        rank[item.path] = min([rank.get(item.path, len(SHARED_PREPROCESSING)), *used])
+        slow = 0 if item.get_closest_marker("slow") else 1
+        rank[item.path] = min(rank.get(item.path, (len(SHARED_PREPROCESSING), 1)), (min(used, default=len(SHARED_PREPROCESSING)), slow))
     items.sort(key=lambda item: rank[item.path])
 
 

@@ -7,4 +7,4 @@ bash scripts/setup.sh
 .venv/bin/ruff format --check .
 .venv/bin/python scripts/check_wheels.py
 # Two workers, each file in one of them; scans that several files read are preprocessed once (Testing/conftest.py).
-.venv/bin/python -m pytest -n 2 --dist loadfile "$@"
+.venv/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder "$@"
