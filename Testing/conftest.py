@@ -48,8 +48,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank: dict[Path, tuple[int, int]] = {}
     for item in items:
         used = [i for i, name in enumerate(SHARED_PREPROCESSING) if name in getattr(item, "fixturenames", ())]
-        slow = 0 if item.get_closest_marker("slow") else 1
-        rank[item.path] = min(rank.get(item.path, (len(SHARED_PREPROCESSING), 1)), (min(used, default=len(SHARED_PREPROCESSING)), slow))
+        own = (min(used, default=len(SHARED_PREPROCESSING)), 0 if item.get_closest_marker("slow") else 1)
+        rank[item.path] = min(rank.get(item.path, own), own)
     items.sort(key=lambda item: rank[item.path])
 
 
