@@ -1,7 +1,7 @@
 """Every real scan of the shared set preprocessed once, in this file only (the longest
 preprocessing of the suite): a T1 is recognised on physical grounds (every real T1 passes,
-whatever its CSF level; scans of other contrasts fail with the kind named, whether real (the
-shared FLAIR) or made from a real elderly T1 by a physical model of tissue intensity,
+whatever its CSF level; scans of other contrasts are refused with the kind named, whether real
+(the shared FLAIR) or made from a real elderly T1 by a physical model of tissue intensity,
 ``contrast_model``), the maps of real scans agree with SPM12's, and an atrophied brain keeps a
 plausible scale."""
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from contrast_model import CONTRASTS, write_remapped
 
+from BrainImageNetADLib.core.errors import ContrastRefused
 from BrainImageNetADLib.core.worker import run_isolated
 from BrainImageNetADLib.preprocessing import qc
 from BrainImageNetADLib.preprocessing.preprocess import preprocess_t1
@@ -44,11 +45,11 @@ CH2BETTER = Path("/usr/share/mricron/templates/ch2better.nii.gz")
 
 
 @pytest.fixture(scope="module")
-def real_scan_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
+def real_scan_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict | ContrastRefused]]:
     """Every real T1 of the shared set, the shared FLAIR, Colin27's ch2better and the physical-model
     scans made from ``MODEL_BASE`` (``contrast_model``), each preprocessed (``fast``) once, in its
     own child process, two at a time: (folder holding one output folder per name, QC report per
-    name)."""
+    name, or the refusal of a scan of another contrast)."""
     root = tmp_path_factory.mktemp("real_scans")
     t1s = {s.name: s.path for s in real_scans(REALDATA) if s.expect == "accept"}
     inputs = {**t1s, "flair": FLAIR, **({"ch2better": CH2BETTER} if CH2BETTER.is_file() else {})}
@@ -60,7 +61,21 @@ def real_scan_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
         for name, targets in made.items():
             path = write_remapped(t1s[MODEL_BASE], levels, targets, root / f"{name}.nii.gz")
             futures[name] = pool.submit(run_isolated, preprocess_t1, path, root / name)
-        return root, {name: future.result() for name, future in futures.items()}
+        return root, {name: _outcome(future) for name, future in futures.items()}
+
+
+def _outcome(future: Future) -> dict | ContrastRefused:
+    """The QC report a preprocessing returned, or its refusal of the scan's contrast."""
+    try:
+        return future.result()
+    except ContrastRefused as refused:
+        return refused
+
+
+def _report(reports: dict[str, dict | ContrastRefused], name: str) -> dict:
+    """The QC report of ``name``, which must not have been refused."""
+    assert isinstance(reports[name], dict), (name, str(reports[name]))
+    return reports[name]
 
 
 def test_every_real_t1_passes_the_contrast_check_with_a_margin(real_scan_runs: tuple[Path, dict[str, dict]]) -> None:
@@ -68,7 +83,7 @@ def test_every_real_t1_passes_the_contrast_check_with_a_margin(real_scan_runs: t
     t1s = [s.name for s in real_scans(REALDATA) if s.expect == "accept"]
     assert len(t1s) == 20
     for name in t1s:
-        measures = reports[name]["measures"]
+        measures = _report(reports, name)["measures"]
         assert reports[name]["verdict"] != "fail", (name, reports[name]["failures"])
         assert not any("contrast" in w for w in reports[name]["warnings"]), (name, reports[name]["warnings"])
         assert measures["grey_white_contrast"] >= qc.GREY_WHITE_WARN and measures["csf_gap"] >= qc.CSF_GAP_FAIL, (name, measures)
@@ -79,7 +94,7 @@ def test_t1s_with_black_csf_pass(real_scan_runs: tuple[Path, dict[str, dict]]) -
     ch2better, whose ventricles are black, are T1s."""
     reports = real_scan_runs[1]
     for name in ("csf_black", "ch2better") if "ch2better" in reports else ("csf_black",):
-        assert reports[name]["verdict"] != "fail", (name, reports[name]["failures"])
+        assert _report(reports, name)["verdict"] != "fail", (name, reports[name]["failures"])
         assert not any("contrast" in w for w in reports[name]["warnings"]), (name, reports[name]["warnings"])
 
 
@@ -93,18 +108,23 @@ def test_t1s_with_black_csf_pass(real_scan_runs: tuple[Path, dict[str, dict]]) -
         ("grey_barely_below_white", "a FLAIR or a T1 without usable grey/white contrast"),
     ],
 )
-def test_other_contrasts_fail_with_the_kind_named(real_scan_runs: tuple[Path, dict[str, dict]], name: str, kind: str) -> None:
-    report = real_scan_runs[1][name]
-    assert report["verdict"] == "fail"
-    assert report["failures"][0].startswith(f"tissue contrast is not that of a T1: looks like {kind}"), report["failures"]
+def test_other_contrasts_are_refused_with_the_kind_named_before_any_map(
+    real_scan_runs: tuple[Path, dict[str, dict]], name: str, kind: str
+) -> None:
+    refused = real_scan_runs[1][name]
+    assert isinstance(refused, ContrastRefused), refused
+    assert str(refused).startswith(f"tissue contrast is not that of a T1: looks like {kind}"), str(refused)
+    assert not (real_scan_runs[0] / name).exists()
 
 
 def test_the_contrast_measures_are_written_with_their_thresholds(real_scan_runs: tuple[Path, dict[str, dict]]) -> None:
     reports = real_scan_runs[1]
-    measures = reports[MODEL_BASE]["measures"]
+    measures = _report(reports, MODEL_BASE)["measures"]
     assert set(measures["tissue_levels"]) == {"GM", "WM", "CSF", "GM_ml", "WM_ml", "CSF_ml"}
     assert measures["thresholds"]["grey_white_fail"] == qc.GREY_WHITE_FAIL
-    json.dumps(reports["flair"], allow_nan=False)  # strict JSON even where a level is missing
+    # a refusal carries the measures that decided it, as strict JSON even where a level is missing
+    assert reports["flair"].measures["grey_white_contrast"] < qc.GREY_WHITE_FAIL
+    json.dumps(reports["flair"].measures, allow_nan=False)
 
 
 @needs_reference
@@ -142,7 +162,7 @@ def test_atrophied_brain_keeps_a_plausible_scale(real_scan_runs: tuple[Path, dic
     volume 1407 mL and GM 469 mL against DLMUSE's 1404 and 548 mL (SPM12's GM of this scan: 476
     mL; the two definitions of grey matter differ most on this atrophied brain)."""
     rows = {row["subject"]: row for row in csv.DictReader((NICHART / "participants.csv").open())}
-    report = real_scan_runs[1]["Subj5"]  # the run of NICHART / "Subj5_T1.nii.gz"
+    report = _report(real_scan_runs[1], "Subj5")  # the run of NICHART / "Subj5_T1.nii.gz"
     assert report["affine"]["used"] == "head" and report["affine"]["brain_to_head"] > 1.3
     assert any("brain-to-brain affine diverged" in w for w in report["warnings"])
     assert 0.9 <= report["volumes_ml"]["TIV_ml"] / float(rows["Subj5"]["muse_icv_ml"]) <= 1.1

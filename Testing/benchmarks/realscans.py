@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from BrainImageNetADLib.core import grid
-from BrainImageNetADLib.core.errors import InputError
+from BrainImageNetADLib.core.errors import ContrastRefused, InputError
 from BrainImageNetADLib.preprocessing.qc import VOXEL_ML
 
 
@@ -110,7 +110,8 @@ def hippocampal_gm_ml(gmv: np.ndarray) -> float:
 
 def measure_scan(scan: RealScan, out_dir: Path) -> dict[str, Any]:
     """Preprocess ``scan`` into ``out_dir`` (in a child process; skipped when already done) and
-    return one row: verdict, first reason, volumes (native mL) and the known facts."""
+    return one row: verdict, first reason, volumes (native mL) and the known facts; for a scan
+    refused for its contrast, the contrast measures alone."""
     import json
 
     from BrainImageNetADLib.core.worker import run_isolated
@@ -120,6 +121,15 @@ def measure_scan(scan: RealScan, out_dir: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"scan": scan.name, "group": scan.group, "age": scan.age, "sex": scan.sex}
     try:
         report = json.loads((out_dir / "qc.json").read_text()) if is_done(out_dir) else run_isolated(preprocess_t1, scan.path, out_dir)
+    except ContrastRefused as error:  # refused during segmentation, with the contrast measured
+        measures = error.measures
+        return {
+            **row,
+            "verdict": "refused",
+            "reason": str(error),
+            "grey_white": measures["grey_white_contrast"],
+            "csf_gap": measures["csf_gap"],
+        }
     except InputError as error:
         return {**row, "verdict": "refused", "reason": str(error)}
     volumes = report["volumes_ml"]

@@ -18,6 +18,20 @@ class InputError(BrainImageNetError):
     """
 
 
+class ContrastRefused(InputError):
+    """The scan's tissue contrast is not that of a T1 (a FLAIR, a T2- or proton-density-weighted
+    scan...): it is refused as soon as the contrast is measured, before any map is made, and no
+    option lets it reach the networks. ``measures``: the contrast measures that decided it
+    (``qc.contrast_measures``)."""
+
+    def __init__(self, message: str, measures: dict | None = None) -> None:
+        super().__init__(message)
+        self.measures = measures or {}
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self), self.measures))
+
+
 class BundleError(BrainImageNetError):
     """A model bundle is missing, corrupt, unsafe (pickle) or does not match its card."""
 

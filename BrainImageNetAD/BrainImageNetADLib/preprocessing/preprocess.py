@@ -113,7 +113,9 @@ def preprocess_t1(
     (GM probability in the scan's space, on the grid it was segmented on, like SPM's ``c1``), ``t1_mni.nii.gz``,
     ``transforms/`` (ANTs files plus ``native_grid.json``), ``qc_gmd.png`` and ``qc.json`` last.
     Each file is written atomically. ``progress(stage, fraction)`` is called at each stage;
-    ``should_cancel()`` is polled between stages and stops the run with ``Cancelled``.
+    ``should_cancel()`` is polled between stages and stops the run with ``Cancelled``. A scan
+    whose tissue contrast is not a T1's is refused with ``ContrastRefused`` during segmentation,
+    before anything is written.
     """
     import ants
 
@@ -348,7 +350,8 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     indices), the fitted ``segment.MixtureModel``, the displacement of the lattice the mapping was
     fitted on ((x, y, z, 3) MNI voxels), that lattice's step in box voxels per axis, and the
     intensities of the tissues that the first mixture and the affinely placed priors agree on
-    (``qc.tissue_levels``)."""
+    (``qc.tissue_levels``). Raises ``ContrastRefused`` right after that first mixture when those
+    intensities are not a T1's (``qc.refuse_other_contrast``)."""
     tpm = templates.spm_tissue_priors()
     sampler = deformation.PriorSampler(tpm)
     intracranial = templates.ants_from_ras(tpm[..., :3].sum(axis=-1), grid.MNI_AFFINE)
@@ -388,6 +391,7 @@ def _segment(corrected, brain_affine: list[str], settings: PreprocessSettings):
     seen = corrected_lattice(in_view)
     lattice_mm3 = float(np.prod(np.array(steps) * np.array(box.spacing)))
     levels = qc.tissue_levels(seen, segment.posteriors(seen, seen_priors, model), seen_priors, lattice_mm3)
+    qc.refuse_other_contrast(levels)
     for _ in range(settings.affine_rounds):
         likelihoods = deformation.class_likelihoods(corrected_lattice(), model)
         to_mni = deformation.fit_affine(positions[valid], likelihoods, model.weights, sampler) @ to_mni

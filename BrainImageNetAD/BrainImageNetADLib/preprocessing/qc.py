@@ -9,7 +9,9 @@ docs/decisions/t1-contrast.md):
   follows the priors and still correlates well;
 - T1 contrast on physical grounds (``tissue_levels``, ``contrast_kind``): white matter clearly
   brighter than grey, CSF darker than grey by a wide margin, measured on tissue that the fitted
-  mixture and the priors agree on, with the priors placed by the contrast-blind affine;
+  mixture and the priors agree on, with the priors placed by the contrast-blind affine. A scan of
+  another contrast is refused as soon as this is measured (``refuse_other_contrast``); a doubtful
+  one warns, and fails where registration needed the skull-to-skull fallback;
 - the volume scale of the affine and the share of the brain in the field of view (a failed
   registration or a cropped scan), total intracranial volume, and a reversed header found while
   registering.
@@ -27,6 +29,7 @@ import numpy as np
 
 from ..core import grid, templates
 from ..core.atomic import write_bytes_atomic
+from ..core.errors import ContrastRefused
 
 #: Below this correlation of GMD with SPM12's GM prior the map is not usable: the verdict is "fail".
 GM_CORRELATION_FAIL = 0.45
@@ -175,6 +178,42 @@ def contrast_kind(grey_white: float, csf_gap: float) -> str | None:
     return None
 
 
+def _contrast(levels: dict[str, float]) -> tuple[float, float, str]:
+    """(grey_white, csf_gap, the two in words with their thresholds) from tissue levels
+    (``tissue_levels``): (WM - GM) / WM and (GM - CSF) / WM, NaN without a positive WM level."""
+    wm_level = levels["WM"] if levels["WM"] > 0 else float("nan")
+    grey_white = (levels["WM"] - levels["GM"]) / wm_level
+    csf_gap = (levels["GM"] - levels["CSF"]) / wm_level
+    text = (
+        f"white matter {100 * grey_white:.0f}% brighter than grey (a T1 at least {100 * GREY_WHITE_FAIL:.0f}%), "
+        f"CSF {100 * csf_gap:.0f}% of the white matter's intensity darker than grey (at least {100 * CSF_GAP_FAIL:.0f}%)"
+    )
+    return grey_white, csf_gap, text
+
+
+def contrast_measures(levels: dict[str, float]) -> dict[str, Any]:
+    """The contrast measures of tissue levels (``tissue_levels``) as the report holds them:
+    ``grey_white_contrast``, ``csf_gap`` and ``tissue_levels``, None where not finite."""
+    grey_white, csf_gap, _ = _contrast(levels)
+    return {
+        "grey_white_contrast": _rounded(grey_white),
+        "csf_gap": _rounded(csf_gap),
+        "tissue_levels": {k: _rounded(v) for k, v in levels.items()},
+    }
+
+
+def refuse_other_contrast(levels: dict[str, float]) -> None:
+    """Raise ``ContrastRefused`` when tissue levels (``tissue_levels``) are not those of a T1
+    (``contrast_kind``), naming what the scan looks like. Called as soon as the levels are
+    measured: a scan of another contrast gets no maps, whatever option is given."""
+    grey_white, csf_gap, text = _contrast(levels)
+    kind = contrast_kind(grey_white, csf_gap)
+    if kind is not None:
+        raise ContrastRefused(
+            f"tissue contrast is not that of a T1: looks like {kind}; {text}. Load the T1-weighted series", contrast_measures(levels)
+        )
+
+
 def assess(
     gmd: np.ndarray,
     posteriors: np.ndarray,
@@ -191,8 +230,8 @@ def assess(
     """QC report of one preprocessing. All arrays lie on the 121x145x121 MNI grid; ``posteriors``
     has shape (121, 145, 121, 3) for CSF, GM, WM; ``jacobian`` is native mm^3 per MNI mm^3;
     ``tissue_model`` holds the segmentation's class means, GM/WM SD and class weights
-    (``MixtureModel.summary``); ``tissue_levels`` the tissue intensities that set the contrast verdict
-    (``tissue_levels``);
+    (``MixtureModel.summary``); ``tissue_levels`` the tissue intensities (``tissue_levels``) of a
+    scan that ``refuse_other_contrast`` let through, whose contrast may still be doubtful;
     ``affine_determinant`` is the volume scale of the affine to MNI (native mm^3 per MNI mm^3);
     ``known_failures`` are failures found before (slice thickness) or while registering (a
     reversed header); ``used_head_affine``: registration fell back to the skull-to-skull affine,
@@ -210,19 +249,10 @@ def assess(
     # the contrast relative to the white matter carries over between the two intensity scales.
     contrast_to_noise = (tissue_model["WM_mean"] - tissue_model["GM_mean"]) / max(tissue_model["WM_mean"], 1e-12) * signal_to_noise
     separation = (tissue_model["WM_mean"] - tissue_model["GM_mean"]) / max(tissue_model["sd"], 1e-12)
-    wm_level = tissue_levels["WM"] if tissue_levels["WM"] > 0 else float("nan")
-    grey_white = (tissue_levels["WM"] - tissue_levels["GM"]) / wm_level
-    csf_gap = (tissue_levels["GM"] - tissue_levels["CSF"]) / wm_level
-    levels_text = (
-        f"white matter {100 * grey_white:.0f}% brighter than grey (a T1 at least {100 * GREY_WHITE_FAIL:.0f}%), "
-        f"CSF {100 * csf_gap:.0f}% of the white matter's intensity darker than grey (at least {100 * CSF_GAP_FAIL:.0f}%)"
-    )
+    grey_white, csf_gap, levels_text = _contrast(tissue_levels)
     warnings = list(read_warnings)
     failures = list(known_failures or [])
-    kind = contrast_kind(grey_white, csf_gap)
-    if kind is not None:
-        failures.append(f"tissue contrast is not that of a T1: looks like {kind}; {levels_text}")
-    elif grey_white < GREY_WHITE_WARN and used_head_affine:
+    if grey_white < GREY_WHITE_WARN and used_head_affine:
         failures.append(
             f"tissue contrast is doubtful and registration needed the skull-to-skull fallback: {levels_text}, "
             f"doubtful below {100 * GREY_WHITE_WARN:.0f}%; is this the T1 series?"
@@ -280,9 +310,7 @@ def assess(
             "gm_template_correlation": round(gm_correlation, 4),
             "t1_template_correlation": round(t1_correlation, 4),
             "signal_to_noise": round(signal_to_noise, 2),
-            "grey_white_contrast": _rounded(grey_white),
-            "csf_gap": _rounded(csf_gap),
-            "tissue_levels": {k: _rounded(v) for k, v in tissue_levels.items()},
+            **contrast_measures(tissue_levels),
             "gm_wm_contrast_to_noise": round(contrast_to_noise, 3),
             "gm_wm_separation": round(separation, 3),
             "affine_scale": None if affine_determinant is None else round(affine_determinant, 4),
