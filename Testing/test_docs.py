@@ -15,14 +15,14 @@ PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 
 def _anchors(page: Path) -> set[str]:
     """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to hyphens."""
-    headings = re.findall(r"^#+\s+(.+?)\s*$", page.read_text(), flags=re.MULTILINE)
+    headings = re.findall(r"^#+\s+(.+?)\s*$", page.read_text(encoding="utf-8"), flags=re.MULTILINE)
     return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
 
 
 def _links(page: Path) -> list[tuple[Path, str]]:
     """The relative links of ``page``: (target path, anchor or "")."""
     out = []
-    for target in LINK.findall(page.read_text()):
+    for target in LINK.findall(page.read_text(encoding="utf-8")):
         if re.match(r"^[a-z]+:", target) or target.startswith("#"):
             continue
         path, _, anchor = target.partition("#")
@@ -31,7 +31,7 @@ def _links(page: Path) -> list[tuple[Path, str]]:
 
 
 def test_readme_is_short() -> None:
-    assert len((ROOT / "README.md").read_text().splitlines()) < 250
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) < 250
 
 
 def test_every_relative_link_reaches_a_file_and_heading() -> None:
@@ -46,7 +46,7 @@ def test_every_relative_link_reaches_a_file_and_heading() -> None:
 
 
 def test_every_docs_page_is_in_the_site_navigation_and_reachable_from_the_readme() -> None:
-    nav = set(re.findall(r":\s+(\S+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), flags=re.MULTILINE))
+    nav = set(re.findall(r":\s+(\S+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(encoding="utf-8"), flags=re.MULTILINE))
     pages = {str(p.relative_to(ROOT / "docs").as_posix()) for p in (ROOT / "docs").rglob("*.md")}
     assert pages == nav, (sorted(pages - nav), sorted(nav - pages))
     reached, frontier = set(), [ROOT / "README.md"]

@@ -160,7 +160,7 @@ class CaseResult(Prediction):
     def read(cls, path: str | Path) -> CaseResult:
         """Read a ``result.json``; InputError when it is unreadable or not a result."""
         try:
-            content = json.loads(Path(path).read_text())
+            content = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise InputError(f"{path}: unreadable result ({error})") from error
         if not isinstance(content, dict):

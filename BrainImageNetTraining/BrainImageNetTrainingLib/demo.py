@@ -66,7 +66,7 @@ def run_demo(
     with the settings, stage times (s; a stage done by an earlier run keeps its time) and figures. Returns ``demo.json``'s content."""
     out = Path(out)
     seconds: dict[str, float] = {}
-    earlier = json.loads((out / "demo.json").read_text())["seconds"] if (out / "demo.json").exists() else {}
+    earlier = json.loads((out / "demo.json").read_text(encoding="utf-8"))["seconds"] if (out / "demo.json").exists() else {}
 
     def stage(name: str, done: Path, work: Callable[[], object]) -> None:
         started = time.perf_counter()
@@ -130,8 +130,8 @@ def run_demo(
         out / "evaluation" / "evaluation.json",
         lambda: evaluate([out / "transfer" / "bundle"], out / "independent" / "manifest.csv", out / "evaluation", permutations=2000),
     )
-    metrics = json.loads((out / "transfer" / "metrics.json").read_text())
-    evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    metrics = json.loads((out / "transfer" / "metrics.json").read_text(encoding="utf-8"))
+    evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text(encoding="utf-8"))
     summary = {
         "settings": asdict(settings),
         "seconds": {**seconds, "total": round(sum(seconds.values()), 1)},

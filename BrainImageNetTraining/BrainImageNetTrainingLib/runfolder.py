@@ -69,7 +69,7 @@ class RunFolder:
         record = {"config": config, "manifest": str(Path(manifest).resolve()), "manifest_sha256": sha256_file(manifest)}
         existing = self.path / "config.json"
         if existing.is_file():
-            old = json.loads(existing.read_text())
+            old = json.loads(existing.read_text(encoding="utf-8"))
             differ = [k for k in config if k not in resumable and old["config"].get(k) != config[k]]
             if old.get("manifest_sha256") != record["manifest_sha256"]:
                 differ.append("manifest contents")
@@ -99,7 +99,7 @@ class RunFolder:
     def fold_result(self, fold: int) -> dict[str, Any] | None:
         """The saved result of a finished fold, or None."""
         path = self.path / f"fold{fold}" / "result.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     def save_fold_result(self, fold: int, result: dict[str, Any]) -> Path:
         return write_json_atomic(self.fold_dir(fold) / "result.json", result)

@@ -153,7 +153,7 @@ def subject_risk_maps(
         "fold": settings.fold,
     }
     settings_file = folder / "settings.json"
-    if settings_file.exists() and json.loads(settings_file.read_text()) != recorded:
+    if settings_file.exists() and json.loads(settings_file.read_text(encoding="utf-8")) != recorded:
         raise InputError(f"{folder} holds risk maps made with other settings ({settings_file.name}); choose another --out")
     write_json_atomic(settings_file, recorded)
     names = [_map_name(s) for s in scans]

@@ -102,7 +102,7 @@ def _preprocess(case: Case, out_dir: Path, preset: str, overwrite: bool) -> dict
     from ..preprocessing.preprocess import is_done, preprocess_t1
 
     if is_done(out_dir) and not overwrite:
-        return json.loads((out_dir / "qc.json").read_text())
+        return json.loads((out_dir / "qc.json").read_text(encoding="utf-8"))
     return run_isolated(preprocess_t1, case.t1, out_dir, preset)
 
 
@@ -158,7 +158,7 @@ def _check_settings(out_root: Path, settings: dict[str, Any], overwrite: bool) -
     path = out_root / SETTINGS_NAME
     with FileLock(str(out_root / ".predictions.tsv.lock")):
         try:
-            before = json.loads(path.read_text()) if path.is_file() else None
+            before = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
         except (OSError, json.JSONDecodeError):
             before = None
         if before is not None and before != settings and not overwrite:

@@ -36,7 +36,7 @@ def build_atlas(out_dir: str | Path, source: str | Path) -> Path:
     image = nib.load(str(source))
     labels = grid.resample_to_mni_grid(np.asanyarray(image.dataobj).astype(np.uint8), image.affine, order=0).astype(np.uint8)
     rows = ["label\tname"]
-    for line in names_source.read_text().splitlines():
+    for line in names_source.read_text(encoding="utf-8").splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0].isdigit():
             rows.append(f"{int(parts[0])}\t{parts[1]}")
@@ -58,7 +58,7 @@ def hippocampal_labels() -> np.ndarray:
 
 def region_names() -> dict[int, str]:
     """Label value -> AAL region name."""
-    lines = (resources_dir() / "Atlas" / NAMES_FILE).read_text().splitlines()[1:]
+    lines = (resources_dir() / "Atlas" / NAMES_FILE).read_text(encoding="utf-8").splitlines()[1:]
     return {int(value): name for value, name in (line.split("\t") for line in lines if line)}
 
 

@@ -124,7 +124,7 @@ def read_sequence_info(path: str | Path) -> dict[str, Any]:
     sidecar = path.with_name(name + ".json")
     if sidecar.is_file():
         try:
-            fields = json.loads(sidecar.read_text())
+            fields = json.loads(sidecar.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             fields = {}
         if isinstance(fields, dict):

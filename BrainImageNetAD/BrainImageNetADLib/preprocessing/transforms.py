@@ -34,7 +34,7 @@ def native_reference(preprocessing_dir: str | Path):
     """An empty ANTs image on the patient's native T1 grid recorded by preprocessing."""
     import ants
 
-    info = json.loads((_transforms_dir(preprocessing_dir) / "native_grid.json").read_text())
+    info = json.loads((_transforms_dir(preprocessing_dir) / "native_grid.json").read_text(encoding="utf-8"))
     return ants.from_numpy(
         np.zeros(info["size"], dtype=np.float32), origin=info["origin"], spacing=info["spacing"], direction=np.array(info["direction"])
     )

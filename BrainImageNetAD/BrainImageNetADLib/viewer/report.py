@@ -188,4 +188,4 @@ def standalone_html(html_path: str | Path) -> str:
 
     html_path = Path(html_path)
     png = base64.b64encode((html_path.parent / SLICES_PNG).read_bytes()).decode()
-    return html_path.read_text().replace(f'src="{SLICES_PNG}"', f'src="data:image/png;base64,{png}"')
+    return html_path.read_text(encoding="utf-8").replace(f'src="{SLICES_PNG}"', f'src="data:image/png;base64,{png}"')
