@@ -42,10 +42,12 @@ MODEL_BASE = "Subj1"
 FLAIR = REALDATA / "not_t1" / "github_NiChart_demo_Subj5_FLAIR_not_T1.nii.gz"
 #: Colin27 as Debian's mricron-data ships it bias-corrected: a T1 whose ventricles are black.
 CH2BETTER = Path("/usr/share/mricron/templates/ch2better.nii.gz")
+#: What ``real_scan_runs`` gives: the folder of the outputs, and per name a QC report or a refusal.
+Runs = tuple[Path, dict[str, dict | ContrastRefused]]
 
 
 @pytest.fixture(scope="module")
-def real_scan_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict | ContrastRefused]]:
+def real_scan_runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     """Every real T1 of the shared set, the shared FLAIR, Colin27's ch2better and the physical-model
     scans made from ``MODEL_BASE`` (``contrast_model``), each preprocessed (``fast``) once, in its
     own child process, two at a time: (folder holding one output folder per name, QC report per
@@ -78,7 +80,7 @@ def _report(reports: dict[str, dict | ContrastRefused], name: str) -> dict:
     return reports[name]
 
 
-def test_every_real_t1_passes_the_contrast_check_with_a_margin(real_scan_runs: tuple[Path, dict[str, dict]]) -> None:
+def test_every_real_t1_passes_the_contrast_check_with_a_margin(real_scan_runs: Runs) -> None:
     reports = real_scan_runs[1]
     t1s = [s.name for s in real_scans(REALDATA) if s.expect == "accept"]
     assert len(t1s) == 20
@@ -89,7 +91,7 @@ def test_every_real_t1_passes_the_contrast_check_with_a_margin(real_scan_runs: t
         assert measures["grey_white_contrast"] >= qc.GREY_WHITE_WARN and measures["csf_gap"] >= qc.CSF_GAP_FAIL, (name, measures)
 
 
-def test_t1s_with_black_csf_pass(real_scan_runs: tuple[Path, dict[str, dict]]) -> None:
+def test_t1s_with_black_csf_pass(real_scan_runs: Runs) -> None:
     """Dark CSF is what T1 weighting gives: a real elderly T1 with its CSF set to 0, and Colin27's
     ch2better, whose ventricles are black, are T1s."""
     reports = real_scan_runs[1]
@@ -108,16 +110,14 @@ def test_t1s_with_black_csf_pass(real_scan_runs: tuple[Path, dict[str, dict]]) -
         ("grey_barely_below_white", "a FLAIR or a T1 without usable grey/white contrast"),
     ],
 )
-def test_other_contrasts_are_refused_with_the_kind_named_before_any_map(
-    real_scan_runs: tuple[Path, dict[str, dict]], name: str, kind: str
-) -> None:
+def test_other_contrasts_are_refused_with_the_kind_named_before_any_map(real_scan_runs: Runs, name: str, kind: str) -> None:
     refused = real_scan_runs[1][name]
     assert isinstance(refused, ContrastRefused), refused
     assert str(refused).startswith(f"tissue contrast is not that of a T1: looks like {kind}"), str(refused)
     assert not (real_scan_runs[0] / name).exists()
 
 
-def test_the_contrast_measures_are_written_with_their_thresholds(real_scan_runs: tuple[Path, dict[str, dict]]) -> None:
+def test_the_contrast_measures_are_written_with_their_thresholds(real_scan_runs: Runs) -> None:
     reports = real_scan_runs[1]
     measures = _report(reports, MODEL_BASE)["measures"]
     assert set(measures["tissue_levels"]) == {"GM", "WM", "CSF", "GM_ml", "WM_ml", "CSF_ml"}
@@ -128,7 +128,7 @@ def test_the_contrast_measures_are_written_with_their_thresholds(real_scan_runs:
 
 
 @needs_reference
-def test_a_real_scan_agrees_with_spm(real_scan_runs: tuple[Path, dict[str, dict]]) -> None:
+def test_a_real_scan_agrees_with_spm(real_scan_runs: Runs) -> None:
     """IXI012 (a healthy man of 38, 2 mm voxels), as ``bench fidelity`` measures it. Measured:
     GMD r 0.90 (4 mm 0.97), GMV r 4 mm 0.965, GM volume 0.99x SPM's, native Dice 0.95 (unsmoothed
     agreement on 2 mm scans is capped by SPM's own speckled maps; with the stiffer displacement
@@ -143,7 +143,7 @@ def test_a_real_scan_agrees_with_spm(real_scan_runs: tuple[Path, dict[str, dict]
 
 
 @needs_reference
-def test_on_an_elderly_scan_our_native_grey_matter_through_spms_mapping_is_spms_map(real_scan_runs: tuple[Path, dict[str, dict]]) -> None:
+def test_on_an_elderly_scan_our_native_grey_matter_through_spms_mapping_is_spms_map(real_scan_runs: Runs) -> None:
     """Subj1 (82 years): the unsmoothed disagreement with SPM's map comes from where the mapping
     puts the voxels, not from the native segmentation (docs/validation.md)."""
     measures = preprocessed_agreement(_reference("Subj1"), real_scan_runs[0] / "Subj1")
@@ -155,7 +155,7 @@ def test_on_an_elderly_scan_our_native_grey_matter_through_spms_mapping_is_spms_
     assert "mapping_mm" not in preprocessed_agreement(_reference("IXI012-HH-1211"), real_scan_runs[0] / "IXI012-HH-1211")  # no seg8
 
 
-def test_atrophied_brain_keeps_a_plausible_scale(real_scan_runs: tuple[Path, dict[str, dict]]) -> None:
+def test_atrophied_brain_keeps_a_plausible_scale(real_scan_runs: Runs) -> None:
     """Subj5 (95 years, marked atrophy): the brain-to-brain affine diverges (the brain would come
     out registered far too small); the skull-to-skull affine is kept instead, with a warning, and
     the segmentation's likelihood affine and displacement do the rest. Measured: intracranial

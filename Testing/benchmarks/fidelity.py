@@ -63,7 +63,7 @@ def reference_scans(reference_dir: str | Path) -> list[ReferenceScan]:
         raise InputError(f"{root}: reference folder not found")
     scans = []
     for folder in sorted(p for p in root.iterdir() if (p / "source.txt").is_file()):
-        text = (folder / "source.txt").read_text().strip().splitlines()[0]
+        text = (folder / "source.txt").read_text(encoding="utf-8").strip().splitlines()[0]
         source = Path(text) if Path(text).is_absolute() else root.parent.parent / text
         found = {prefix: sorted(folder.glob(f"{prefix}*.nii*")) for prefix in ("wc1", "mwc1", "c1")}
         if any(len(v) != 1 for v in found.values()):
@@ -231,7 +231,11 @@ def scan_fidelity(scan: ReferenceScan, preset: str = "fast", out_dir: str | Path
 
     with tempfile.TemporaryDirectory(prefix="brainimagenet-fidelity-") as scratch:
         out = Path(out_dir) if out_dir is not None else Path(scratch)
-        report = json.loads((out / "qc.json").read_text()) if is_done(out) else run_isolated(preprocess_t1, scan.source, out, preset)
+        report = (
+            json.loads((out / "qc.json").read_text(encoding="utf-8"))
+            if is_done(out)
+            else run_isolated(preprocess_t1, scan.source, out, preset)
+        )
         measures = preprocessed_agreement(scan, out)
     return {
         "scan": scan.name,

@@ -120,7 +120,11 @@ def measure_scan(scan: RealScan, out_dir: Path) -> dict[str, Any]:
 
     row: dict[str, Any] = {"scan": scan.name, "group": scan.group, "age": scan.age, "sex": scan.sex}
     try:
-        report = json.loads((out_dir / "qc.json").read_text()) if is_done(out_dir) else run_isolated(preprocess_t1, scan.path, out_dir)
+        report = (
+            json.loads((out_dir / "qc.json").read_text(encoding="utf-8"))
+            if is_done(out_dir)
+            else run_isolated(preprocess_t1, scan.path, out_dir)
+        )
     except ContrastRefused as error:  # refused during segmentation, with the contrast measured
         measures = error.measures
         return {
