@@ -81,8 +81,8 @@ def test_bad_t1_gets_exit_2_and_one_line(tmp_path: Path, case: str, message: str
 
 @pytest.mark.slow
 def test_a_scan_of_another_contrast_never_reaches_the_networks_even_when_forced(tmp_path: Path) -> None:
-    """``--force`` predicts despite a failed QC of a T1; a scan of another contrast is refused
-    before its maps are made, with the kind named."""
+    """A scan of another contrast is refused before its maps are made, with the kind named, even
+    with ``--force`` (which predicts a T1 whose QC failed: the reversed-header test)."""
     data, affine = _colin()
     inverted = np.where(data > 0, data.max() - data, 0).astype(np.float32)  # T2-like: CSF bright, WM dark
     path = tmp_path / "t2like.nii.gz"
@@ -129,18 +129,22 @@ def test_a_head_ct_is_refused_as_not_a_t1(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @needs_realdata
-def test_a_header_with_front_and_back_reversed_fails_on_orientation(tmp_path: Path) -> None:
+def test_a_header_with_front_and_back_reversed_fails_on_orientation_and_force_still_predicts(tmp_path: Path) -> None:
     """A real scan (IXI012) whose voxels are mirrored front to back under an unchanged header: an
-    affine cannot undo a mirror image, and the mirrored scan fits the head template far better."""
-    from BrainImageNetADLib.preprocessing.preprocess import preprocess_t1
-
+    affine cannot undo a mirror image, and the mirrored scan fits the head template far better.
+    QC fails and prediction stops; ``--force`` predicts a T1 anyway, the verdict recorded."""
     image = nib.load(str(REALDATA / "ixi" / "github_CBICA_IXI_IXI012-HH-1211_age38.78_M_T1_2mm.nii.gz"))
     front_back = [axis for axis, code in enumerate(nib.aff2axcodes(image.affine)) if code in "AP"][0]
     path = tmp_path / "reversed.nii.gz"
     nib.save(nib.Nifti1Image(np.flip(np.asarray(image.dataobj, dtype=np.float32), axis=front_back), image.affine), str(path))
-    report = run_isolated(preprocess_t1, path, tmp_path / "out")
+    assert_input_error(run_cli("predict", path, "--out", tmp_path / "out"), "preprocessing QC failed: orientation: the scan fits")
+    report = json.loads((tmp_path / "out" / "preprocessing" / "qc.json").read_text(encoding="utf-8"))
     assert report["verdict"] == "fail" and report["affine"]["reversed_axis"] == "anterior-posterior"
     assert report["failures"][0].startswith("orientation: the scan fits the head template far better mirrored")
+    assert not (tmp_path / "out" / "result.json").exists()
+    forced = run_cli("predict", path, "--out", tmp_path / "out", "--force", "--occlusion", "none")
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))["qc"]["verdict"] == "fail"
 
 
 @needs_realdata
