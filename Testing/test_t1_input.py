@@ -115,7 +115,7 @@ def test_a_noisy_scan_warns_and_a_very_noisy_one_never_reaches_the_networks(tmp_
     assert report["verdict"] == "warn" and report["measures"]["gm_template_correlation"] > qc.GM_CORRELATION_WARN
     assert qc.SIGNAL_TO_NOISE_FAIL < report["measures"]["signal_to_noise"] < qc.SIGNAL_TO_NOISE_WARN
     assert any("signal-to-noise" in warning for warning in report["warnings"]), report["warnings"]
-    with pytest.raises(ContrastRefused, match="grey and white matter alike, as on a FLAIR or a very noisy T1"):
+    with pytest.raises(ContrastRefused, match="such as a very noisy one \\(CSF dark, grey and white matter alike\\)"):
         run_isolated(preprocess_t1, paths[0.35], tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
 

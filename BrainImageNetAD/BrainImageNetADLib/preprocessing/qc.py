@@ -172,9 +172,7 @@ def contrast_kind(grey_white: float, csf_gap: float) -> str | None:
     if grey_white < GREY_WHITE_FAIL and csf_gap < CSF_GAP_FAIL:
         return "a scan without T1 contrast (grey matter, white matter and CSF at similar intensities)"
     if grey_white < GREY_WHITE_FAIL:
-        return (
-            "a FLAIR or a T1 without usable grey/white contrast (CSF dark, grey and white matter alike, as on a FLAIR or a very noisy T1)"
-        )
+        return "a FLAIR or a T1 without usable grey/white contrast, such as a very noisy one (CSF dark, grey and white matter alike)"
     if csf_gap < CSF_GAP_FAIL:
         return "a scan whose CSF is not dark, not a T1"
     return None
