@@ -62,20 +62,18 @@ def test_likelihood_gradient_follows_finite_differences(sampler) -> None:
     likelihoods = deformation.class_likelihoods(intensities.ravel(), model)
     value, gradient = sampler.log_likelihood_and_gradient(positions, likelihoods, model.weights)
     assert value == pytest.approx(deformation.log_likelihood(sampler.priors(positions), likelihoods, model.weights))
+
+    def per_voxel(at: np.ndarray) -> np.ndarray:
+        return np.array(
+            [deformation.log_likelihood(sampler.priors(at[i : i + 1]), likelihoods[i : i + 1], model.weights) for i in range(len(at))]
+        )
+
+    here = per_voxel(positions)
     step = 1e-3
     for axis in range(3):
         moved = positions.copy()
         moved[:, axis] += step
-        numeric = (
-            np.array(
-                [
-                    deformation.log_likelihood(sampler.priors(moved[i : i + 1]), likelihoods[i : i + 1], model.weights)
-                    - deformation.log_likelihood(sampler.priors(positions[i : i + 1]), likelihoods[i : i + 1], model.weights)
-                    for i in range(len(positions))
-                ]
-            )
-            / step
-        )
+        numeric = (per_voxel(moved) - here) / step
         assert np.corrcoef(numeric, gradient[:, axis])[0, 1] > 0.99
         slope = numeric @ gradient[:, axis] / (gradient[:, axis] @ gradient[:, axis])
         assert 0.97 < slope < 1.03
