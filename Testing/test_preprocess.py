@@ -270,6 +270,27 @@ def test_qc_fails_an_implausible_registration_scale() -> None:
     assert qc.assess(*args, affine_determinant=0.5)["verdict"] == "warn"
 
 
+def test_tiv_counts_the_intracranial_region_and_not_csf_around_the_skull() -> None:
+    """CSF placed where SPM's priors put the scalp adds to the CSF volume and not to TIV; CSF placed
+    inside the skull adds to both."""
+    tm = templates.mni_templates_on_grid()
+    posteriors = np.stack([tm["CSF"], tm["GM"], tm["WM"]], axis=-1)
+    model = {"CSF_mean": 0.2, "GM_mean": 0.6, "WM_mean": 1.0, "sd": 0.1}
+    inside = templates.spm_tissue_priors()[..., :3].sum(axis=-1) > qc.INTRACRANIAL_PRIOR
+
+    def volumes(extra_csf_where: np.ndarray) -> dict[str, float]:
+        moved = posteriors.copy()
+        moved[..., 0][extra_csf_where] = 1.0 - moved[..., 1:][extra_csf_where].sum(axis=-1)
+        return qc.assess(tm["GM"], moved, np.ones(grid.MNI_SHAPE, np.float32), tm["T1"], tm, model, [], T1_LEVELS)["volumes_ml"]
+
+    base = volumes(np.zeros(grid.MNI_SHAPE, bool))
+    scalp, skull = volumes(~inside), volumes(inside)
+    assert scalp["CSF_ml"] > base["CSF_ml"] + 100 and scalp["TIV_ml"] == pytest.approx(base["TIV_ml"])
+    assert skull["TIV_ml"] > base["TIV_ml"] + 1 and skull["TIV_ml"] - base["TIV_ml"] == pytest.approx(
+        skull["CSF_ml"] - base["CSF_ml"], rel=1e-3
+    )
+
+
 def test_qc_contrast_to_noise_does_not_depend_on_the_tissue_models_intensity_scale() -> None:
     """The tissue model is fitted on the scan as read, the noise measured on the N4-corrected T1 in
     MNI space: their scales differ by N4's arbitrary gain, and the reported grey/white

@@ -77,8 +77,10 @@ PRESETS = {
 #: EM iterations of the mixture after each step of the bias field.
 BIAS_ITERATIONS = 5
 
-#: Margin around the priors' brain (GM + WM + CSF > 0.01) of the box that is segmented (voxels).
-BOX_MARGIN = 10
+#: Margin around the priors' brain (GM + WM + CSF > 0.01) of the box that is segmented (voxels
+#: of the scan): wide enough to take in the scalp and the neck, the whole field of view over which
+#: SPM fits its class weights.
+BOX_MARGIN = 40
 
 
 def canonical_grid(image, spacing_mm: float = 1.0):

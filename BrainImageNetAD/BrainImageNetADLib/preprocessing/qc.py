@@ -76,6 +76,10 @@ AFFINE_SCALE_FAIL = (0.45, 1.3)
 #: outside the scan), whatever the GM map looks like.
 BRAIN_IN_VIEW_WARN = 0.98
 BRAIN_IN_VIEW_FAIL = 0.9
+#: The intracranial region over which TIV is summed: the MNI voxels where SPM12's priors make GM +
+#: WM + CSF more likely than not. Beyond it lie the scalp and the space around the skull, where
+#: the CSF class also takes voxels.
+INTRACRANIAL_PRIOR = 0.5
 VOXEL_ML = grid.MNI_VOXEL_MM3 / 1000.0
 
 
@@ -236,13 +240,16 @@ def assess(
     ``known_failures`` are failures found before (slice thickness) or while registering (a
     reversed header); ``used_head_affine``: registration fell back to the skull-to-skull affine,
     which turns a doubtful contrast into a failure.
-    Returns measures, volumes in mL (native space), warnings, failures and the verdict."""
+    Returns measures, volumes in mL (native space: CSF, GM and WM over the whole grid, TIV their
+    sum over the intracranial region, ``INTRACRANIAL_PRIOR``), warnings, failures and the verdict."""
     mask = templates_on_grid["mask"] > 0
     brain = (templates_on_grid["GM"] + templates_on_grid["WM"]) > 0.5
-    gm_correlation = _pearson(gmd[mask], templates.spm_tissue_priors()[..., 0][mask])
+    priors = templates.spm_tissue_priors()
+    gm_correlation = _pearson(gmd[mask], priors[..., 0][mask])
     t1_correlation = _pearson(t1_mni[brain], templates_on_grid["T1"][brain])
     volumes = {f"{t}_ml": float((posteriors[..., k] * jacobian).sum() * VOXEL_ML) for k, t in enumerate(("CSF", "GM", "WM"))}
-    tiv = sum(volumes.values())
+    intracranial = priors[..., :3].sum(axis=-1) > INTRACRANIAL_PRIOR
+    tiv = float((posteriors.sum(axis=-1) * jacobian)[intracranial].sum() * VOXEL_ML)
     white, noise = noise_level(t1_mni, templates_on_grid["WM"])
     signal_to_noise = white / max(noise, 1e-12)
     # The tissue model is fitted on the scan as read, the noise measured on the N4-corrected T1:

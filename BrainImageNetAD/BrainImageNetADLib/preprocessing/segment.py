@@ -10,8 +10,10 @@ Like SPM, a weight per class rescales the priors (w_k b_k / sum_j w_j b_j, ``wei
 fitted in every EM iteration with SPM's update and used wherever the priors are: in the mixture,
 the bias field's and the mapping's likelihood (``deformation``) and the final posteriors. SPM's
 update lets the weights run away on atrophied elderly brains; here, after each update, every
-weight is held within a factor ``WEIGHT_RANGE`` (1.5) of the six weights' geometric mean, so no
-two differ by more than 2.25x. Voxels of intensity 0 (outside the field of view, or removed by skull
+weight is held within a factor ``WEIGHT_RANGE`` (2) of the six weights' geometric mean, so no
+two differ by more than 4x. The weights are shares over every fitted voxel, and the box that is
+fitted takes in the whole head around the brain, as SPM fits the whole field of view
+(``preprocess.BOX_MARGIN``). Voxels of intensity 0 (outside the field of view, or removed by skull
 stripping) are left out of the fit, as SPM does; SPM's clean-up and Markov random field are not
 applied.
 
@@ -36,7 +38,7 @@ CLASS_MATRIX = np.eye(len(CLASSES))[_CLASS_OF]
 
 #: How far a class weight may move from the geometric mean of the six: a factor of at most this
 #: (SPM12's own update leaves them free).
-WEIGHT_RANGE = 1.5
+WEIGHT_RANGE = 2.0
 
 
 @dataclass
