@@ -291,6 +291,24 @@ def test_tiv_counts_the_intracranial_region_and_not_csf_around_the_skull() -> No
     )
 
 
+def test_hippocampal_volume_is_the_native_volume_of_the_atlas_hippocampi_whatever_their_tissue() -> None:
+    """The hippocampi's volume follows the mapping's Jacobian over the AAL hippocampi (15.1 mL on
+    the MNI grid), and not the tissue classes found there."""
+    tm = templates.mni_templates_on_grid()
+    model = {"CSF_mean": 0.2, "GM_mean": 0.6, "WM_mean": 1.0, "sd": 0.1}
+    tissue = np.stack([tm["CSF"], tm["GM"], tm["WM"]], axis=-1)
+    as_csf = np.zeros_like(tissue)
+    as_csf[..., 0] = 1.0
+    jacobian = np.ones(grid.MNI_SHAPE, np.float32)
+    jacobian[qc.hippocampi()] = 0.8  # shrunken hippocampi in an otherwise template-sized head
+
+    def hippocampus_ml(posteriors: np.ndarray) -> float:
+        return qc.assess(tm["GM"], posteriors, jacobian, tm["T1"], tm, model, [], T1_LEVELS)["volumes_ml"]["hippocampus_ml"]
+
+    assert hippocampus_ml(tissue) == hippocampus_ml(as_csf) == pytest.approx(0.8 * qc.hippocampi().sum() * qc.VOXEL_ML, abs=0.05)
+    assert 14 < qc.hippocampi().sum() * qc.VOXEL_ML < 16
+
+
 def test_qc_contrast_to_noise_does_not_depend_on_the_tissue_models_intensity_scale() -> None:
     """The tissue model is fitted on the scan as read, the noise measured on the N4-corrected T1 in
     MNI space: their scales differ by N4's arbitrary gain, and the reported grey/white

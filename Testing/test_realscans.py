@@ -48,7 +48,8 @@ def test_summary_names_wrong_outcomes_and_states_the_physiology() -> None:
     }
     rows = [
         {"scan": n, "group": s.group, "age": s.age, "sex": s.sex, "verdict": "pass" if n != "old" else "fail"}
-        | {"TIV_ml": v[0], "GM_ml": v[1], "GM_fraction": v[1] / v[0], "hippocampus_ml": v[2], "grey_white": v[3], "csf_gap": v[4]}
+        | {"TIV_ml": v[0], "GM_ml": v[1], "GM_fraction": v[1] / v[0], "hippocampus_ml": v[2], "hippocampal_GM_ml": v[2] / 2}
+        | {"grey_white": v[3], "csf_gap": v[4]}
         | {f"ref_{k}": x for k, x in s.reference.items()}
         for s in scans[:4]
         for n, v in [(s.name, volumes[s.name])]
@@ -62,3 +63,5 @@ def test_summary_names_wrong_outcomes_and_states_the_physiology() -> None:
     assert lines[6].startswith("GM fraction vs age: r -0.") and lines[6].endswith("(4 scans)")
     assert lines[7] == "mean TIV: men 1415 mL (2), women 1275 mL (2)"
     assert lines[8].startswith("vs DLMUSE (2 scans): TIV/ICV 0.89-0.89")
+    # the hippocampi and the GM within them, each also as fractions (no correlation of two people)
+    assert "; hippocampus r nan, as a fraction of TIV r nan (of DLMUSE's ICV nan), hippocampal GM r nan, as a" in lines[8]

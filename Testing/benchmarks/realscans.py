@@ -12,12 +12,14 @@ The folder is laid out like the project's real-data set (``shared/realdata``):
 - ``not_t1/*.nii.gz``: scans that are not T1 and must be refused.
 
 Per scan: the QC verdict and its first reason, total intracranial volume (TIV), GM volume, GM
-fraction (GM / TIV) and hippocampal GM (GMV summed over the AAL hippocampi), in native mL. Over
+fraction (GM / TIV), the hippocampi (the native volume of the AAL hippocampi, ``qc.hippocampi``)
+and the GM within them (GMV summed over the AAL hippocampi), in native mL. Over
 the scans: GM fraction against age (it falls with age), men's and women's mean TIV, and, for the
 scans with DLMUSE volumes, the ratio of our TIV to DLMUSE's intracranial volume (definitions
 differ by a near-constant factor, so each ratio is compared with the cohort's median) and the
-correlations of TIV, GM and hippocampal GM (also as a fraction of TIV and ICV) with DLMUSE's, and
-the range of each T1's contrast measures with the smallest margin above QC's fail level.
+correlations of TIV, GM, the hippocampi and their GM (also as a fraction of TIV and ICV) with
+DLMUSE's, and the range of each T1's contrast measures with the smallest margin above QC's fail
+level.
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ def measure_scan(scan: RealScan, out_dir: Path) -> dict[str, Any]:
             "TIV_ml": volumes["TIV_ml"],
             "GM_ml": volumes["GM_ml"],
             "GM_fraction": volumes["GM_ml"] / volumes["TIV_ml"],
-            "hippocampus_ml": hippocampal_gm_ml(gmv) if gmv.shape == grid.MNI_SHAPE else float("nan"),
+            "hippocampus_ml": volumes["hippocampus_ml"],
+            "hippocampal_GM_ml": hippocampal_gm_ml(gmv) if gmv.shape == grid.MNI_SHAPE else float("nan"),
             "grey_white": report["measures"].get("grey_white_contrast"),
             "csf_gap": report["measures"].get("csf_gap"),
             "seconds": report.get("seconds", {}).get("total"),
@@ -203,11 +206,15 @@ def summary(rows: list[dict[str, Any]], scans: list[RealScan]) -> list[str]:
         ratio = np.array([r["TIV_ml"] / r["ref_icv_ml"] for r in known])
         spread = np.abs(ratio / np.median(ratio) - 1).max()
         hippocampus = [r["ref_hippocampus_l_ml"] + r["ref_hippocampus_r_ml"] for r in known]
+        fraction = [h / r["ref_icv_ml"] for h, r in zip(hippocampus, known, strict=True)]
         lines.append(
             f"vs DLMUSE ({len(known)} scans): TIV/ICV {ratio.min():.2f}-{ratio.max():.2f} (at most {100 * spread:.0f}% from the median), "
             f"TIV r {_r([r['TIV_ml'] for r in known], [r['ref_icv_ml'] for r in known]):.2f}, "
-            f"GM r {_r([r['GM_ml'] for r in known], [r['ref_gm_ml'] for r in known]):.2f}, "
-            f"hippocampus r {_r([r['hippocampus_ml'] for r in known], hippocampus):.2f}, "
-            f"hippocampus / TIV r {_r([r['hippocampus_ml'] / r['TIV_ml'] for r in known], [h / r['ref_icv_ml'] for h, r in zip(hippocampus, known, strict=True)]):.2f}"
+            f"GM r {_r([r['GM_ml'] for r in known], [r['ref_gm_ml'] for r in known]):.2f}; "
+            + ", ".join(
+                f"{label} r {_r([r[key] for r in known], hippocampus):.2f}, as a fraction of TIV r "
+                f"{_r([r[key] / r['TIV_ml'] for r in known], fraction):.2f} (of DLMUSE's ICV {_r([r[key] / r['ref_icv_ml'] for r in known], fraction):.2f})"
+                for label, key in (("hippocampus", "hippocampus_ml"), ("hippocampal GM", "hippocampal_GM_ml"))
+            )
         )
     return lines

@@ -30,6 +30,7 @@ import numpy as np
 from ..core import grid, templates
 from ..core.atomic import write_bytes_atomic
 from ..core.errors import ContrastRefused
+from ..explain.atlas import REGIONS, load_atlas
 
 #: Below this correlation of GMD with SPM12's GM prior the map is not usable: the verdict is "fail".
 GM_CORRELATION_FAIL = 0.45
@@ -218,6 +219,16 @@ def refuse_other_contrast(levels: dict[str, float]) -> None:
         )
 
 
+def hippocampi() -> np.ndarray:
+    """The left and right AAL hippocampi on the MNI grid: bool (121, 145, 121). Their volume in
+    ``assess`` is that of the native region the mapping carries onto them (the Jacobian summed
+    over them), whatever its tissue classes, as an atlas-based segmentation measures a structure:
+    on a 2 mm scan much of the hippocampus is classified as white matter or CSF, so GM within it
+    measures the structure poorly (docs/preprocessing.md)."""
+    labels = [label for label, name in REGIONS.items() if name.startswith("Hippocampus")]
+    return np.isin(load_atlas(), labels)
+
+
 def assess(
     gmd: np.ndarray,
     posteriors: np.ndarray,
@@ -241,7 +252,8 @@ def assess(
     reversed header); ``used_head_affine``: registration fell back to the skull-to-skull affine,
     which turns a doubtful contrast into a failure.
     Returns measures, volumes in mL (native space: CSF, GM and WM over the whole grid, TIV their
-    sum over the intracranial region, ``INTRACRANIAL_PRIOR``), warnings, failures and the verdict."""
+    sum over the intracranial region, ``INTRACRANIAL_PRIOR``; the hippocampi, ``hippocampi``),
+    warnings, failures and the verdict."""
     mask = templates_on_grid["mask"] > 0
     brain = (templates_on_grid["GM"] + templates_on_grid["WM"]) > 0.5
     priors = templates.spm_tissue_priors()
@@ -250,6 +262,7 @@ def assess(
     volumes = {f"{t}_ml": float((posteriors[..., k] * jacobian).sum() * VOXEL_ML) for k, t in enumerate(("CSF", "GM", "WM"))}
     intracranial = priors[..., :3].sum(axis=-1) > INTRACRANIAL_PRIOR
     tiv = float((posteriors.sum(axis=-1) * jacobian)[intracranial].sum() * VOXEL_ML)
+    volumes["hippocampus_ml"] = float(jacobian[hippocampi()].sum() * VOXEL_ML)
     white, noise = noise_level(t1_mni, templates_on_grid["WM"])
     signal_to_noise = white / max(noise, 1e-12)
     # The tissue model is fitted on the scan as read, the noise measured on the N4-corrected T1:
