@@ -46,7 +46,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """AD, progressive and stable MCI scans from the generator that trained the demo bundle, with
     subtypes planted among AD and pMCI."""
     folder = tmp_path_factory.mktemp("subtype_cohort")
-    return write_cohort(folder, 40, n_sites=3, n_datasets=1, seed=21, diagnoses={"AD": 0.65, "pMCI": 0.25, "sMCI": 0.1})
+    return write_cohort(folder, 24, n_sites=3, n_datasets=1, seed=21, diagnoses={"AD": 0.65, "pMCI": 0.25, "sMCI": 0.1})
 
 
 @pytest.fixture(scope="module")

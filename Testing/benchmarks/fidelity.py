@@ -246,13 +246,19 @@ def scan_fidelity(scan: ReferenceScan, preset: str = "fast", out_dir: str | Path
     }
 
 
-def preprocessed_agreement(scan: ReferenceScan, preprocessing_dir: str | Path) -> dict[str, float]:
-    """``map_agreement`` and ``native_dice`` of a finished preprocessing folder of ``scan``."""
+def folder_map_agreement(scan: ReferenceScan, preprocessing_dir: str | Path) -> dict[str, float]:
+    """``map_agreement`` of the GMD and GMV maps of a finished preprocessing folder of ``scan``."""
     out = Path(preprocessing_dir)
     gmd = _on_mni_grid(out / "gmd.nii.gz", "GMD")
     gmv = _on_mni_grid(out / "gmv.nii.gz", "GMV")
-    measures = map_agreement(gmd, gmv, _on_mni_grid(scan.wc1, "wc1"), _on_mni_grid(scan.mwc1, "mwc1"))
-    return {**measures, "dice_native": native_dice(out, scan.c1), **mapping_agreement(scan, out)}
+    return map_agreement(gmd, gmv, _on_mni_grid(scan.wc1, "wc1"), _on_mni_grid(scan.mwc1, "mwc1"))
+
+
+def preprocessed_agreement(scan: ReferenceScan, preprocessing_dir: str | Path) -> dict[str, float]:
+    """``folder_map_agreement``, ``native_dice`` and ``mapping_agreement`` of a finished
+    preprocessing folder of ``scan``."""
+    out = Path(preprocessing_dir)
+    return {**folder_map_agreement(scan, out), "dice_native": native_dice(out, scan.c1), **mapping_agreement(scan, out)}
 
 
 #: SPM12's Segment on the 2 mm elderly references, seconds per scan on one thread (its README).
