@@ -23,7 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from . import grid
-from .resources import sample_t1
+from .resources import resources_dir, sample_t1
+
+#: The shipped AAL labels on the MNI grid (``explain.atlas.build_atlas`` writes it).
+AAL_FILE = "aal_mni1.5mm.nii.gz"
+#: The AAL hippocampi: label value -> name.
+AAL_HIPPOCAMPI: dict[int, str] = {37: "Hippocampus_L", 38: "Hippocampus_R"}
 
 
 def _nilearn_data(name: str) -> Path:
@@ -122,3 +127,11 @@ def spm_tissue_priors() -> np.ndarray:
     if data.shape != (*grid.MNI_SHAPE, 6) or not np.allclose(image.affine, grid.MNI_AFFINE, atol=1e-3):
         raise ValueError(f"{archive}: TPM.nii is not on the 121x145x121 1.5 mm MNI grid")
     return data
+
+
+def aal_labels() -> np.ndarray:
+    """The shipped AAL labels on the MNI grid: uint8 array (121, 145, 121) in MNI voxel order."""
+    import nibabel as nib
+
+    image = nib.load(str(resources_dir() / "Atlas" / AAL_FILE))
+    return np.asanyarray(image.dataobj).astype(np.uint8)

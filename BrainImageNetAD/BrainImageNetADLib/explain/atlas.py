@@ -13,13 +13,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..core import grid
+from ..core import grid, templates
 from ..core.atomic import write_bytes_atomic, write_nifti_atomic
 from ..core.resources import resources_dir
 
 #: The hippocampal regions: label value -> name (values as in AAL).
-REGIONS: dict[int, str] = {37: "Hippocampus_L", 38: "Hippocampus_R", 39: "ParaHippocampal_L", 40: "ParaHippocampal_R"}
-ATLAS_FILE = "aal_mni1.5mm.nii.gz"
+REGIONS: dict[int, str] = {**templates.AAL_HIPPOCAMPI, 39: "ParaHippocampal_L", 40: "ParaHippocampal_R"}
+ATLAS_FILE = templates.AAL_FILE
 NAMES_FILE = "aal_labels.tsv"
 
 
@@ -46,8 +46,7 @@ def build_atlas(out_dir: str | Path, source: str | Path) -> Path:
 
 def load_atlas() -> np.ndarray:
     """The shipped AAL labels on the MNI grid: uint8 array (121, 145, 121) in MNI voxel order."""
-    image = nib.load(str(resources_dir() / "Atlas" / ATLAS_FILE))
-    return np.asanyarray(image.dataobj).astype(np.uint8)
+    return templates.aal_labels()
 
 
 def hippocampal_labels() -> np.ndarray:

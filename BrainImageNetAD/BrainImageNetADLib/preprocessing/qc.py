@@ -30,7 +30,6 @@ import numpy as np
 from ..core import grid, templates
 from ..core.atomic import write_bytes_atomic
 from ..core.errors import ContrastRefused
-from ..explain.atlas import REGIONS, load_atlas
 
 #: Below this correlation of GMD with SPM12's GM prior the map is not usable: the verdict is "fail".
 GM_CORRELATION_FAIL = 0.45
@@ -225,8 +224,7 @@ def hippocampi() -> np.ndarray:
     over them), whatever its tissue classes, as an atlas-based segmentation measures a structure:
     on a 2 mm scan much of the hippocampus is classified as white matter or CSF, so GM within it
     measures the structure poorly (docs/preprocessing.md)."""
-    labels = [label for label, name in REGIONS.items() if name.startswith("Hippocampus")]
-    return np.isin(load_atlas(), labels)
+    return np.isin(templates.aal_labels(), list(templates.AAL_HIPPOCAMPI))
 
 
 def assess(
