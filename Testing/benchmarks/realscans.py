@@ -33,7 +33,7 @@ import numpy as np
 
 from BrainImageNetADLib.core import grid
 from BrainImageNetADLib.core.errors import ContrastRefused, InputError
-from BrainImageNetADLib.preprocessing.qc import VOXEL_ML
+from BrainImageNetADLib.preprocessing.qc import VOXEL_ML, hippocampi
 
 
 @dataclass(frozen=True)
@@ -104,10 +104,7 @@ def real_scans(data_dir: str | Path) -> list[RealScan]:
 def hippocampal_gm_ml(gmv: np.ndarray) -> float:
     """GM volume (native mL) of the left and right AAL hippocampi from a GMV map on the
     121x145x121 MNI grid (native GM volume per MNI voxel volume)."""
-    from BrainImageNetADLib.explain.atlas import REGIONS, load_atlas
-
-    hippocampi = [label for label, name in REGIONS.items() if name.startswith("Hippocampus")]
-    return float(gmv[np.isin(load_atlas(), hippocampi)].sum() * VOXEL_ML)
+    return float(gmv[hippocampi()].sum() * VOXEL_ML)
 
 
 def measure_scan(scan: RealScan, out_dir: Path) -> dict[str, Any]:

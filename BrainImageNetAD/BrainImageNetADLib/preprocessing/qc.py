@@ -223,7 +223,7 @@ def hippocampi() -> np.ndarray:
     ``assess`` is that of the native region the mapping carries onto them (the Jacobian summed
     over them), whatever its tissue classes, as an atlas-based segmentation measures a structure:
     on a 2 mm scan much of the hippocampus is classified as white matter or CSF, so GM within it
-    measures the structure poorly (docs/preprocessing.md)."""
+    measures the structure poorly (docs/validation.md, the hippocampus against DLMUSE)."""
     return np.isin(templates.aal_labels(), list(templates.AAL_HIPPOCAMPI))
 
 
