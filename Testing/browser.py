@@ -105,9 +105,11 @@ class Browser:
         raise TimeoutError(f"timed out waiting for: {expression}")
 
     async def rect(self, selector: str) -> dict[str, float]:
-        """Bounding box (CSS pixels: x, y, width, height) of the first element matching ``selector``."""
+        """Bounding box (CSS pixels: x, y, width, height) of the first element matching ``selector``,
+        scrolled into the middle of its scrolling panel first, as a person scrolls to what they click."""
         rect = await self.js(
-            f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.scrollIntoView({{block: 'center'}});"
+            " const r = e.getBoundingClientRect();"
             " return {x: r.x, y: r.y, width: r.width, height: r.height}; })()"
         )
         return rect

@@ -113,7 +113,6 @@ async def slice_views_heat(browser: Browser) -> list[float]:
 
 async def choose(browser: Browser, select: str, entry: str) -> None:
     """Open the drop-down ``select`` and click its entry whose text holds ``entry`` (real clicks)."""
-    await browser.js(f"document.querySelector('{select}').scrollIntoView({{block: 'center'}})")
     await browser.click(select)
     item = f"Array.from(document.querySelectorAll('.v-list-item')).find(e => e.innerText.includes('{entry}'))"
     await browser.wait_for(item, 30)
@@ -196,6 +195,7 @@ def test_page_runs_the_sample_and_shows_the_heat_map(page_server: tuple[str, Pat
             # Opacity 0 hides the heat map without a re-run.
             opacity = await browser.rect("#opacity .v-slider-track")
             await browser.click_at(opacity["x"] + 1, opacity["y"] + opacity["height"] / 2)
+            await browser.wait_for("Number(document.querySelector('#opacity input').value) === 0", 30)
             end = time.monotonic() + 30
             while max(faded := await slice_views_heat(browser)) > 0.5 * max(heat):
                 if time.monotonic() > end:
