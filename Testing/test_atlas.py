@@ -7,9 +7,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.core import grid, templates
 from BrainImageNetADLib.core.resources import resources_dir
-from BrainImageNetADLib.explain.atlas import NAMES_FILE, REGIONS, build_atlas, hippocampal_labels, load_atlas, region_names
+from BrainImageNetADLib.explain.atlas import NAMES_FILE, REGIONS, build_atlas, hippocampal_labels, region_names
 
 #: MRIcron's AAL atlas as Debian's mricron-data installs it (a test-only system package).
 MRICRON_AAL = Path("/usr/share/mricron/templates/aal.nii.gz")
@@ -17,11 +17,11 @@ MRICRON_AAL = Path("/usr/share/mricron/templates/aal.nii.gz")
 
 def test_shipped_atlas_is_reproduced_by_the_project_code(tmp_path: Path) -> None:
     rebuilt = np.asanyarray(nib.load(str(build_atlas(tmp_path, MRICRON_AAL))).dataobj)
-    np.testing.assert_array_equal(rebuilt, load_atlas())
+    np.testing.assert_array_equal(rebuilt, templates.aal_labels())
     assert (tmp_path / NAMES_FILE).read_text() == (resources_dir() / "Atlas" / NAMES_FILE).read_text()
     names = region_names()
     assert len(names) == 116 and all(names[k] == v for k, v in REGIONS.items())
-    assert set(np.unique(load_atlas())) == {0, *names}
+    assert set(np.unique(templates.aal_labels())) == {0, *names}
 
 
 def test_regions_have_plausible_volumes_and_sides() -> None:

@@ -12,10 +12,9 @@ import pytest
 import torch
 from test_cli import run_cli
 
-from BrainImageNetADLib.core import grid
+from BrainImageNetADLib.core import grid, templates
 from BrainImageNetADLib.core.errors import Cancelled
 from BrainImageNetADLib.core.resources import default_bundle
-from BrainImageNetADLib.explain.atlas import load_atlas
 from BrainImageNetADLib.explain.occlusion import (
     OcclusionSettings,
     changed_boxes,
@@ -143,7 +142,7 @@ def test_progress_reaches_one_and_cancel_stops() -> None:
 
 
 def test_region_summary_ranks_the_region_holding_the_importance() -> None:
-    labels = grid.crop_to_model_grid(load_atlas())
+    labels = grid.crop_to_model_grid(templates.aal_labels())
     importance = np.zeros(grid.MODEL_SHAPE, np.float32)
     importance[labels == 37] = 0.05  # Hippocampus_L
     importance[labels == 40] = 0.01  # ParaHippocampal_R

@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from BrainImageNetADLib.core import grid
-from BrainImageNetADLib.explain.atlas import hippocampal_labels, load_atlas, region_names
+from BrainImageNetADLib.core import grid, templates
+from BrainImageNetADLib.explain.atlas import hippocampal_labels, region_names
 from BrainImageNetADLib.model.maps import load_model_input
 from BrainImageNetTrainingLib.manifest import read_manifest
 from BrainImageNetTrainingLib.synth import SUBTYPE_REGIONS, SUBTYPES, CohortGenerator, Site, write_cohort
@@ -45,7 +45,7 @@ def test_ad_atrophy_is_medial_temporal(generator: CohortGenerator) -> None:
 
 def test_planted_subtypes_lose_grey_matter_where_named() -> None:
     generator = CohortGenerator(seed=8)
-    labels = grid.crop_to_model_grid(load_atlas())
+    labels = grid.crop_to_model_grid(templates.aal_labels())
     names = region_names()
     regions = {"medial-temporal": np.isin(labels, [37, 38])}
     for subtype, focus in SUBTYPE_REGIONS.items():

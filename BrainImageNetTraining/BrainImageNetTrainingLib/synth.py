@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from BrainImageNetADLib.core import grid, templates
 from BrainImageNetADLib.core.atomic import write_bytes_atomic, write_nifti_atomic
-from BrainImageNetADLib.explain.atlas import REGIONS, load_atlas, region_names
+from BrainImageNetADLib.explain.atlas import REGIONS, region_names
 
 DIAGNOSIS_SHARES = {"NC": 0.4, "AD": 0.3, "sMCI": 0.15, "pMCI": 0.15}
 #: Mean severity per diagnosis: the fraction of grey matter the focal component removes at the
@@ -131,7 +131,7 @@ class CohortGenerator:
         tm = templates.mni_templates_on_grid()
         self.gm = grid.crop_to_model_grid(tm["GM"]).astype(np.float32)
         self.csf = grid.crop_to_model_grid(tm["CSF"]).astype(np.float32)
-        labels = grid.crop_to_model_grid(load_atlas())
+        labels = grid.crop_to_model_grid(templates.aal_labels())
         left = np.isin(labels, [k for k, v in REGIONS.items() if v.endswith("_L")])
         right = np.isin(labels, [k for k, v in REGIONS.items() if v.endswith("_R")])
         # Atrophy patterns (fraction of the subject's severity lost per voxel). Medial-temporal:

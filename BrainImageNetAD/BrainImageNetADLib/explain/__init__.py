@@ -18,7 +18,6 @@ _EXPORTS = {
     "risk_map": "riskmap",
     "REGIONS": "atlas",
     "build_atlas": "atlas",
-    "load_atlas": "atlas",
     "region_names": "atlas",
 }
 __all__ = sorted(_EXPORTS)

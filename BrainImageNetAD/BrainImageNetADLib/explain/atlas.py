@@ -19,14 +19,13 @@ from ..core.resources import resources_dir
 
 #: The hippocampal regions: label value -> name (values as in AAL).
 REGIONS: dict[int, str] = {**templates.AAL_HIPPOCAMPI, 39: "ParaHippocampal_L", 40: "ParaHippocampal_R"}
-ATLAS_FILE = templates.AAL_FILE
 NAMES_FILE = "aal_labels.tsv"
 
 
 def build_atlas(out_dir: str | Path, source: str | Path) -> Path:
     """Write every AAL region of ``source`` (MRIcron's ``aal.nii.gz``, its names in ``aal.nii.txt``
     beside it), nearest-neighbour resampled onto the 121x145x121 MNI grid (uint8 labels, 0
-    elsewhere), as ``ATLAS_FILE`` and the label names as ``NAMES_FILE`` (label, name) into
+    elsewhere), as ``templates.AAL_FILE`` and the label names as ``NAMES_FILE`` (label, name) into
     ``out_dir``. Returns the atlas path."""
     source = Path(source)
     names_source = source.with_suffix("").with_suffix(".nii.txt")
@@ -41,17 +40,12 @@ def build_atlas(out_dir: str | Path, source: str | Path) -> Path:
         if len(parts) >= 2 and parts[0].isdigit():
             rows.append(f"{int(parts[0])}\t{parts[1]}")
     write_bytes_atomic(out_dir / NAMES_FILE, ("\n".join(rows) + "\n").encode())
-    return write_nifti_atomic(out_dir / ATLAS_FILE, labels, grid.MNI_AFFINE, "AAL labels 1-116 on the MNI 1.5 mm grid")
-
-
-def load_atlas() -> np.ndarray:
-    """The shipped AAL labels on the MNI grid: uint8 array (121, 145, 121) in MNI voxel order."""
-    return templates.aal_labels()
+    return write_nifti_atomic(out_dir / templates.AAL_FILE, labels, grid.MNI_AFFINE, "AAL labels 1-116 on the MNI 1.5 mm grid")
 
 
 def hippocampal_labels() -> np.ndarray:
-    """``load_atlas`` restricted to ``REGIONS`` (other voxels 0)."""
-    labels = load_atlas()
+    """``templates.aal_labels`` restricted to ``REGIONS`` (other voxels 0)."""
+    labels = templates.aal_labels()
     return np.where(np.isin(labels, list(REGIONS)), labels, 0).astype(np.uint8)
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core import grid
+from ..core import grid, templates
 from ..core.progress import CancelCallback, ProgressCallback, check_cancel
 from ..model.incremental import IncrementalNetwork, Patch
 from .methods import OCCLUSION_METHODS
@@ -431,9 +431,9 @@ def region_summary(importance: np.ndarray, top: int = 10, centre: float = 0.0) -
     a risk map), whatever the side: masking grey matter can lower the AD probability (positive
     drop) or raise it (negative drop: a masked cube looks like atrophy); both mark a place the
     model uses. ``peak`` is the value farthest from ``centre``."""
-    from .atlas import REGIONS, load_atlas, region_names
+    from .atlas import REGIONS, region_names
 
-    labels = grid.crop_to_model_grid(load_atlas())
+    labels = grid.crop_to_model_grid(templates.aal_labels())
     names = region_names()
     rows = []
     for value, name in names.items():
