@@ -135,10 +135,13 @@ class CohortGenerator:
         left = np.isin(labels, [k for k, v in REGIONS.items() if v.endswith("_L")])
         right = np.isin(labels, [k for k, v in REGIONS.items() if v.endswith("_R")])
         # Atrophy patterns (fraction of the subject's severity lost per voxel). Medial-temporal:
-        # hippocampus and parahippocampal core (left 20 % stronger), a halo standing for the medial
-        # temporal lobe, a broad temporal one, and a mild loss everywhere, as AD brains show.
-        core = 1.2 * left + 1.0 * right
-        medial = np.clip(ndimage.gaussian_filter(core.astype(np.float32), 1.5) * 1.5, 0, 1.2)
+        # hippocampus and parahippocampal core (left 20 % stronger: each side's core saturates at
+        # its own weight), a halo standing for the medial temporal lobe, a broad temporal one, and a
+        # mild loss everywhere, as AD brains show.
+        medial = sum(
+            weight * np.clip(ndimage.gaussian_filter(side.astype(np.float32), 1.5) * 1.5, 0, 1)
+            for weight, side in ((1.2, left), (1.0, right))
+        )
         medial += 0.3 * ndimage.gaussian_filter((left | right).astype(np.float32), 5.0)
         broad = ndimage.gaussian_filter((left | right).astype(np.float32), 12.0)
         medial += 0.5 * broad / broad.max()
