@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,15 @@ def test_bench_predict_prints_a_row_per_preset_and_writes_them_as_markdown(tmp_p
 def test_a_missing_reference_folder_is_one_line() -> None:
     result = run_bench("fidelity", "--reference", "/nonexistent/spm12")
     assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+def test_bench_reach_finds_the_band_the_ad_network_never_sees() -> None:
+    result = run_bench("reach", "--presets", "tiny")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert "model-grid voxels that reach the output: x 0-91 of 96, y 0-115 of 120, z 0-83 of 86" in lines[-1]
+    rows = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line.strip()) for line in lines[1:-2])}
+    # (gm_voxels, unreachable_share, sensitivity tiny, sensitivity of the shipped ensemble)
+    assert float(rows["middle temporal, left"][1]) > 0.1 and float(rows["middle temporal, right"][1]) == 0
+    assert float(rows["hippocampus, left"][1]) == 0 and float(rows["hippocampus, left"][2]) > 1.5
+    assert float(rows["all grey matter"][2]) == float(rows["all grey matter"][3]) == 1

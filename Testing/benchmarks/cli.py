@@ -17,7 +17,7 @@ from BrainImageNetADLib.core.resources import sample_t1
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="brainimagenet-bench", description="Benchmarks of BrainImageNet-AD, printed as tables.")
     parser.add_argument(
-        "target", choices=["predict", "preprocess", "occlusion", "risk", "train", "fidelity", "realscans"], help="what to measure"
+        "target", choices=["predict", "preprocess", "occlusion", "risk", "train", "fidelity", "realscans", "reach"], help="what to measure"
     )
     parser.add_argument(
         "--reference",
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--presets",
         nargs="+",
         default=None,
-        help="network presets (predict: tiny small paper; occlusion, risk: small paper; train: paper) or preprocessing presets (preprocess: fast accurate)",
+        help="network presets (predict: tiny small paper; occlusion, risk: small paper; train: paper; reach: tiny paper) or preprocessing presets (preprocess: fast accurate)",
     )
     parser.add_argument("--t1", type=Path, default=None, help="T1 for 'preprocess' (default: the sample T1, Colin27)")
     parser.add_argument(
@@ -76,6 +76,7 @@ TITLES = {
     "train": "Training step speed",
     "fidelity": "Fidelity to SPM12",
     "realscans": "Real scans: QC, volumes and contrast",
+    "reach": "Where the AD network looks",
 }
 
 
@@ -110,6 +111,10 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
             rows.append(scan_fidelity(scan, (args.presets or ["fast"])[0], args.out / "fidelity" / scan.name if args.keep else None))
             print(f"{scan.name}: done", file=sys.stderr, flush=True)
         return rows, [summary_line(rows), timing_line(rows)]
+    if args.target == "reach":
+        from .reach import bench_reach
+
+        return bench_reach(args.presets or ["tiny", "paper"])
     if args.target == "preprocess":
         return bench_preprocess(str(args.t1 or sample_t1()), args.presets or ["fast", "accurate"]), []
     if args.target == "train":
