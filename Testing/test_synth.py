@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from BrainImageNetADLib.core import grid, templates
-from BrainImageNetADLib.explain.atlas import hippocampal_labels, region_names
+from BrainImageNetADLib.explain.atlas import hippocampal_labels, region_mask
 from BrainImageNetADLib.model.maps import load_model_input
 from BrainImageNetTrainingLib.manifest import read_manifest
 from BrainImageNetTrainingLib.synth import SUBTYPE_REGIONS, SUBTYPES, CohortGenerator, Site, write_cohort
@@ -45,11 +45,9 @@ def test_ad_atrophy_is_medial_temporal(generator: CohortGenerator) -> None:
 
 def test_planted_subtypes_lose_grey_matter_where_named() -> None:
     generator = CohortGenerator(seed=8)
-    labels = grid.crop_to_model_grid(templates.aal_labels())
-    names = region_names()
-    regions = {"medial-temporal": np.isin(labels, [37, 38])}
+    regions = {"medial-temporal": grid.crop_to_model_grid(region_mask(templates.AAL_HIPPOCAMPI.values()))}
     for subtype, focus in SUBTYPE_REGIONS.items():
-        regions[subtype] = np.isin(labels, [k for k, v in names.items() if v.rsplit("_", 1)[0] in focus])
+        regions[subtype] = grid.crop_to_model_grid(region_mask(focus))
     nc = np.mean([generator.subject("NC", "F", 72.0, QUIET_SITE)[0] for _ in range(3)], axis=0)
     loss = {}
     for subtype in SUBTYPES:

@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from BrainImageNetADLib.core import grid, templates
 from BrainImageNetADLib.core.atomic import write_bytes_atomic, write_nifti_atomic
-from BrainImageNetADLib.explain.atlas import REGIONS, region_names
+from BrainImageNetADLib.explain.atlas import REGIONS, region_mask
 
 DIAGNOSIS_SHARES = {"NC": 0.4, "AD": 0.3, "sMCI": 0.15, "pMCI": 0.15}
 #: Mean severity per diagnosis: the fraction of grey matter the focal component removes at the
@@ -145,10 +145,9 @@ class CohortGenerator:
         medial += 0.3 * ndimage.gaussian_filter((left | right).astype(np.float32), 5.0)
         broad = ndimage.gaussian_filter((left | right).astype(np.float32), 12.0)
         medial += 0.5 * broad / broad.max()
-        names = region_names()
         self.atrophy_patterns = {"medial-temporal": medial + GLOBAL_ATROPHY}
         for subtype, regions in SUBTYPE_REGIONS.items():
-            focus = np.isin(labels, [k for k, v in names.items() if v.rsplit("_", 1)[0] in regions])
+            focus = grid.crop_to_model_grid(region_mask(regions))
             focal = np.clip(ndimage.gaussian_filter(focus.astype(np.float32), 2.0) * 1.5, 0, 1.2)
             self.atrophy_patterns[subtype] = focal + 0.1 * medial + GLOBAL_ATROPHY
         shape = grid.MODEL_SHAPE

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from BrainImageNetADLib.core import grid, templates
-from BrainImageNetADLib.explain.atlas import region_names
+from BrainImageNetADLib.explain.atlas import region_mask
 
 #: Region groups reported (AAL names without the side suffix, both sides unless a side is named).
 GROUPS = {
@@ -43,22 +43,13 @@ def _gradient_magnitude(model: torch.nn.Module, inputs: list[np.ndarray]) -> np.
 
 def _group_masks(grey: np.ndarray) -> dict[str, np.ndarray]:
     """Grey-matter voxels (model grid) of all GM and of each of ``GROUPS``."""
-    labels = grid.crop_to_model_grid(templates.aal_labels())
-    names = region_names()
-
-    def member(name: str, parts: tuple[str, ...]) -> bool:
-        return name in parts or name.rsplit("_", 1)[0] in parts
-
-    masks = {"all grey matter": grey}
-    for group, parts in GROUPS.items():
-        masks[group] = np.isin(labels, [k for k, v in names.items() if member(v, parts)]) & grey
-    return masks
+    return {"all grey matter": grey} | {group: grid.crop_to_model_grid(region_mask(parts)) & grey for group, parts in GROUPS.items()}
 
 
 def bench_reach(presets: list[str], seed: int = 0) -> tuple[list[dict[str, float | str]], list[str]]:
     """Per region group (rows): its grey-matter voxels, the share of them the output cannot see
     (the same for every preset), and the relative sensitivity per preset (random weights) and of
-    the shipped demonstration ensemble (trained; mean over its folds, at its risk template).
+    the shipped demonstration ensemble (trained; summed over its folds, at its risk template).
     Returns the rows and summary lines (the model-grid index ranges that reach the output)."""
     from BrainImageNetADLib.core.resources import default_bundle
     from BrainImageNetADLib.model.bundle import load_fold_models, load_risk_template

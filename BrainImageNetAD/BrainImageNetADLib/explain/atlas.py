@@ -8,6 +8,7 @@ so that nothing outside the extension is read at run time.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import nibabel as nib
@@ -53,6 +54,14 @@ def region_names() -> dict[int, str]:
     """Label value -> AAL region name."""
     lines = (resources_dir() / "Atlas" / NAMES_FILE).read_text(encoding="utf-8").splitlines()[1:]
     return {int(value): name for value, name in (line.split("\t") for line in lines if line)}
+
+
+def region_mask(names: Iterable[str]) -> np.ndarray:
+    """The AAL regions called ``names`` on the 121x145x121 MNI grid: bool. A name without its side
+    suffix (``Precuneus``) stands for both sides (``Precuneus_L``, ``Precuneus_R``)."""
+    wanted = set(names)
+    chosen = [label for label, name in region_names().items() if name in wanted or name.rsplit("_", 1)[0] in wanted]
+    return np.isin(templates.aal_labels(), chosen)
 
 
 def write_mni_regions(path: str | Path) -> Path:
